@@ -1,0 +1,13 @@
+//! Compiles `proto/` with protox (a protobuf compiler in pure Rust, so no system `protoc`)
+//! and generates the tonic client and server with `bytes::Bytes` payloads.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/jumpstarter/v1/router.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .bytes(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

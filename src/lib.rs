@@ -1,0 +1,63 @@
+//! The router protocol of [Jumpstarter](https://jumpstarter.dev), the open-source
+//! hardware-in-the-loop test framework, done the way Rust networking is done.
+//!
+//! A Jumpstarter client and an exporter reach each other through a router: both open the gRPC
+//! bidi call `jumpstarter.v1.RouterService/Stream` with a token naming one stream, and the
+//! router pairs the two calls and forwards frames between them. This crate gives you that
+//! stream as a [`RouterStream`]: a tokio [`AsyncRead`](tokio::io::AsyncRead) +
+//! [`AsyncBufRead`](tokio::io::AsyncBufRead) + [`AsyncWrite`](tokio::io::AsyncWrite) duplex, so
+//! [`tokio::io::copy_bidirectional`] with a `TcpStream` works against it directly and
+//! `tokio_util::codec::Framed` wraps it.
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # async fn demo() -> std::io::Result<()> {
+//! // Tunnel a local TCP connection through a Jumpstarter router.
+//! let mut stream = jumpstarter_router::connect("router.lab.example:443", "TOKEN").await?;
+//! let mut tcp = tokio::net::TcpStream::connect("127.0.0.1:5900").await?;
+//! tokio::io::copy_bidirectional(&mut tcp, &mut stream).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The frame semantics (the contract shared with Jumpstarter's Python and Go peers) are on
+//! [`RouterStream`]: GOAWAY is a half-close, RST_STREAM and a call that ends without GOAWAY
+//! are errors (never a clean EOF), backpressure is exact, reads do not copy.
+//!
+//! # Features
+//!
+//! - `client` (default): [`connect`], [`ClientBuilder`], [`open`]: tonic's HTTP/2 channel with
+//!   rustls TLS (system roots, a custom CA, or Jumpstarter's insecure mode).
+//! - `router`: the router service (`router` module), a drop-in for Jumpstarter's Go router.
+//! - `cli`: the `jumpstarter-router` binary.
+//!
+//! With no features, the crate is the bare adapter: [`RouterStream`] over calls you make
+//! ([`RouterStream::from_call`]) or receive ([`RouterStream::accept`]), and the [`Frame`] codec.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod error;
+mod frame;
+mod stream;
+
+#[cfg(feature = "client")]
+mod client;
+
+#[cfg(feature = "router")]
+pub mod router;
+
+/// The generated protobuf messages and tonic client and server for
+/// `jumpstarter.v1.RouterService` (`proto/jumpstarter/v1/router.proto`).
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("jumpstarter.v1");
+}
+
+pub use error::Error;
+pub use frame::Frame;
+pub use stream::{
+    RequestStream, ResponseStream, RouterStream, StreamOptions, DEFAULT_MAX_PAYLOAD,
+};
+
+#[cfg(feature = "client")]
+pub use client::{connect, open, open_with, ClientBuilder, DEFAULT_MAX_MESSAGE_SIZE};
