@@ -1,0 +1,323 @@
+//! Pairing and forwarding: the response stream of each caller reads its peer's request
+//! stream directly (no channel, no task, no payload copy per frame).
+//!
+//! ```text
+//!   caller A ──requests──►  Forward(B)  = B's response    ──► caller B
+//!   caller A ◄── Forward(A) = A's response ◄──requests──      caller B
+//! ```
+//!
+//! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
+//! stream) its peer's response ends only once the peer's own request stream has ended too,
+//! so the peer can go on sending after it read EOF. When a caller aborts (an error, or an end
+//! without GOAWAY), the other caller's call ends at once with status `Aborted`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_core::Stream;
+use tokio::sync::oneshot;
+use tonic::codec::Streaming;
+use tonic::Status;
+
+use super::{Inner, Stats};
+use crate::proto::{FrameType, StreamRequest, StreamResponse};
+
+/// How a caller's request stream ended.
+#[derive(Clone, Debug)]
+enum End {
+    /// GOAWAY, then the end of the stream.
+    Clean,
+    /// Anything else; the message says what.
+    Abort(String),
+}
+
+#[derive(Default)]
+struct Leg {
+    /// How this caller's request stream ended (set by the peer's forwarder, which reads it).
+    end: Option<End>,
+    /// The waker of this caller's own response, waiting for `end`.
+    waiter: Option<Waker>,
+}
+
+/// State shared by the two forwarders of a pair.
+pub(super) struct Pair {
+    legs: Mutex<[Leg; 2]>,
+    stats: Arc<Stats>,
+}
+
+impl Pair {
+    pub(super) fn new(stats: Arc<Stats>) -> Arc<Pair> {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        stats.pairs_total.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Pair {
+            legs: Default::default(),
+            stats,
+        })
+    }
+
+    /// Records how caller `who`'s request stream ended and wakes its response.
+    fn set_end(&self, who: usize, end: End) {
+        let waker = {
+            let mut legs = self.legs.lock().unwrap_or_else(|e| e.into_inner());
+            let leg = &mut legs[who];
+            if leg.end.is_some() {
+                return;
+            }
+            if let End::Abort(why) = &end {
+                tracing::debug!(caller = who, reason = %why, "router: caller aborted");
+                self.stats.aborts_total.fetch_add(1, Ordering::Relaxed);
+            }
+            leg.end = Some(end);
+            leg.waiter.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// How caller `who`'s request stream ended; registers `cx` to be woken when it does.
+    fn poll_end(&self, who: usize, cx: &mut Context<'_>) -> Option<End> {
+        let mut legs = self.legs.lock().unwrap_or_else(|e| e.into_inner());
+        let leg = &mut legs[who];
+        if leg.end.is_none() {
+            match &leg.waiter {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => leg.waiter = Some(cx.waker().clone()),
+            }
+        }
+        leg.end.clone()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a waiting caller receives when its peer arrives.
+pub(super) struct Link {
+    pub(super) peer_inbound: Streaming<StreamRequest>,
+    pub(super) pair: Arc<Pair>,
+}
+
+/// The response stream of one caller of the router.
+pub struct Forward {
+    state: State,
+    inner: Arc<Inner>,
+}
+
+enum State {
+    /// The first caller of a stream id, waiting for the second.
+    Waiting {
+        stream: String,
+        caller: u64,
+        rx: oneshot::Receiver<Link>,
+        deadline: Option<(Pin<Box<tokio::time::Sleep>>, &'static str)>,
+    },
+    /// Forwarding the peer's frames. `me` is this caller's leg, the peer's is `1 - me`.
+    Forwarding {
+        peer_inbound: Streaming<StreamRequest>,
+        pair: Arc<Pair>,
+        me: usize,
+        peer_goaway: bool,
+    },
+    /// The peer finished cleanly; the response ends when this caller's request stream has.
+    Finishing {
+        pair: Arc<Pair>,
+        me: usize,
+    },
+    Done,
+}
+
+// ===== impl Forward =====
+
+impl Forward {
+    pub(super) fn waiting(
+        inner: Arc<Inner>,
+        stream: String,
+        caller: u64,
+        rx: oneshot::Receiver<Link>,
+        deadline: Option<(tokio::time::Instant, &'static str)>,
+    ) -> Self {
+        Forward {
+            state: State::Waiting {
+                stream,
+                caller,
+                rx,
+                deadline: deadline.map(|(at, why)| (Box::pin(tokio::time::sleep_until(at)), why)),
+            },
+            inner,
+        }
+    }
+
+    pub(super) fn forwarding(inner: Arc<Inner>, link: Link, me: usize) -> Self {
+        Forward {
+            state: State::Forwarding {
+                peer_inbound: link.peer_inbound,
+                pair: link.pair,
+                me,
+                peer_goaway: false,
+            },
+            inner,
+        }
+    }
+
+    fn abort_status(why: &str) -> Status {
+        Status::aborted(format!("peer aborted the stream: {why}"))
+    }
+}
+
+impl Stream for Forward {
+    type Item = Result<StreamResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Waiting { rx, deadline, .. } => {
+                    if let Some((sleep, why)) = deadline {
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            let why = *why;
+                            // Drop removes the entry from the pending table.
+                            this.leave_waiting();
+                            return Poll::Ready(Some(Err(Status::deadline_exceeded(why))));
+                        }
+                    }
+                    match std::task::ready!(Pin::new(rx).poll(cx)) {
+                        Ok(link) => {
+                            this.state = State::Forwarding {
+                                peer_inbound: link.peer_inbound,
+                                pair: link.pair,
+                                me: 0,
+                                peer_goaway: false,
+                            };
+                        }
+                        Err(_) => {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(Status::unavailable(
+                                "router: stream closed before the peer arrived",
+                            ))));
+                        }
+                    }
+                }
+                State::Forwarding {
+                    peer_inbound,
+                    pair,
+                    me,
+                    peer_goaway,
+                } => {
+                    let (me, peer) = (*me, 1 - *me);
+                    match Pin::new(peer_inbound).poll_next(cx) {
+                        Poll::Ready(Some(Ok(req))) => {
+                            if req.frame_type == FrameType::Goaway as i32 {
+                                *peer_goaway = true;
+                            }
+                            this.inner
+                                .stats
+                                .bytes
+                                .fetch_add(req.payload.len() as u64, Ordering::Relaxed);
+                            return Poll::Ready(Some(Ok(StreamResponse {
+                                payload: req.payload,
+                                frame_type: req.frame_type,
+                            })));
+                        }
+                        Poll::Ready(Some(Err(status))) => {
+                            let why = format!("{:?}: {}", status.code(), status.message());
+                            pair.set_end(peer, End::Abort(why.clone()));
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(Self::abort_status(&why))));
+                        }
+                        Poll::Ready(None) if *peer_goaway => {
+                            pair.set_end(peer, End::Clean);
+                            let pair = pair.clone();
+                            this.state = State::Finishing { pair, me };
+                        }
+                        Poll::Ready(None) => {
+                            let why = "ended its stream without GOAWAY";
+                            pair.set_end(peer, End::Abort(why.into()));
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(Self::abort_status(why))));
+                        }
+                        Poll::Pending => {
+                            // Our own caller may have aborted (the peer's forwarder saw it).
+                            if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
+                                this.state = State::Done;
+                                return Poll::Ready(Some(Err(Status::aborted(format!(
+                                    "stream aborted: {why}"
+                                )))));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                State::Finishing { pair, me } => {
+                    let end = std::task::ready!(match pair.poll_end(*me, cx) {
+                        Some(end) => Poll::Ready(end),
+                        None => Poll::Pending,
+                    });
+                    this.state = State::Done;
+                    return Poll::Ready(match end {
+                        End::Clean => None,
+                        End::Abort(why) => {
+                            Some(Err(Status::aborted(format!("stream aborted: {why}"))))
+                        }
+                    });
+                }
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl Forward {
+    fn leave_waiting(&mut self) {
+        if let State::Waiting { stream, caller, .. } =
+            std::mem::replace(&mut self.state, State::Done)
+        {
+            self.inner.remove_pending(&stream, caller);
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Waiting { stream, caller, .. } => {
+                tracing::debug!(%stream, "router: waiting caller left");
+                self.inner.remove_pending(&stream, caller);
+            }
+            State::Forwarding {
+                pair,
+                me,
+                peer_goaway,
+                ..
+            } => {
+                // Our caller's call is gone, and with it the reader of the peer's frames.
+                let end = if peer_goaway {
+                    End::Clean
+                } else {
+                    End::Abort("the other caller left before reading everything".into())
+                };
+                pair.set_end(1 - me, end);
+            }
+            State::Finishing { .. } | State::Done => {}
+        }
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "Waiting",
+            State::Forwarding { .. } => "Forwarding",
+            State::Finishing { .. } => "Finishing",
+            State::Done => "Done",
+        };
+        f.debug_struct("Forward").field("state", &state).finish()
+    }
+}

@@ -1,0 +1,255 @@
+//! The router service: a drop-in for Jumpstarter's Go router (feature `router`).
+//!
+//! Each `Stream` call presents a bearer JWT whose subject names a stream; the router pairs the
+//! first and the second caller of a stream id and forwards frames between them unchanged
+//! (payload and frame type), with no payload copy and no task or channel per frame.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use jumpstarter_router::router::{Auth, Router};
+//!
+//! let router = Router::builder(Auth::new(b"secret")).build();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8083").await?;
+//! router.serve_plaintext(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Rules
+//!
+//! - Auth exactly as the Go router: see [`Auth`]. Any failure is `Unauthenticated`.
+//! - A caller waiting for its peer is removed from the pending table when it leaves, when its
+//!   token expires, or when the optional pairing timeout passes (status `DeadlineExceeded`).
+//! - A third caller of a stream id never joins or breaks a pair: it waits for a fourth.
+//! - Half-close holds end to end: a caller that finished cleanly (GOAWAY, then the end of its
+//!   request stream) gets its response ended only once its peer's request stream has ended
+//!   too; a caller that aborts (error, or an end without GOAWAY) ends its peer's call at once
+//!   with status `Aborted`.
+//! - Response headers go out as soon as a call is accepted, also to a waiting caller.
+
+mod auth;
+mod forward;
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
+use tonic::codec::Streaming;
+use tonic::{Request, Response, Status};
+
+pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
+pub use forward::Forward;
+pub use serve::{ServeConfig, TlsMode};
+
+use crate::proto::router_service_server::{RouterService, RouterServiceServer};
+use crate::proto::StreamRequest;
+use forward::{Link, Pair};
+
+/// The router service. Cheap to clone; clones share the pending table and the counters.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Router`].
+#[derive(Debug)]
+pub struct RouterBuilder {
+    auth: Auth,
+    pairing_timeout: Option<Duration>,
+    max_message_size: usize,
+}
+
+pub(crate) struct Inner {
+    auth: Auth,
+    pending: Mutex<HashMap<String, Waiter>>,
+    stats: Arc<Stats>,
+    next_caller: AtomicU64,
+    pairing_timeout: Option<Duration>,
+    max_message_size: usize,
+}
+
+struct Waiter {
+    caller: u64,
+    inbound: Streaming<StreamRequest>,
+    tx: oneshot::Sender<Link>,
+}
+
+/// Live counters of a router.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pending: AtomicUsize,
+    active: AtomicUsize,
+    pairs_total: AtomicU64,
+    aborts_total: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A snapshot of a router's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Callers waiting for their peer.
+    pub pending: usize,
+    /// Pairs whose forwarding has not ended.
+    pub active: usize,
+    /// Pairs made since start.
+    pub pairs_total: u64,
+    /// Callers that aborted (error, or end without GOAWAY) since start.
+    pub aborts_total: u64,
+    /// Payload bytes forwarded, both directions, since start.
+    pub bytes_forwarded: u64,
+}
+
+// ===== impl RouterBuilder =====
+
+impl RouterBuilder {
+    /// Drops a caller that waited this long for its peer (status `DeadlineExceeded`).
+    /// Without it, a waiting caller stays until it leaves or its token expires.
+    pub fn pairing_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.pairing_timeout = timeout;
+        self
+    }
+
+    /// The largest message the router decodes (default 4 MiB, like the Go router).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// The router.
+    pub fn build(self) -> Router {
+        Router {
+            inner: Arc::new(Inner {
+                auth: self.auth,
+                pending: Mutex::new(HashMap::new()),
+                stats: Arc::default(),
+                next_caller: AtomicU64::new(1),
+                pairing_timeout: self.pairing_timeout,
+                max_message_size: self.max_message_size,
+            }),
+        }
+    }
+}
+
+// ===== impl Router =====
+
+impl Router {
+    /// A builder with the key that checks tokens.
+    pub fn builder(auth: Auth) -> RouterBuilder {
+        RouterBuilder {
+            auth,
+            pairing_timeout: None,
+            max_message_size: 4 * 1024 * 1024,
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> RouterStats {
+        let s = &self.inner.stats;
+        RouterStats {
+            pending: s.pending.load(Ordering::Relaxed),
+            active: s.active.load(Ordering::Relaxed),
+            pairs_total: s.pairs_total.load(Ordering::Relaxed),
+            aborts_total: s.aborts_total.load(Ordering::Relaxed),
+            bytes_forwarded: s.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tonic service to mount in your own server.
+    pub fn into_service(self) -> RouterServiceServer<Router> {
+        let max = self.inner.max_message_size;
+        RouterServiceServer::new(self)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+
+    fn accept(&self, grant: Grant, inbound: Streaming<StreamRequest>) -> Forward {
+        let inner = &self.inner;
+        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiter) = pending.remove(&grant.stream) {
+            drop(pending);
+            inner.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            let pair = Pair::new(inner.stats.clone());
+            tracing::debug!(stream = %grant.stream, "router: paired");
+            let mine = Link {
+                peer_inbound: waiter.inbound,
+                pair: pair.clone(),
+            };
+            let theirs = Link {
+                peer_inbound: inbound,
+                pair,
+            };
+            if let Err(back) = waiter.tx.send(theirs) {
+                // The waiting caller left just now; its request stream is gone with it, which
+                // our forwarder reports as an abort.
+                drop(back);
+            }
+            return Forward::forwarding(self.inner.clone(), mine, 1);
+        }
+        let caller = inner.next_caller.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        pending.insert(
+            grant.stream.clone(),
+            Waiter {
+                caller,
+                inbound,
+                tx,
+            },
+        );
+        drop(pending);
+        inner.stats.pending.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(stream = %grant.stream, "router: waiting for peer");
+        let deadline = self.deadline(&grant);
+        Forward::waiting(self.inner.clone(), grant.stream, caller, rx, deadline)
+    }
+
+    /// When a waiting caller gives up: its token's expiry or the pairing timeout.
+    fn deadline(&self, grant: &Grant) -> Option<(tokio::time::Instant, &'static str)> {
+        let now = tokio::time::Instant::now();
+        let until_exp = grant
+            .expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let exp = (now + until_exp, "token expired while waiting for the peer");
+        match self.inner.pairing_timeout {
+            Some(t) if now + t < exp.0 => {
+                Some((now + t, "no peer arrived within the pairing timeout"))
+            }
+            _ => Some(exp),
+        }
+    }
+}
+
+impl Inner {
+    fn remove_pending(&self, stream: &str, caller: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.get(stream).is_some_and(|w| w.caller == caller) {
+            pending.remove(stream);
+            drop(pending);
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RouterService for Router {
+    type StreamStream = Forward;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<Forward>, Status> {
+        let grant = self.inner.auth.verify_metadata(request.metadata())?;
+        Ok(Response::new(self.accept(grant, request.into_inner())))
+    }
+}

@@ -1,0 +1,153 @@
+//! Shared helpers of the router, CLI and interop tests: an in-process router on loopback,
+//! tokens, and deterministic data with checksums.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jumpstarter_router::router::{Auth, Router};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const KEY: &[u8] = b"test-router-key";
+
+/// A router on 127.0.0.1 with [`KEY`], plaintext; stops when the returned guard drops.
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    pub router: Router,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestRouter {
+    pub async fn start() -> Self {
+        Self::with(Router::builder(Auth::new(KEY)).build()).await
+    }
+
+    pub async fn with(router: Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(router.clone().serve_plaintext(listener, async {
+            let _ = rx.await;
+        }));
+        TestRouter {
+            addr,
+            router,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self, stream: &str) -> String {
+        Auth::new(KEY)
+            .mint(stream, Duration::from_secs(600))
+            .unwrap()
+    }
+
+    /// Waits until the router's counters satisfy `f`, for at most 5 s.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        f: impl Fn(&jumpstarter_router::router::RouterStats) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.router.stats();
+            if f(&s) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestRouter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Byte `i` of pattern `seed`: the same formula as the Python harness.
+pub fn pattern_byte(i: u64, seed: u64) -> u8 {
+    ((i.wrapping_mul(31))
+        .wrapping_add(seed * 7)
+        .wrapping_add(i >> 12)
+        & 0xFF) as u8
+}
+
+/// Fills `buf` with the pattern starting at offset `at`.
+pub fn fill_pattern(buf: &mut [u8], at: u64, seed: u64) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(at + k as u64, seed);
+    }
+}
+
+/// Writes `len` pattern bytes in `chunk`-sized writes; returns their SHA-256.
+pub async fn send_pattern<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    len: u64,
+    seed: u64,
+    chunk: usize,
+) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; chunk];
+    let mut at = 0u64;
+    while at < len {
+        let n = chunk.min((len - at) as usize);
+        fill_pattern(&mut buf[..n], at, seed);
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n]).await?;
+        at += n as u64;
+    }
+    w.flush().await?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Reads to EOF; returns (bytes, SHA-256).
+pub async fn recv_all<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((total, hex(&hasher.finalize())));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// SHA-256 of `len` pattern bytes.
+pub fn pattern_sha(len: u64, seed: u64) -> String {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0;
+    while at < len {
+        let n = buf.len().min((len - at) as usize);
+        fill_pattern(&mut buf[..n], at, seed);
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    hex(&hasher.finalize())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Fails the test instead of hanging.
+pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs} s: {what}"),
+    }
+}
