@@ -56,7 +56,12 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<RouterStream, Error>
 ///
 /// [`Error::Config`] when the token is not a valid header value.
 pub fn open(channel: Channel, token: &str) -> Result<RouterStream, Error> {
-    open_with(channel, token, &StreamOptions::default(), DEFAULT_MAX_MESSAGE_SIZE)
+    open_with(
+        channel,
+        token,
+        &StreamOptions::default(),
+        DEFAULT_MAX_MESSAGE_SIZE,
+    )
 }
 
 /// [`open`] with stream options and the largest message to decode.

@@ -146,9 +146,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Status(s) => s,
             Error::Reset => tonic::Status::aborted("peer reset the stream"),
-            Error::UnexpectedEnd => {
-                tonic::Status::aborted("peer ended its stream without GOAWAY")
-            }
+            Error::UnexpectedEnd => tonic::Status::aborted("peer ended its stream without GOAWAY"),
             Error::Dropped => tonic::Status::cancelled("stream dropped without shutdown"),
             other => tonic::Status::internal(other.to_string()),
         }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_core::Stream;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tonic::codec::Streaming;
 use tonic::{Response, Status};
@@ -177,6 +177,9 @@ pub struct RouterStream {
     /// Wakers for the pending call, polled from both halves while connecting.
     connect_wakers: Option<Arc<ConnectWakers>>,
     keepalive: Option<Keepalive>,
+    /// Resolves (with an error) once tonic has dropped the outbound stream: every frame was
+    /// handed to HTTP/2.
+    outbound_done: oneshot::Receiver<()>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +224,12 @@ struct Keepalive {
 // ===== impl RouterStream =====
 
 impl RouterStream {
-    fn from_parts(read: ReadState, side: Side, opts: &StreamOptions, tx: mpsc::Sender<Frame>, abort: Arc<AtomicBool>) -> Self {
+    fn from_parts(
+        read: ReadState,
+        side: Side,
+        opts: &StreamOptions,
+        (tx, abort, outbound_done): OutboundHandle,
+    ) -> Self {
         RouterStream {
             read,
             chunk: Bytes::new(),
@@ -237,6 +245,7 @@ impl RouterStream {
                 every,
                 sleep: Box::pin(tokio::time::sleep(every)),
             }),
+            outbound_done,
         }
     }
 
@@ -267,9 +276,9 @@ impl RouterStream {
         F: FnOnce(RequestStream) -> Fut,
         Fut: Future<Output = Result<Response<Streaming<StreamResponse>>, Status>> + Send + 'static,
     {
-        let (tx, outbound, abort) = Outbound::channel();
+        let (handle, outbound) = Outbound::channel();
         let call: CallFuture = Box::pin(make_call(RequestStream(outbound)));
-        RouterStream::from_parts(ReadState::Connecting(call), Side::Client, opts, tx, abort)
+        RouterStream::from_parts(ReadState::Connecting(call), Side::Client, opts, handle)
     }
 
     /// Makes the servicer side of a `Stream` call: the stream to read and write, and the
@@ -312,13 +321,12 @@ impl RouterStream {
         inbound: Streaming<StreamRequest>,
         opts: &StreamOptions,
     ) -> (RouterStream, ResponseStream) {
-        let (tx, outbound, abort) = Outbound::channel();
+        let (handle, outbound) = Outbound::channel();
         let stream = RouterStream::from_parts(
             ReadState::Open(Inbound::Servicer(inbound)),
             Side::Servicer,
             opts,
-            tx,
-            abort,
+            handle,
         );
         (stream, ResponseStream(outbound))
     }
@@ -336,6 +344,63 @@ impl RouterStream {
     /// The error that ended the call, if one did.
     pub fn error(&self) -> Option<&Error> {
         self.error.as_ref()
+    }
+
+    /// Closes the stream gracefully and waits until the call is over: shuts down the write
+    /// half (GOAWAY), reads until the peer's GOAWAY (**discarding** data that still arrives),
+    /// then waits for the end of the call (client: the router's final status, which it sends
+    /// once it has all of this side's frames; servicer: tonic has taken the whole response).
+    ///
+    /// Call it before a process exits after a transfer: `poll_shutdown` only hands the frames
+    /// to the HTTP/2 connection, which a process exit would cut short.
+    ///
+    /// # Errors
+    ///
+    /// The stream's error, if the call fails before both sides sent GOAWAY. After that, an
+    /// error status (Jumpstarter's Python peers end clean sessions with `ABORTED`) is ignored.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: calling it again resumes where it stopped.
+    pub async fn close(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_close(cx)).await
+    }
+
+    /// Poll form of [`close`](RouterStream::close).
+    pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut *self).poll_shutdown(cx))?;
+        // Read to the peer's GOAWAY, discarding data.
+        loop {
+            ready!(self.poll_fill(cx))?;
+            if self.chunk.is_empty() {
+                break;
+            }
+            self.chunk = Bytes::new();
+        }
+        // Drain the call itself: frames after GOAWAY and the final status are ignored.
+        if let ReadState::Eof(Some(inbound)) = &mut self.read {
+            loop {
+                let end = match inbound {
+                    Inbound::Client(s) => match ready!(Pin::new(s).poll_next(cx)) {
+                        Some(Ok(_)) => false,
+                        Some(Err(_)) | None => true,
+                    },
+                    Inbound::Servicer(s) => match ready!(Pin::new(s).poll_next(cx)) {
+                        Some(Ok(_)) => false,
+                        Some(Err(_)) | None => true,
+                    },
+                };
+                if end {
+                    break;
+                }
+            }
+            self.read = ReadState::Eof(None);
+            self.on_read_done();
+        }
+        // Wait until tonic has taken every frame of ours (the sender side is dropped).
+        self.tx = None;
+        let _ = ready!(Pin::new(&mut self.outbound_done).poll(cx));
+        Poll::Ready(Ok(()))
     }
 
     // ----- read half -----
@@ -454,7 +519,9 @@ impl RouterStream {
     fn fail(&mut self, err: Error) -> io::Error {
         if self.error.is_none() {
             match &err {
-                Error::Status(s) => tracing::debug!(code = ?s.code(), message = s.message(), "router stream failed"),
+                Error::Status(s) => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "router stream failed")
+                }
                 other => tracing::debug!(error = %other, "router stream failed"),
             }
             self.error = Some(err);
@@ -493,7 +560,11 @@ impl RouterStream {
     }
 
     /// Queues one frame. Pending while the frames in flight are used up.
-    fn poll_send(&mut self, cx: &mut Context<'_>, frame: impl FnOnce(&mut Self) -> Frame) -> Poll<io::Result<()>> {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: impl FnOnce(&mut Self) -> Frame,
+    ) -> Poll<io::Result<()>> {
         let Some(tx) = self.tx.as_mut() else {
             return Poll::Ready(Err(self.call_ended()));
         };
@@ -757,7 +828,12 @@ struct Outbound {
     rx: mpsc::Receiver<Frame>,
     abort: Arc<AtomicBool>,
     state: OutboundState,
+    /// Dropped with the outbound stream: tells [`RouterStream::close`] that tonic is done.
+    _done: oneshot::Sender<()>,
 }
+
+/// The writer's ends of an outbound stream.
+type OutboundHandle = (mpsc::Sender<Frame>, Arc<AtomicBool>, oneshot::Receiver<()>);
 
 enum OutboundState {
     Frames,
@@ -774,15 +850,17 @@ enum Next {
 }
 
 impl Outbound {
-    fn channel() -> (mpsc::Sender<Frame>, Outbound, Arc<AtomicBool>) {
+    fn channel() -> (OutboundHandle, Outbound) {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
         let abort = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = oneshot::channel();
         let outbound = Outbound {
             rx,
             abort: abort.clone(),
             state: OutboundState::Frames,
+            _done: done_tx,
         };
-        (tx, outbound, abort)
+        ((tx, abort, done_rx), outbound)
     }
 
     fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Next> {

@@ -1,1 +1,223 @@
-fn main() {}
+//! `jumpstarter-router`: serve a Jumpstarter router, or tunnel TCP or stdio through one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
+use jumpstarter_router::{ClientBuilder, RouterStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Buffer of each direction of a bridge: large enough to fill a frame in one read.
+const BRIDGE_BUF: usize = 64 * 1024;
+
+/// How long a finished bridge waits for the router to end the call.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(name = "jumpstarter-router", version, about = "Jumpstarter router protocol: serve a router, or tunnel TCP or stdio through one", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the router (a drop-in for Jumpstarter's Go router).
+    ///
+    /// Tokens are checked with the key in ROUTER_KEY. TLS: EXTERNAL_CERT_PEM / EXTERNAL_KEY_PEM
+    /// (paths) when both are set, else a self-signed certificate for the host of
+    /// GRPC_ROUTER_ENDPOINT (default localhost:8083); --plaintext turns TLS off.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8083")]
+        listen: SocketAddr,
+        /// Serve without TLS (loopback, tests, or behind a TLS-terminating proxy).
+        #[arg(long)]
+        plaintext: bool,
+        /// Seconds active streams may go on after SIGTERM/SIGINT.
+        #[arg(long, default_value_t = 30)]
+        grace: u64,
+        /// Drop a caller that waited this many seconds for its peer (default: until its
+        /// token expires).
+        #[arg(long)]
+        pairing_timeout: Option<u64>,
+    },
+    /// Client side: bridge stdin/stdout (or, with --listen, one TCP connection) to a router
+    /// stream. Usable as `ssh -o ProxyCommand='jumpstarter-router connect ...'`.
+    Connect {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Accept one TCP connection on this address and bridge it instead of stdio.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Exporter side: bridge a router stream to a TCP target.
+    Expose {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The TCP service to expose, HOST:PORT.
+        #[arg(long)]
+        target: String,
+    },
+    /// Print a router token for a stream, signed with ROUTER_KEY (for local labs and tests).
+    Token {
+        /// The stream id (the token's subject).
+        #[arg(long)]
+        subject: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// Router endpoint: host:port or https://host:port (TLS), http://host:port (plaintext).
+    #[arg(long, env = "JMP_ROUTER_ENDPOINT")]
+    endpoint: String,
+    /// The stream token (a JWT from the controller, or from `jumpstarter-router token`).
+    #[arg(long, env = "JMP_ROUTER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Trust this CA certificate (PEM) instead of the system roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Do not verify the router's certificate (Jumpstarter's tls.insecure).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> Result<RouterStream, String> {
+        let mut b = ClientBuilder::new(&self.endpoint).insecure_skip_verify(self.insecure);
+        if let Some(ca) = &self.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            b = b.ca_certificate_pem(pem);
+        }
+        b.connect(&self.token).await.map_err(|e| e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let result = rt.block_on(run(cli.command));
+    // Stdin may still be blocked in a read on a runtime thread: do not wait for it.
+    rt.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("jumpstarter-router: error: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn run(cmd: Command) -> Result<(), String> {
+    match cmd {
+        Command::Serve {
+            listen,
+            plaintext,
+            grace,
+            pairing_timeout,
+        } => {
+            let auth = Auth::from_env()?;
+            let mut config = ServeConfig::from_env();
+            config.listen = listen;
+            config.grace = Duration::from_secs(grace);
+            if plaintext {
+                config.tls = TlsMode::Plaintext;
+            }
+            Router::builder(auth)
+                .pairing_timeout(pairing_timeout.map(Duration::from_secs))
+                .build()
+                .run(config)
+                .await
+        }
+        Command::Token { subject, ttl } => {
+            let token = Auth::from_env()?.mint(&subject, Duration::from_secs(ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Connect { client, listen } => {
+            let Some(addr) = listen else {
+                let mut stream = client.connect().await?;
+                let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+                return bridge(&mut stdio, &mut stream, "stdio").await;
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            eprintln!("jumpstarter-router: listening on {local}");
+            let (mut tcp, peer) = listener
+                .accept()
+                .await
+                .map_err(|e| format!("accept on {local}: {e}"))?;
+            drop(listener);
+            let _ = tcp.set_nodelay(true);
+            tracing::info!(%peer, "accepted");
+            let mut stream = client.connect().await?;
+            bridge(&mut tcp, &mut stream, &peer.to_string()).await
+        }
+        Command::Expose { client, target } => {
+            let mut stream = client.connect().await?;
+            let mut tcp = TcpStream::connect(&target)
+                .await
+                .map_err(|e| format!("cannot connect to target {target}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            bridge(&mut tcp, &mut stream, &target).await
+        }
+    }
+}
+
+/// Copies both ways until both sides finished; prints bytes and rates to stderr.
+async fn bridge<L>(local: &mut L, stream: &mut RouterStream, name: &str) -> Result<(), String>
+where
+    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let start = Instant::now();
+    let result =
+        tokio::io::copy_bidirectional_with_sizes(local, stream, BRIDGE_BUF, BRIDGE_BUF).await;
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    if result.is_ok() {
+        // Both sides finished: wait until the router has every frame before exiting.
+        match tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("{name}: closing the router stream: {e}")),
+            Err(_) => tracing::warn!("the router did not end the call within {CLOSE_TIMEOUT:?}"),
+        }
+    }
+    match result {
+        Ok((up, down)) => {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0) / secs;
+            eprintln!(
+                "jumpstarter-router: {name}: {up} bytes up, {down} bytes down in {secs:.2} s ({:.1} MiB/s up, {:.1} MiB/s down)",
+                mib(up),
+                mib(down)
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
