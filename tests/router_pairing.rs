@@ -83,3 +83,137 @@ async fn peer_abort_is_an_error_not_eof() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+#[tokio::test]
+async fn third_caller_does_not_hijack_a_pair() {
+    let r = TestRouter::start().await;
+    let tok = r.token("trio");
+    let mut a = connect(&r.endpoint(), &tok).await.unwrap();
+    let mut b = connect(&r.endpoint(), &tok).await.unwrap();
+    a.write_all(b"a->b").await.unwrap();
+    a.flush().await.unwrap();
+    let mut buf = [0u8; 4];
+    within(10, "pair", b.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"a->b");
+    r.wait_for("pair", |s| s.active == 1 && s.pending == 0)
+        .await;
+
+    // A third caller of the same stream id waits on its own; the pair is untouched.
+    let mut c = connect(&r.endpoint(), &tok).await.unwrap();
+    c.write_all(b"intruder").await.unwrap();
+    c.flush().await.unwrap();
+    r.wait_for("third caller to wait", |s| s.pending == 1).await;
+    b.write_all(b"b->a").await.unwrap();
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    let mut got_a = Vec::new();
+    within(10, "A reads B", a.read_to_end(&mut got_a))
+        .await
+        .unwrap();
+    assert_eq!(got_a, b"b->a");
+    let mut got_b = Vec::new();
+    within(10, "B reads A's end", b.read_to_end(&mut got_b))
+        .await
+        .unwrap();
+    assert!(got_b.is_empty(), "B got the intruder's bytes: {got_b:?}");
+    // The intruder never saw a peer.
+    let mut one = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), c.read(&mut one))
+            .await
+            .is_err()
+    );
+    drop(c);
+    r.wait_for("all gone", |s| s.pending == 0 && s.active == 0)
+        .await;
+}
+
+#[tokio::test]
+async fn expired_token_drops_a_waiting_caller() {
+    let r = TestRouter::start().await;
+    let tok = jumpstarter_router::router::Auth::new(KEY)
+        .mint("short-lived", Duration::from_secs(1))
+        .unwrap();
+    let mut a = connect(&r.endpoint(), &tok).await.unwrap();
+    r.wait_for("caller to wait", |s| s.pending == 1).await;
+    let mut buf = [0u8; 1];
+    let err = within(5, "expiry", a.read(&mut buf)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err:?}");
+    assert!(err.to_string().contains("token expired"), "{err}");
+    r.wait_for("pending table to empty", |s| s.pending == 0)
+        .await;
+}
+
+#[tokio::test]
+async fn pairing_timeout_drops_a_waiting_caller() {
+    let router =
+        jumpstarter_router::router::Router::builder(jumpstarter_router::router::Auth::new(KEY))
+            .pairing_timeout(Some(Duration::from_millis(300)))
+            .build();
+    let r = TestRouter::with(router).await;
+    let mut a = connect(&r.endpoint(), &r.token("nobody-comes"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let err = within(5, "pairing timeout", a.read(&mut buf))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err:?}");
+    assert!(err.to_string().contains("pairing timeout"), "{err}");
+    assert_eq!(r.router.stats().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_pairs() {
+    const PAIRS: usize = 200;
+    let r = TestRouter::start().await;
+    // Streams multiplexed over a few shared connections, as an exporter host would.
+    let builder = jumpstarter_router::ClientBuilder::new(r.endpoint());
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(builder.channel().await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for i in 0..PAIRS {
+        let tok = r.token(&format!("pair-{i}"));
+        for side in 0..2u64 {
+            let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
+            let tok = tok.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = jumpstarter_router::open(ch, &tok).unwrap();
+                let seed = i as u64 * 2 + side;
+                let (mut rd, mut wr) = tokio::io::split(&mut s);
+                let (sent, got) = tokio::join!(
+                    async {
+                        let sha = send_pattern(&mut wr, MIB, seed, 32 * 1024).await?;
+                        wr.shutdown().await?;
+                        Ok::<_, std::io::Error>(sha)
+                    },
+                    recv_all(&mut rd)
+                );
+                let sent = sent.unwrap();
+                let (n, sha) = got.unwrap();
+                assert_eq!(n, MIB, "pair {i} side {side}");
+                assert_eq!(
+                    sha,
+                    pattern_sha(MIB, i as u64 * 2 + (1 - side)),
+                    "pair {i} side {side}"
+                );
+                s.close().await.unwrap();
+                sent
+            }));
+        }
+    }
+    within(120, "200 pairs", async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    r.wait_for("all pairs to end", |s| s.active == 0 && s.pending == 0)
+        .await;
+    let s = r.router.stats();
+    assert_eq!(s.pairs_total, PAIRS as u64);
+    assert_eq!(s.aborts_total, 0, "{s:?}");
+    assert_eq!(s.bytes_forwarded, 2 * PAIRS as u64 * MIB);
+}
