@@ -1,0 +1,275 @@
+//! The command-line tool end to end, with real processes on loopback: `serve`, `expose` to an
+//! echo server, `connect --listen` and `connect` on stdio, SHA-256 over 64 MiB; a peer killed
+//! mid-transfer; clear one-line errors.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
+const MIB: u64 = 1024 * 1024;
+
+/// Kills the child when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("ROUTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Starts `serve --plaintext` on a free loopback port; returns the process and its endpoint.
+fn serve() -> (Proc, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let child = cmd(&["serve", "--plaintext", "--listen", &listen, "--grace", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(Instant::now() < deadline, "router did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), format!("http://{listen}"))
+}
+
+fn token(subject: &str) -> String {
+    let out = cmd(&["token", "--subject", subject, "--ttl", "600"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A TCP echo server for one connection that echoes until EOF, then half-closes.
+async fn echo_server() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    addr
+}
+
+fn expose(endpoint: &str, tok: &str, target: &str) -> Proc {
+    Proc(
+        cmd(&[
+            "expose",
+            "--endpoint",
+            endpoint,
+            "--token",
+            tok,
+            "--target",
+            target,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_tunnel_64_mib_through_serve_expose_connect() {
+    let (_router, endpoint) = serve();
+    let tok = token("cli-tcp");
+    let echo = echo_server().await;
+    let _exporter = expose(&endpoint, &tok, &echo.to_string());
+
+    let mut connect = Proc(
+        cmd(&[
+            "connect",
+            "--endpoint",
+            &endpoint,
+            "--token",
+            &tok,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    // It prints the address it listens on.
+    let mut stderr = BufReader::new(connect.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(line.contains("listening on"), "{line}");
+
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let (sent, got) = within(120, "64 MiB round trip", async {
+        tokio::join!(
+            async {
+                let sha = send_pattern(&mut wr, 64 * MIB, 3, 64 * 1024).await.unwrap();
+                wr.shutdown().await.unwrap();
+                sha
+            },
+            async { recv_all(&mut rd).await.unwrap() }
+        )
+    })
+    .await;
+    assert_eq!(got, (64 * MIB, sent));
+    // Both bridges end cleanly and report their byte counts.
+    let status = within(20, "connect exits", async {
+        tokio::task::spawn_blocking(move || {
+            let st = connect.0.wait().unwrap();
+            let mut rest = String::new();
+            stderr.read_to_string(&mut rest).unwrap();
+            (st, rest)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(status.0.success(), "connect failed: {}", status.1);
+    assert!(
+        status.1.contains("67108864 bytes up, 67108864 bytes down"),
+        "{}",
+        status.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_tunnel_through_connect() {
+    let (_router, endpoint) = serve();
+    let tok = token("cli-stdio");
+    let echo = echo_server().await;
+    let _exporter = expose(&endpoint, &tok, &echo.to_string());
+
+    let input: Vec<u8> = (0..3 * MIB).map(|i| pattern_byte(i, 9)).collect();
+    let mut child = cmd(&["connect", "--endpoint", &endpoint, "--token", &tok])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = input.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&feed).unwrap();
+        // dropping stdin is EOF: the tunnel half-closes
+    });
+    let out = within(60, "stdio tunnel", async {
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap()
+    })
+    .await;
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "echoed bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_peer_is_an_error_within_a_second() {
+    let (_router, endpoint) = serve();
+    let tok = token("cli-kill");
+    // Our side: a library stream that keeps reading.
+    let mut ours = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
+    // The peer: a `connect` process fed from a pipe we keep open.
+    let mut child = Proc(
+        cmd(&["connect", "--endpoint", &endpoint, "--token", &tok])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![7u8; 64 * 1024];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    // Mid-transfer: some data has arrived.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 4 * MIB as usize {
+        let n = within(20, "data from the peer", ours.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "EOF before the kill");
+        got += n;
+    }
+    child.0.kill().unwrap();
+    let killed = Instant::now();
+    let err = within(5, "error after kill", async {
+        loop {
+            match ours.read(&mut buf).await {
+                Ok(0) => panic!("a killed peer looked like a clean EOF"),
+                Ok(_) => continue,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    let after = killed.elapsed();
+    assert!(after < Duration::from_secs(1), "error came after {after:?}");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err:?}");
+}
+
+#[test]
+fn errors_are_one_line_and_nonzero() {
+    let (_router, endpoint) = serve();
+    // A bad token.
+    let out = cmd(&["connect", "--endpoint", &endpoint, "--token", "not-a-jwt"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("Unauthenticated"), "{err}");
+    // An unreachable router.
+    let out = cmd(&[
+        "connect",
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "--token",
+        "x",
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot connect to router"), "{err}");
+    // Every subcommand has --help.
+    for sub in ["serve", "connect", "expose", "token"] {
+        let out = cmd(&[sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(!out.stdout.is_empty());
+    }
+}
