@@ -50,11 +50,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         grace: Duration::from_secs(1),
     };
-    tokio::spawn(
-        router
-            .clone()
-            .serve_listener(listener, config.tls_config()?, std::future::pending()),
-    );
+    tokio::spawn(router.clone().serve_listener(
+        listener,
+        config.tls_config()?,
+        std::future::pending(),
+    ));
     let client = if tls {
         ClientBuilder::new(format!("https://localhost:{}", router_addr.port()))
             .insecure_skip_verify(true)
@@ -100,7 +100,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 5. The user: push data through the tunnel and read the echo back.
     println!(
         "router {} on {router_addr}, echo on {echo_addr}, tunnel entrance {local_addr}",
-        if tls { "(TLS, self-signed)" } else { "(plaintext)" }
+        if tls {
+            "(TLS, self-signed)"
+        } else {
+            "(plaintext)"
+        }
     );
     let start = Instant::now();
     let user = TcpStream::connect(local_addr).await?;
@@ -148,7 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if ok { "OK" } else { "MISMATCH" }
     );
     if !ok {
-        return Err(format!("received {received} of {total} bytes, or the checksum differs").into());
+        return Err(
+            format!("received {received} of {total} bytes, or the checksum differs").into(),
+        );
     }
     Ok(())
 }
