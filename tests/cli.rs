@@ -273,3 +273,73 @@ fn errors_are_one_line_and_nonzero() {
         assert!(!out.stdout.is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_lets_active_streams_finish() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut router = Proc(
+        cmd(&["serve", "--plaintext", "--listen", &listen, "--grace", "20"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(Instant::now() < deadline, "router did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let endpoint = format!("http://{listen}");
+    let tok = token("cli-term");
+    let mut a = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
+    let mut b = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
+    a.write_all(b"before").await.unwrap();
+    a.flush().await.unwrap();
+    let mut buf = [0u8; 6];
+    within(10, "first bytes", b.read_exact(&mut buf))
+        .await
+        .unwrap();
+
+    let pid = router.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // New connections are refused soon after...
+    within(5, "listener to close", async {
+        while TcpStream::connect(&listen).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // ... while the active stream goes on, in both directions, and finishes cleanly.
+    a.write_all(b" and after SIGTERM").await.unwrap();
+    a.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within(10, "B reads the rest", b.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(rest, b" and after SIGTERM");
+    b.write_all(b"reply").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    within(10, "A reads the reply", a.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, b"reply");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop((a, b));
+    // The router exits on its own once the streams are done, well within the grace period.
+    let status = within(15, "router exits", async {
+        tokio::task::spawn_blocking(move || router.0.wait().unwrap())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}

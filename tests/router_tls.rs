@@ -1,0 +1,116 @@
+//! The router over TLS: certificate files, self-signed certificates, and the client's trust
+//! options (custom CA, system roots, insecure skip-verify).
+#![cfg(feature = "router")]
+
+mod support;
+
+use std::time::Duration;
+
+use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
+use jumpstarter_router::ClientBuilder;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn tls_router(tls: TlsMode) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServeConfig {
+        listen: addr,
+        tls,
+        grace: Duration::from_secs(1),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = Router::builder(Auth::new(KEY)).build();
+    tokio::spawn(
+        router.serve_listener(listener, config.tls_config().unwrap(), async {
+            let _ = rx.await;
+        }),
+    );
+    (addr, tx)
+}
+
+/// A pair of streams through the router exchanges bytes both ways and finishes cleanly.
+async fn exchange(a: ClientBuilder, b: ClientBuilder) {
+    let tok = Auth::new(KEY).mint("tls", Duration::from_secs(60)).unwrap();
+    let mut x = a.connect(&tok).await.unwrap();
+    let mut y = b.connect(&tok).await.unwrap();
+    x.write_all(b"over tls").await.unwrap();
+    x.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(10, "y reads", y.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"over tls");
+    y.write_all(b"back").await.unwrap();
+    y.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(10, "x reads", x.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"back");
+}
+
+#[tokio::test]
+async fn certificate_files_and_a_custom_ca() {
+    let dir = std::env::temp_dir().join(format!("jr-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+
+    let (addr, _stop) = tls_router(TlsMode::Files { cert, key }).await;
+    let ep = format!("https://localhost:{}", addr.port());
+    let with_ca = || ClientBuilder::new(&ep).ca_certificate_pem(ck.cert.pem());
+    exchange(with_ca(), with_ca()).await;
+
+    // The system roots do not know this certificate: a clear error, at connect time.
+    let tok = Auth::new(KEY)
+        .mint("tls-untrusted", Duration::from_secs(60))
+        .unwrap();
+    let err = within(10, "untrusted", ClientBuilder::new(&ep).connect(&tok))
+        .await
+        .unwrap_err();
+    let io: std::io::Error = err.into();
+    assert!(io.to_string().contains("cannot connect to router"), "{io}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn self_signed_router_with_insecure_clients() {
+    let (addr, _stop) = tls_router(TlsMode::SelfSigned("localhost".into())).await;
+    let ep = format!("localhost:{}", addr.port()); // no scheme: TLS
+    let insecure = || ClientBuilder::new(&ep).insecure_skip_verify(true);
+    exchange(insecure(), insecure()).await;
+}
+
+#[tokio::test]
+async fn bad_client_settings_are_config_errors() {
+    let err = ClientBuilder::new("ftp://x:1")
+        .connect("t")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    let err = ClientBuilder::new("https://localhost:1")
+        .ca_certificate_pem(b"not a pem".to_vec())
+        .connect("t")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("PEM"), "{err}");
+    let err = ClientBuilder::new("http://127.0.0.1:1")
+        .connect("bad\ntoken")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    let err = ClientBuilder::new("http://127.0.0.1:1")
+        .connect("")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
