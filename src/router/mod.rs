@@ -28,6 +28,7 @@
 
 mod auth;
 mod forward;
+mod ping;
 mod serve;
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ use tonic::{Request, Response, Status};
 
 pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
 pub use forward::Forward;
-pub use serve::{ServeConfig, TlsMode};
+pub use serve::{ServeConfig, ServerTls, TlsMode};
 
 use crate::proto::router_service_server::{RouterService, RouterServiceServer};
 use crate::proto::StreamRequest;

@@ -1,15 +1,89 @@
 //! Serving the router: listen address, TLS, HTTP/2 settings, graceful shutdown.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use futures_core::Stream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::Server;
 
+use super::ping::PingGuard;
 use super::Router;
+
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
+#[derive(Clone)]
+pub struct ServerTls(Arc<rustls::ServerConfig>);
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// From a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    ///
+    /// # Errors
+    ///
+    /// When the PEM holds no certificate or no key, or rustls rejects them.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad certificate PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("the certificate PEM holds no certificate".into());
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("bad private key PEM: {e}"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("certificate and key rejected: {e}"))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ServerTls(Arc::new(cfg)))
+    }
+
+    /// A self-signed certificate for `host` (a name or an IP address), made now.
+    ///
+    /// # Errors
+    ///
+    /// When the certificate cannot be made.
+    pub fn self_signed(host: &str) -> Result<Self, String> {
+        let ck = rcgen::generate_simple_self_signed(vec![host.to_string()])
+            .map_err(|e| format!("cannot make a self-signed certificate for {host}: {e}"))?;
+        Self::from_pem(
+            ck.cert.pem().as_bytes(),
+            ck.signing_key.serialize_pem().as_bytes(),
+        )
+    }
+}
+
+impl From<Arc<rustls::ServerConfig>> for ServerTls {
+    /// Your own rustls settings; set `alpn_protocols` to `h2`.
+    fn from(cfg: Arc<rustls::ServerConfig>) -> Self {
+        ServerTls(cfg)
+    }
+}
 
 /// How the router's listener speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,23 +141,17 @@ impl ServeConfig {
     /// # Errors
     ///
     /// When a certificate file cannot be read or a self-signed certificate cannot be made.
-    pub fn tls_config(&self) -> Result<Option<ServerTlsConfig>, String> {
-        let identity = match &self.tls {
-            TlsMode::Plaintext => return Ok(None),
+    pub fn tls_config(&self) -> Result<Option<ServerTls>, String> {
+        match &self.tls {
+            TlsMode::Plaintext => Ok(None),
             TlsMode::Files { cert, key } => {
                 let read = |p: &PathBuf| {
                     std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
                 };
-                Identity::from_pem(read(cert)?, read(key)?)
+                ServerTls::from_pem(&read(cert)?, &read(key)?).map(Some)
             }
-            TlsMode::SelfSigned(host) => {
-                let ck = rcgen::generate_simple_self_signed(vec![host.clone()]).map_err(|e| {
-                    format!("cannot make a self-signed certificate for {host}: {e}")
-                })?;
-                Identity::from_pem(ck.cert.pem(), ck.signing_key.serialize_pem())
-            }
-        };
-        Ok(Some(ServerTlsConfig::new().identity(identity)))
+            TlsMode::SelfSigned(host) => ServerTls::self_signed(host).map(Some),
+        }
     }
 }
 
@@ -129,18 +197,19 @@ impl Router {
     /// # Errors
     ///
     /// When the TLS settings are rejected or serving fails.
+    ///
+    /// Connections are accepted by a small task that also runs the TLS handshakes (so a slow
+    /// client never holds up the others); it ends, closing the listener, when `shutdown`
+    /// completes. Each connection's inbound HTTP/2 frames go through the keepalive policy
+    /// of the Go router (PINGs at most once a second, also with no call open).
     pub async fn serve_listener(
         self,
         listener: TcpListener,
-        tls: Option<ServerTlsConfig>,
+        tls: Option<ServerTls>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut server = self.server();
-        if let Some(tls) = tls {
-            server = server.tls_config(tls)?;
-        }
-        server
+        let incoming = Incoming::spawn(listener, tls.map(|t| TlsAcceptor::from(t.0)));
+        self.server()
             .serve_with_incoming_shutdown(self.into_service(), incoming, shutdown)
             .await
     }
@@ -177,6 +246,79 @@ impl Router {
                 Ok(())
             }
         }
+    }
+}
+
+type Conn = PingGuard<Either<TcpStream, TlsStream<TcpStream>>>;
+
+/// Accepted (and TLS-terminated) connections, from the acceptor task.
+struct Incoming {
+    rx: mpsc::Receiver<Conn>,
+}
+
+impl Incoming {
+    fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+        let (tx, rx) = mpsc::channel::<Conn>(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = tokio::select! {
+                    // The server stopped taking connections: close the listener.
+                    _ = tx.closed() => return,
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, do not spin.
+                            tracing::warn!(error = %e, "router: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let info = TcpConnectInfo {
+                    local_addr: tcp.local_addr().ok(),
+                    remote_addr: Some(remote),
+                };
+                match &tls {
+                    None => {
+                        if tx
+                            .send(PingGuard::new(Either::Left(tcp), info))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(tls)) => {
+                                    let _ = tx.send(PingGuard::new(Either::Right(tls), info)).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%remote, error = %e, "router: TLS handshake failed")
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "router: TLS handshake timed out")
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Incoming { rx }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<Conn, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().rx.poll_recv(cx).map(|c| c.map(Ok))
     }
 }
 

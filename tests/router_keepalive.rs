@@ -1,0 +1,60 @@
+//! HTTP/2 keepalive enforcement, like the Go router: PINGs are welcome with no call open and
+//! at most once a second; a client that floods PINGs is disconnected.
+#![cfg(feature = "router")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+type Conn = tokio::task::JoinHandle<Result<(), h2::Error>>;
+
+/// A raw HTTP/2 connection with no stream open. The `SendRequest` must be kept: dropping it
+/// makes the h2 client close the connection itself.
+async fn h2_client(r: &TestRouter) -> (h2::PingPong, Conn, h2::client::SendRequest<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let pp = conn.ping_pong().unwrap();
+    (pp, tokio::spawn(conn), send)
+}
+
+#[tokio::test]
+async fn pings_once_a_second_without_streams_are_answered() {
+    let r = TestRouter::start().await;
+    let (mut pp, conn, _send) = h2_client(&r).await;
+    for _ in 0..4 {
+        within(5, "pong", pp.ping(h2::Ping::opaque()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+    }
+    assert!(
+        !conn.is_finished(),
+        "the router closed a well-behaved connection"
+    );
+}
+
+#[tokio::test]
+async fn a_ping_flood_closes_the_connection() {
+    let r = TestRouter::start().await;
+    let (mut pp, conn, _send) = h2_client(&r).await;
+    let mut answered = 0;
+    for _ in 0..10 {
+        match within(5, "pong or close", pp.ping(h2::Ping::opaque())).await {
+            Ok(_) => answered += 1,
+            Err(_) => break,
+        }
+    }
+    // The first ping and two early ones pass (grpc-go's maxPingStrikes = 2); the 4th closes.
+    assert!(answered <= 3, "{answered} rapid pings were answered");
+    // The router closed it (h2 takes a server's close with no stream open as a clean end).
+    within(5, "connection to end", conn).await.unwrap().ok();
+    // The router itself keeps serving others.
+    let tok = r.token("after-flood");
+    let a = jumpstarter_router::connect(&r.endpoint(), &tok)
+        .await
+        .unwrap();
+    r.wait_for("new caller", |s| s.pending == 1).await;
+    drop(a);
+}
