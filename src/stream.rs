@@ -121,7 +121,7 @@ type CallFuture =
 /// [`AsyncRead`] + [`AsyncBufRead`] + [`AsyncWrite`] duplex.
 ///
 /// Client side: [`connect`](crate::connect) (feature `client`) or
-/// [`RouterStream::open`]. Servicer side (an exporter answering `Stream` calls itself):
+/// [`RouterStream::from_call`] over any tonic client. Servicer side (an exporter answering `Stream` calls itself):
 /// [`RouterStream::accept`].
 ///
 /// ```no_run
