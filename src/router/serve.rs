@@ -231,9 +231,14 @@ impl Router {
         let mut server = tokio::spawn(self.clone().serve_listener(listener, tls, async {
             let _ = stop_rx.await;
         }));
-        tokio::select! {
-            r = &mut server => return flatten(r),
-            _ = shutdown_signal() => {}
+        let reporter = tokio::spawn(self.clone().report_stats(STATS_EVERY));
+        let stopped = tokio::select! {
+            r = &mut server => Some(flatten(r)),
+            _ = shutdown_signal() => None,
+        };
+        reporter.abort();
+        if let Some(r) = stopped {
+            return r;
         }
         let stats = self.stats();
         tracing::info!(active = stats.active, pending = stats.pending, grace = ?config.grace, "shutting down: no new calls, active streams may finish");
@@ -319,6 +324,33 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().rx.poll_recv(cx).map(|c| c.map(Ok))
+    }
+}
+
+/// How often `run` logs the router's counters (when they changed).
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+impl Router {
+    /// Logs the counters at info level every `every`, when they changed.
+    async fn report_stats(self, every: Duration) {
+        let mut last = self.stats();
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = self.stats();
+            if s != last {
+                tracing::info!(
+                    pending = s.pending,
+                    active = s.active,
+                    pairs_total = s.pairs_total,
+                    aborts_total = s.aborts_total,
+                    bytes_forwarded = s.bytes_forwarded,
+                    "router stats"
+                );
+                last = s;
+            }
+        }
     }
 }
 
