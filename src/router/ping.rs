@@ -2,11 +2,15 @@
 //! (`keepalive.EnforcementPolicy{MinTime: 1s, PermitWithoutStream: true}`).
 //!
 //! Jumpstarter's clients ping every 20 s, also with no call open: that is always allowed. A
-//! client that pings more often than once a second more than [`MAX_PING_STRIKES`] times in a row
-//! (with no request frames in between) has its connection closed, as grpc-go closes it with
-//! GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings". hyper answers every PING by itself and has no
-//! such policy, so this wrapper watches the frame headers of the decrypted inbound bytes.
-//! It costs a few comparisons per HTTP/2 frame and copies nothing.
+//! client that pings more often than once a second more than [`MAX_PING_STRIKES`] times in a
+//! row has its connection closed, as grpc-go closes it with GOAWAY `ENHANCE_YOUR_CALM`
+//! "too_many_pings". As in grpc-go, a ping that follows DATA or HEADERS *sent by the server*
+//! resets the strikes: a client receiving data may ping as often as its flow control wants
+//! (BDP probes of grpc-core and of hyper's adaptive window do exactly that).
+//!
+//! hyper answers every PING by itself and has no such policy, so this wrapper watches the
+//! HTTP/2 frame headers of the decrypted bytes both ways. It costs a few comparisons per frame
+//! and copies nothing.
 
 use std::io;
 use std::pin::Pin;
@@ -28,10 +32,10 @@ const TYPE_HEADERS: u8 = 0x1;
 const TYPE_PING: u8 = 0x6;
 const FLAG_ACK: u8 = 0x1;
 
-/// Where the scanner is in the inbound HTTP/2 byte stream.
+/// Finds the frame headers in one direction of an HTTP/2 byte stream.
 #[derive(Debug)]
 enum Scan {
-    /// Skipping the client connection preface.
+    /// Skipping the client connection preface (inbound only).
     Preface(usize),
     /// Collecting a frame header.
     Header([u8; FRAME_HEADER_LEN], usize),
@@ -39,33 +43,25 @@ enum Scan {
     Payload(usize),
 }
 
-/// Counts too-frequent PINGs in an HTTP/2 server's inbound bytes.
-#[derive(Debug)]
-pub(crate) struct PingPolicy {
-    scan: Scan,
-    last_ping: Option<Instant>,
-    strikes: u32,
-}
-
-impl PingPolicy {
-    pub(crate) fn new() -> Self {
-        PingPolicy {
-            scan: Scan::Preface(PREFACE_LEN),
-            last_ping: None,
-            strikes: 0,
-        }
+impl Scan {
+    fn header() -> Self {
+        Scan::Header([0; FRAME_HEADER_LEN], 0)
     }
 
-    /// Feeds inbound bytes; `Err` when the client pinged too often.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8], now: Instant) -> io::Result<()> {
+    /// Feeds bytes; calls `on_frame(type, flags)` for each frame header completed.
+    fn feed<E>(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_frame: impl FnMut(u8, u8) -> Result<(), E>,
+    ) -> Result<(), E> {
         while !bytes.is_empty() {
-            match &mut self.scan {
+            match self {
                 Scan::Preface(left) | Scan::Payload(left) => {
                     let n = (*left).min(bytes.len());
                     *left -= n;
                     bytes = &bytes[n..];
                     if *left == 0 {
-                        self.scan = Scan::Header([0; FRAME_HEADER_LEN], 0);
+                        *self = Scan::header();
                     }
                 }
                 Scan::Header(h, have) => {
@@ -77,43 +73,96 @@ impl PingPolicy {
                         let len =
                             usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                         let (ty, flags) = (h[3], h[4]);
-                        self.on_frame(ty, flags, now)?;
-                        self.scan = if len == 0 {
-                            Scan::Header([0; FRAME_HEADER_LEN], 0)
+                        *self = if len == 0 {
+                            Scan::header()
                         } else {
                             Scan::Payload(len)
                         };
+                        on_frame(ty, flags)?;
                     }
                 }
             }
         }
         Ok(())
     }
+}
 
-    fn on_frame(&mut self, ty: u8, flags: u8, now: Instant) -> io::Result<()> {
-        match ty {
-            TYPE_PING if flags & FLAG_ACK == 0 => {
-                if self
-                    .last_ping
-                    .is_some_and(|t| now.duration_since(t) < MIN_PING_INTERVAL)
-                {
-                    self.strikes += 1;
-                }
-                self.last_ping = Some(now);
-                if self.strikes > MAX_PING_STRIKES {
-                    tracing::warn!(
-                        "router: closing a connection that pings too often (too_many_pings)"
-                    );
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "too_many_pings: the client pings more often than once a second",
-                    ));
-                }
-            }
-            TYPE_DATA | TYPE_HEADERS => self.strikes = 0,
-            _ => {}
+/// grpc-go's ping policy for one server connection.
+#[derive(Debug)]
+pub(crate) struct PingPolicy {
+    inbound: Scan,
+    outbound: Scan,
+    last_ping: Option<Instant>,
+    strikes: u32,
+    /// The server sent DATA or HEADERS since the last ping (grpc-go's `resetPingStrikes`).
+    reset: bool,
+}
+
+impl PingPolicy {
+    pub(crate) fn new() -> Self {
+        PingPolicy {
+            inbound: Scan::Preface(PREFACE_LEN),
+            outbound: Scan::header(),
+            last_ping: None,
+            strikes: 0,
+            reset: false,
         }
-        Ok(())
+    }
+
+    /// Feeds bytes the client sent; `Err` when it pinged too often.
+    pub(crate) fn feed(&mut self, bytes: &[u8], now: Instant) -> io::Result<()> {
+        let Self {
+            inbound,
+            last_ping,
+            strikes,
+            reset,
+            ..
+        } = self;
+        inbound.feed(bytes, |ty, flags| {
+            if ty != TYPE_PING || flags & FLAG_ACK != 0 {
+                return Ok(());
+            }
+            let last = last_ping.replace(now);
+            if std::mem::take(reset) {
+                *strikes = 0;
+                return Ok(());
+            }
+            if last.is_some_and(|t| now.duration_since(t) < MIN_PING_INTERVAL) {
+                *strikes += 1;
+            }
+            if *strikes > MAX_PING_STRIKES {
+                tracing::warn!(
+                    "router: closing a connection that pings too often (too_many_pings)"
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "too_many_pings: the client pings more often than once a second",
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Feeds bytes the server wrote.
+    pub(crate) fn sent(&mut self, bytes: &[u8]) {
+        let reset = &mut self.reset;
+        let _ = self.outbound.feed(bytes, |ty, _| {
+            if ty == TYPE_DATA || ty == TYPE_HEADERS {
+                *reset = true;
+            }
+            Ok::<(), ()>(())
+        });
+    }
+
+    fn sent_vectored(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        for b in bufs {
+            if n == 0 {
+                break;
+            }
+            let k = b.len().min(n);
+            self.sent(&b[..k]);
+            n -= k;
+        }
     }
 }
 
@@ -154,7 +203,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for PingGuard<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let me = self.get_mut();
+        let n = std::task::ready!(Pin::new(&mut me.io).poll_write(cx, buf))?;
+        me.policy.sent(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -162,7 +214,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for PingGuard<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        let n = std::task::ready!(Pin::new(&mut me.io).poll_write_vectored(cx, bufs))?;
+        me.policy.sent_vectored(bufs, n);
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -244,15 +299,47 @@ mod tests {
             // ACKs never count
             p.feed(&frame(TYPE_PING, FLAG_ACK, &[0; 8]), t0).unwrap();
         }
-        // Early pings with DATA between them reset the strikes.
+        // Inbound DATA does not reset the strikes (as in grpc-go)...
         let t1 = t0 + Duration::from_secs(20);
+        let mut struck = false;
         for i in 0..10 {
-            p.feed(&frame(TYPE_PING, 0, &[0; 8]), t1).unwrap();
-            p.feed(
-                &frame(TYPE_DATA, 0, &[7; 100]),
-                t1 + Duration::from_millis(i),
-            )
-            .unwrap();
+            p.feed(&frame(TYPE_DATA, 0, &[7; 100]), t1).unwrap();
+            if p.feed(&frame(TYPE_PING, 0, &[0; 8]), t1 + Duration::from_millis(i))
+                .is_err()
+            {
+                struck = true;
+                break;
+            }
         }
+        assert!(
+            struck,
+            "rapid pings between inbound DATA must be struck out"
+        );
+    }
+
+    #[test]
+    fn server_data_or_headers_reset_the_strikes() {
+        let mut p = PingPolicy::new();
+        let t0 = Instant::now();
+        p.feed(PREFACE, t0).unwrap();
+        // A receiving client's BDP pings: each follows DATA the server sent, split anywhere.
+        for i in 0..100u64 {
+            let mut out = frame(TYPE_DATA, 0, &[7; 300]);
+            out.extend(frame(TYPE_PING, FLAG_ACK, &[0; 8]));
+            let (a, b) = out.split_at((i as usize * 7) % out.len());
+            p.sent_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)], out.len());
+            p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0 + Duration::from_millis(i))
+                .unwrap();
+        }
+        // HEADERS count too; PING ACKs and SETTINGS do not.
+        p.sent(&frame(TYPE_HEADERS, 0x4, &[0; 20]));
+        p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0).unwrap();
+        let mut struck = false;
+        for _ in 0..=MAX_PING_STRIKES {
+            p.sent(&frame(TYPE_PING, FLAG_ACK, &[0; 8]));
+            p.sent(&frame(0x4, 0, &[]));
+            struck |= p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0).is_err();
+        }
+        assert!(struck, "control frames alone must not reset the strikes");
     }
 }
