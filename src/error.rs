@@ -94,7 +94,13 @@ impl Error {
                 Code::NotFound => K::NotFound,
                 Code::AlreadyExists => K::AlreadyExists,
                 Code::Unimplemented => K::Unsupported,
-                _ => io_source_kind(s).unwrap_or(K::Other),
+                // A status tonic made from a transport failure carries its cause: the
+                // connection broke. A status the peer sent has no source.
+                _ => io_source_kind(s).unwrap_or(if s.source().is_some() {
+                    K::ConnectionAborted
+                } else {
+                    K::Other
+                }),
             },
         }
     }
@@ -170,6 +176,13 @@ mod tests {
         assert_eq!(Error::Reset.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(Error::UnexpectedEnd.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(Error::WriteAfterShutdown.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn a_transport_failure_is_an_aborted_connection_not_other() {
+        let mut s = tonic::Status::unknown("h2 protocol error: error reading a body");
+        s.set_source(std::sync::Arc::new(std::fmt::Error));
+        assert_eq!(Error::Status(s).kind(), io::ErrorKind::ConnectionAborted);
     }
 
     #[test]
