@@ -37,6 +37,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod error;
+mod codec;
 mod frame;
 mod stream;
 
