@@ -1,0 +1,1006 @@
+//! End to end through a router: raw TCP, a plain tonic relay, and this crate's stack, measured
+//! side by side in one run; then the router's memory.
+//!
+//! ```text
+//! cargo bench --all-features --bench relay
+//! RELAY_RUNS=5 RELAY_MIB=256 RELAY_PINGS=2000 RELAY_PAIRS=1000,10000 cargo bench --all-features --bench relay
+//! RELAY_ONLY=throughput|memory ...
+//! ```
+//!
+//! Layout, the same for every variant: sender, router and receiver each run on their own
+//! thread and tokio runtime (like three machines), joined by separate loopback TCP connections.
+//!
+//! - **TCP**: the sender writes to the receiver directly (the limit).
+//! - **tonic relay**: a plain relay written here as one would by hand (pairs two calls by a
+//!   metadata value, a task per direction forwards messages through a channel), raw tonic
+//!   clients sending one message per write, 4 MiB stream / 8 MiB connection windows (its best).
+//! - **ours**: app `TcpStream` -> `copy_bidirectional` -> `RouterStream` -> our router ->
+//!   `RouterStream` -> `copy_bidirectional` -> `TcpStream` app, all with the crate's defaults.
+//!
+//! Throughput at 1, 16 and 64 KiB application writes, and ping-pong of 64 bytes (p50, p99).
+//! Memory: the router in a child process; its RSS per paired idle stream with many pairs over
+//! shared connections, and every process's RSS growth while a stalled reader's sender pushes
+//! 1 GiB.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc as smpsc, Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use jumpstarter_router::proto::router_service_client::RouterServiceClient;
+use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
+use jumpstarter_router::proto::{FrameType, StreamRequest, StreamResponse};
+use jumpstarter_router::router::{Auth, Router};
+use jumpstarter_router::{ClientBuilder, RouterStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+const KEY: &[u8] = b"relay-bench-key";
+const WINDOW: u32 = 4 << 20;
+const CONN_WINDOW: u32 = 8 << 20;
+/// copy_bidirectional's buffers in our stack (as the CLI uses).
+const COPY_BUF: usize = 64 * KIB;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("RELAY_CHILD") {
+        return child(&role);
+    }
+    let only = std::env::var("RELAY_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "throughput" {
+        throughput();
+    }
+    if only.is_empty() || only == "memory" {
+        memory();
+    }
+}
+
+// ===== roles: a thread with its own runtime =====
+
+struct Role {
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Role {
+    fn new(name: &str) -> Role {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+            })
+            .unwrap();
+        Role {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on this role's runtime and waits for its result.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = smpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().expect("role task panicked")
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sender, router and receiver, with both routers started on the router's runtime.
+struct Roles {
+    sender: Role,
+    receiver: Role,
+    relay: SocketAddr,
+    ours: SocketAddr,
+    // Last: its runtime (and the routers on it) stops after the others.
+    _router: Role,
+}
+
+impl Roles {
+    fn new() -> Roles {
+        let router = Role::new("router");
+        let relay = router.run(start_plain_relay());
+        let ours = router.run(start_our_router());
+        Roles {
+            sender: Role::new("sender"),
+            receiver: Role::new("receiver"),
+            relay,
+            ours,
+            _router: router,
+        }
+    }
+}
+
+// ===== the plain tonic relay =====
+
+/// An mpsc receiver as a `Stream`.
+struct Channeled<T>(mpsc::Receiver<T>);
+
+impl<T> Stream for Channeled<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.get_mut().0.poll_recv(cx)
+    }
+}
+
+type Replies = mpsc::Sender<Result<StreamResponse, Status>>;
+
+/// A relay as one writes it by hand: pair by the `stream` metadata, forward with a task and a
+/// channel per direction.
+#[derive(Default)]
+struct PlainRelay {
+    pending: Mutex<HashMap<String, (Replies, oneshot::Sender<Replies>)>>,
+}
+
+async fn forward(mut inbound: Streaming<StreamRequest>, to: Replies) {
+    while let Ok(Some(m)) = inbound.message().await {
+        let out = StreamResponse {
+            payload: m.payload,
+            frame_type: m.frame_type,
+        };
+        if to.send(Ok(out)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RouterService for PlainRelay {
+    type StreamStream = Channeled<Result<StreamResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let key = request
+            .metadata()
+            .get("stream")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::invalid_argument("no stream"))?
+            .to_owned();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let waiting = self.pending.lock().unwrap().remove(&key);
+        match waiting {
+            Some((peer_tx, give)) => {
+                let _ = give.send(tx);
+                tokio::spawn(forward(inbound, peer_tx));
+            }
+            None => {
+                let (give, take) = oneshot::channel();
+                self.pending.lock().unwrap().insert(key, (tx, give));
+                tokio::spawn(async move {
+                    if let Ok(peer_tx) = take.await {
+                        forward(inbound, peer_tx).await;
+                    }
+                });
+            }
+        }
+        Ok(Response::new(Channeled(rx)))
+    }
+}
+
+async fn start_plain_relay() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .tcp_nodelay(true)
+            .serve_with_incoming(
+                RouterServiceServer::new(PlainRelay::default()),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    addr
+}
+
+async fn plain_channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A raw tonic call on the plain relay: a sender of requests and the response messages.
+async fn plain_call(
+    addr: SocketAddr,
+    stream: &str,
+) -> (mpsc::Sender<StreamRequest>, Streaming<StreamResponse>) {
+    let (tx, rx) = mpsc::channel(16);
+    let mut req = Request::new(Channeled(rx));
+    req.metadata_mut().insert("stream", stream.parse().unwrap());
+    let resp = RouterServiceClient::new(plain_channel(addr).await)
+        .stream(req)
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, resp)
+}
+
+fn data(payload: Bytes) -> StreamRequest {
+    StreamRequest {
+        payload,
+        frame_type: FrameType::Data as i32,
+    }
+}
+
+// ===== our stack =====
+
+async fn start_our_router() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::builder(Auth::new(KEY)).build();
+    tokio::spawn(router.serve_plaintext(listener, std::future::pending()));
+    addr
+}
+
+fn token(stream: &str) -> String {
+    Auth::new(KEY)
+        .mint(stream, Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// The client end: a local TCP port bridged to a router stream. Returns the port.
+async fn our_client_bridge(router: SocketAddr, tok: String) -> SocketAddr {
+    let stream = ClientBuilder::new(format!("http://{router}"))
+        .connect(&tok)
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        bridge(tcp, stream).await;
+    });
+    addr
+}
+
+/// The exporter end: a router stream bridged to a TCP target.
+async fn our_exporter_bridge(router: SocketAddr, tok: String, target: SocketAddr) {
+    let stream = ClientBuilder::new(format!("http://{router}"))
+        .connect(&tok)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let tcp = TcpStream::connect(target).await.unwrap();
+        bridge(tcp, stream).await;
+    });
+}
+
+async fn bridge(tcp: TcpStream, mut stream: RouterStream) {
+    tcp.set_nodelay(true).unwrap();
+    let mut tcp = tcp;
+    let r =
+        tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await;
+    if r.is_ok() {
+        let _ = stream.close().await;
+    }
+}
+
+// ===== throughput =====
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Tcp,
+    Relay,
+    Ours,
+    /// `RouterStream` -> our router -> `RouterStream`, no TCP legs: the relay's own layout.
+    Streams,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant::Tcp,
+    Variant::Relay,
+    Variant::Ours,
+    Variant::Streams,
+];
+const NAMES: [&str; 4] = ["tcp", "relay", "ours", "streams"];
+
+/// A TCP sink on the receiver: counts bytes to `total`, reports when they are all in.
+async fn tcp_sink(total: usize) -> (SocketAddr, oneshot::Receiver<Instant>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 256 * KIB];
+        let mut got = 0;
+        while got < total {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "sink: early EOF at {got} of {total}");
+            got += n;
+        }
+        let _ = tx.send(Instant::now());
+        // Drain to EOF so the sender's shutdown completes.
+        while s.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
+    });
+    (addr, rx)
+}
+
+async fn tcp_send(to: SocketAddr, slab: Bytes, write: usize, total: usize, warm: bool) -> Instant {
+    // A bulk sender keeps Nagle's algorithm on, as TCP's default.
+    let mut s = TcpStream::connect(to).await.unwrap();
+    let mut left = total;
+    if warm {
+        // One byte through first, so the pairing is not timed.
+        s.write_all(&slab[..1]).await.unwrap();
+        left -= 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    while left > 0 {
+        let n = write.min(left);
+        s.write_all(&slab[..n]).await.unwrap();
+        left -= n;
+    }
+    s.shutdown().await.unwrap();
+    // Keep the socket until the far end closes, so no RST cuts the tail.
+    let mut b = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut b)).await;
+    start
+}
+
+/// MiB/s of `total` bytes in writes of `write` bytes.
+fn run_throughput(
+    v: Variant,
+    roles: &Roles,
+    slab: &Bytes,
+    write: usize,
+    total: usize,
+    n: u64,
+) -> f64 {
+    let (start, end) = match v {
+        Variant::Tcp => {
+            let (addr, done) = roles.receiver.run(tcp_sink(total));
+            let start = roles
+                .sender
+                .run(tcp_send(addr, slab.clone(), write, total, false));
+            (start, done.blocking_recv().unwrap())
+        }
+        Variant::Relay => {
+            let relay = roles.relay;
+            let key = format!("t{n}");
+            let (rtx, rrx) = smpsc::channel();
+            let k2 = key.clone();
+            roles.receiver.handle.spawn(async move {
+                let (_keep, mut inbound) = plain_call(relay, &k2).await;
+                let mut got = 0;
+                while got < total {
+                    let m = inbound.message().await.unwrap().expect("relay ended early");
+                    got += m.payload.len();
+                }
+                let _ = rtx.send(Instant::now());
+            });
+            let slab = slab.clone();
+            let (stx, srx) = smpsc::channel();
+            roles.sender.handle.spawn(async move {
+                let (tx, mut inbound) = plain_call(relay, &key).await;
+                let _ = stx.send(Instant::now());
+                let mut left = total;
+                while left > 0 {
+                    let n = write.min(left);
+                    tx.send(data(slab.slice(..n))).await.unwrap();
+                    left -= n;
+                }
+                // Keep the call until the receiver is done and the relay ends it.
+                drop(tx);
+                while let Ok(Some(_)) = inbound.message().await {}
+            });
+            let start = srx.recv().unwrap();
+            (start, rrx.recv().unwrap())
+        }
+        Variant::Ours => {
+            let router = roles.ours;
+            let tok = token(&format!("t{n}"));
+            let (sink, done) = roles.receiver.run(tcp_sink(total));
+            let t2 = tok.clone();
+            roles
+                .receiver
+                .run(async move { our_exporter_bridge(router, t2, sink).await });
+            let port = roles.sender.run(our_client_bridge(router, tok));
+            let start = roles
+                .sender
+                .run(tcp_send(port, slab.clone(), write, total, true));
+            (start, done.blocking_recv().unwrap())
+        }
+        Variant::Streams => {
+            let router = roles.ours;
+            let tok = token(&format!("t{n}"));
+            let (rtx, rrx) = smpsc::channel();
+            let t2 = tok.clone();
+            roles.receiver.handle.spawn(async move {
+                let mut s = ClientBuilder::new(format!("http://{router}"))
+                    .connect(&t2)
+                    .await
+                    .unwrap();
+                let mut buf = vec![0u8; 64 * KIB];
+                let mut got = 0;
+                while got < total {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "early EOF");
+                    got += n;
+                }
+                let _ = rtx.send(Instant::now());
+                assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+                s.shutdown().await.unwrap();
+                s.close().await.unwrap();
+            });
+            let slab = slab.clone();
+            let start = roles.sender.run(async move {
+                let mut s = ClientBuilder::new(format!("http://{router}"))
+                    .connect(&tok)
+                    .await
+                    .unwrap();
+                // One byte through first, so the pairing is not timed.
+                s.write_all(&slab[..1]).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let start = Instant::now();
+                let mut left = total - 1;
+                while left > 0 {
+                    let n = write.min(left);
+                    s.write_all(&slab[..n]).await.unwrap();
+                    left -= n;
+                }
+                s.shutdown().await.unwrap();
+                tokio::spawn(async move { s.close().await });
+                start
+            });
+            (start, rrx.recv().unwrap())
+        }
+    };
+    let secs = end.duration_since(start).as_secs_f64();
+    (total as f64 - 1.0) / MIB as f64 / secs
+}
+
+// ===== ping-pong =====
+
+/// A TCP echo server on the receiver.
+async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    addr
+}
+
+async fn tcp_pings(to: SocketAddr, pings: usize) -> Vec<Duration> {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut rtts = Vec::with_capacity(pings);
+    for i in 0..pings + pings / 10 {
+        let t = Instant::now();
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+        if i >= pings / 10 {
+            rtts.push(t.elapsed());
+        }
+    }
+    rtts
+}
+
+fn run_pings(v: Variant, roles: &Roles, pings: usize, n: u64) -> Vec<Duration> {
+    match v {
+        Variant::Tcp => {
+            let echo = roles.receiver.run(tcp_echo());
+            roles.sender.run(tcp_pings(echo, pings))
+        }
+        Variant::Relay => {
+            let relay = roles.relay;
+            let key = format!("p{n}");
+            let k2 = key.clone();
+            roles.receiver.handle.spawn(async move {
+                let (tx, mut inbound) = plain_call(relay, &k2).await;
+                while let Ok(Some(m)) = inbound.message().await {
+                    if tx.send(data(m.payload)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            roles.sender.run(async move {
+                let (tx, mut inbound) = plain_call(relay, &key).await;
+                let msg = Bytes::from_static(&[7u8; 64]);
+                let mut rtts = Vec::with_capacity(pings);
+                for i in 0..pings + pings / 10 {
+                    let t = Instant::now();
+                    tx.send(data(msg.clone())).await.unwrap();
+                    let m = inbound.message().await.unwrap().unwrap();
+                    assert_eq!(m.payload.len(), 64);
+                    if i >= pings / 10 {
+                        rtts.push(t.elapsed());
+                    }
+                }
+                rtts
+            })
+        }
+        Variant::Ours => {
+            let router = roles.ours;
+            let tok = token(&format!("p{n}"));
+            let echo = roles.receiver.run(tcp_echo());
+            let t2 = tok.clone();
+            roles
+                .receiver
+                .run(async move { our_exporter_bridge(router, t2, echo).await });
+            let port = roles.sender.run(our_client_bridge(router, tok));
+            roles.sender.run(tcp_pings(port, pings))
+        }
+        Variant::Streams => {
+            let router = roles.ours;
+            let tok = token(&format!("p{n}"));
+            let t2 = tok.clone();
+            roles.receiver.handle.spawn(async move {
+                let mut s = ClientBuilder::new(format!("http://{router}"))
+                    .connect(&t2)
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 64];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    s.write_all(&buf).await.unwrap();
+                    s.flush().await.unwrap();
+                }
+            });
+            roles.sender.run(async move {
+                let mut s = ClientBuilder::new(format!("http://{router}"))
+                    .connect(&tok)
+                    .await
+                    .unwrap();
+                let msg = [7u8; 64];
+                let mut back = [0u8; 64];
+                let mut rtts = Vec::with_capacity(pings);
+                for i in 0..pings + pings / 10 {
+                    let t = Instant::now();
+                    s.write_all(&msg).await.unwrap();
+                    s.flush().await.unwrap();
+                    s.read_exact(&mut back).await.unwrap();
+                    if i >= pings / 10 {
+                        rtts.push(t.elapsed());
+                    }
+                }
+                s.shutdown().await.unwrap();
+                rtts
+            })
+        }
+    }
+}
+
+// ===== statistics and the table =====
+
+fn min_med_max(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn fmt3((a, b, c): (f64, f64, f64), prec: usize) -> String {
+    format!("{a:.prec$}/{b:.prec$}/{c:.prec$}")
+}
+
+fn throughput() {
+    let runs: usize = env_or("RELAY_RUNS", 5);
+    let mib: usize = env_or("RELAY_MIB", 256);
+    let pings: usize = env_or("RELAY_PINGS", 2000);
+    let total = mib * MIB;
+    let slab = Bytes::from(vec![0x5a_u8; 64 * KIB]);
+    let roles = Roles::new();
+    // RELAY_SIZES=64,16,1 (KiB) and RELAY_VARIANTS=tcp,relay,ours narrow a run (for profiling).
+    let sizes: Vec<usize> = std::env::var("RELAY_SIZES")
+        .unwrap_or_else(|_| "64,16,1".into())
+        .split(',')
+        .filter_map(|s| s.parse::<usize>().ok())
+        .map(|k| k * KIB)
+        .collect();
+    let wanted = std::env::var("RELAY_VARIANTS").unwrap_or_else(|_| NAMES.join(","));
+    let on = |vi: usize| wanted.split(',').any(|w| w == NAMES[vi]);
+    let mut tput: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    let mut p50: HashMap<usize, Vec<f64>> = HashMap::new();
+    let mut p99: HashMap<usize, Vec<f64>> = HashMap::new();
+    let mut n = 0;
+    eprintln!("relay bench: {runs} runs, {mib} MiB per transfer, {pings} pings");
+    for run in 0..runs {
+        for &w in &sizes {
+            for (vi, &v) in VARIANTS.iter().enumerate() {
+                if !on(vi) {
+                    tput.entry((w, vi)).or_default().push(f64::NAN);
+                    continue;
+                }
+                n += 1;
+                let r = run_throughput(v, &roles, &slab, w, total, n);
+                tput.entry((w, vi)).or_default().push(r);
+            }
+        }
+        for (vi, &v) in VARIANTS.iter().enumerate() {
+            if !on(vi) || pings == 0 {
+                p50.entry(vi).or_default().push(f64::NAN);
+                p99.entry(vi).or_default().push(f64::NAN);
+                continue;
+            }
+            n += 1;
+            let mut rtts = run_pings(v, &roles, pings, n);
+            rtts.sort();
+            p50.entry(vi).or_default().push(percentile(&rtts, 0.50));
+            p99.entry(vi).or_default().push(percentile(&rtts, 0.99));
+        }
+        eprintln!("  run {} of {runs} done", run + 1);
+    }
+
+    println!();
+    println!("Throughput, MiB/s, min/median/max of {runs} runs ({mib} MiB per transfer)");
+    println!(
+        "| writes | TCP | tonic relay | ours (TCP legs) | ours (streams) | ours / relay | streams / relay | ours / TCP |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for &w in &sizes {
+        let m: Vec<(f64, f64, f64)> = (0..4)
+            .map(|vi| min_med_max(tput[&(w, vi)].clone()))
+            .collect();
+        // Ratios run by run (same run, same machine state), then min/median/max.
+        let ratio = |a: usize, b: usize| {
+            let r: Vec<f64> = tput[&(w, a)]
+                .iter()
+                .zip(&tput[&(w, b)])
+                .map(|(x, y)| x / y)
+                .collect();
+            min_med_max(r)
+        };
+        println!(
+            "| {} KiB | {} | {} | {} | {} | {} | {} | {} |",
+            w / KIB,
+            fmt3(m[0], 0),
+            fmt3(m[1], 0),
+            fmt3(m[2], 0),
+            fmt3(m[3], 0),
+            fmt3(ratio(2, 1), 2),
+            fmt3(ratio(3, 1), 2),
+            fmt3(ratio(2, 0), 2),
+        );
+    }
+    println!();
+    println!("Ping-pong 64 B, microseconds, min/median/max of {runs} runs of {pings}");
+    println!("| | TCP | tonic relay | ours (TCP legs) | ours (streams) | ours / relay | streams / relay |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, m) in [("p50", &p50), ("p99", &p99)] {
+        let ratio = |a: usize| {
+            let r: Vec<f64> = m[&a].iter().zip(&m[&1]).map(|(x, y)| x / y).collect();
+            min_med_max(r)
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            fmt3(min_med_max(m[&0].clone()), 0),
+            fmt3(min_med_max(m[&1].clone()), 0),
+            fmt3(min_med_max(m[&2].clone()), 0),
+            fmt3(min_med_max(m[&3].clone()), 0),
+            fmt3(ratio(2), 2),
+            fmt3(ratio(3), 2),
+        );
+    }
+}
+
+// ===== memory =====
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A child process of this bench (`RELAY_CHILD=role`), talking in lines.
+struct ChildProc {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl ChildProc {
+    fn spawn(role: &str, env: &[(&str, String)]) -> ChildProc {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env("RELAY_CHILD", role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        ChildProc { child, lines }
+    }
+
+    fn line(&mut self) -> String {
+        self.lines.next().expect("child ended").unwrap()
+    }
+
+    fn ask(&mut self, q: &str) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{q}").unwrap();
+        stdin.flush().unwrap();
+        self.line()
+    }
+
+    fn rss(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn child(role: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match role {
+        "router" => rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let router = Router::builder(Auth::new(KEY)).build();
+            println!("{}", listener.local_addr().unwrap());
+            tokio::spawn(
+                router
+                    .clone()
+                    .serve_plaintext(listener, std::future::pending()),
+            );
+            // Commands on stdin: `stats` -> `active pending`.
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                let s = router.stats();
+                println!("{} {}", s.active, s.pending);
+            }
+        }),
+        "receiver" => rt.block_on(async {
+            // Reads nothing until told `read` on stdin, then reads to EOF.
+            let router: SocketAddr = std::env::var("RELAY_ROUTER").unwrap().parse().unwrap();
+            let mut s = ClientBuilder::new(format!("http://{router}"))
+                .connect(&std::env::var("RELAY_TOKEN").unwrap())
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            println!("ready");
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            let _ = lines.next_line().await;
+            let mut buf = vec![0u8; 64 * KIB];
+            let mut got = 0u64;
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            s.shutdown().await.unwrap();
+            s.close().await.unwrap();
+            println!("{got}");
+        }),
+        other => panic!("unknown RELAY_CHILD role {other}"),
+    }
+}
+
+fn memory() {
+    let pairs: Vec<usize> = std::env::var("RELAY_PAIRS")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!();
+    println!("Router memory per paired idle stream (router in its own process)");
+    println!(
+        "| pairs | paired (router's count) | connections | router RSS before | after | per pair |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &p in &pairs {
+        let mut router = ChildProc::spawn("router", &[]);
+        let addr: SocketAddr = router.line().parse().unwrap();
+        let conns = 16;
+        let channels: Vec<Channel> = rt.block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..conns {
+                v.push(
+                    ClientBuilder::new(format!("http://{addr}"))
+                        .channel()
+                        .await
+                        .unwrap(),
+                );
+            }
+            v
+        });
+        // Warm up: one pair through, so the router's one-time allocations are done.
+        for t in rt.block_on(idle_pairs(&channels, 0, 50)) {
+            t.abort();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = router.ask("stats");
+        let before = router.rss();
+        let held = rt.block_on(idle_pairs(&channels, 1_000_000, p));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut s;
+        loop {
+            s = router.ask("stats");
+            let active: usize = s
+                .split(' ')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            if active >= p || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let after = router.rss();
+        let active = s.split(' ').next().unwrap_or("?");
+        println!(
+            "| {p} | {active} | {conns} | {} KiB | {} KiB | {:.1} KiB |",
+            before,
+            after,
+            (after.saturating_sub(before)) as f64 / p as f64
+        );
+        for t in held {
+            t.abort();
+        }
+        drop(channels);
+    }
+
+    // A stalled reader while the sender pushes 1 GiB.
+    let gib: u64 = env_or("RELAY_STALL_MIB", 1024);
+    let mut router = ChildProc::spawn("router", &[]);
+    let addr: SocketAddr = router.line().parse().unwrap();
+    let tok = token("stalled");
+    let mut receiver = ChildProc::spawn(
+        "receiver",
+        &[
+            ("RELAY_ROUTER", addr.to_string()),
+            ("RELAY_TOKEN", tok.clone()),
+        ],
+    );
+    assert_eq!(receiver.line(), "ready");
+    let mut sender = rt
+        .block_on(ClientBuilder::new(format!("http://{addr}")).connect(&tok))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let me = std::process::id();
+    let base = [rss_kib(me), router.rss(), receiver.rss()];
+    let peak = Arc::new(Mutex::new(base));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rp, qp) = (router.child.id(), receiver.child.id());
+    let monitor = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = [rss_kib(me), rss_kib(rp), rss_kib(qp)];
+                let mut p = peak.lock().unwrap();
+                for i in 0..3 {
+                    p[i] = p[i].max(now[i]);
+                }
+                drop(p);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let total = gib * MIB as u64;
+    let push = rt.spawn(async move {
+        let buf = vec![0x5a_u8; 64 * KIB];
+        let mut left = total;
+        while left > 0 {
+            let n = (buf.len() as u64).min(left) as usize;
+            sender.write_all(&buf[..n]).await.unwrap();
+            left -= n as u64;
+        }
+        sender.shutdown().await.unwrap();
+        sender.close().await.unwrap();
+    });
+    // The reader stalls for 3 s while the sender pushes, then reads it all.
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled = *peak.lock().unwrap();
+    let got: u64 = receiver.ask("read").parse().unwrap();
+    rt.block_on(push).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    monitor.join().unwrap();
+    assert_eq!(got, total, "the receiver got every byte");
+    let peak = *peak.lock().unwrap();
+    println!();
+    println!(
+        "Stalled reader, {gib} MiB pushed (stalled 3 s, then read): RSS growth over the baseline"
+    );
+    println!("| process | baseline | growth while stalled | peak growth |");
+    println!("|---|---|---|---|");
+    for (i, name) in ["sender", "router", "receiver"].iter().enumerate() {
+        println!(
+            "| {name} | {} KiB | {} KiB | {} KiB |",
+            base[i],
+            stalled[i].saturating_sub(base[i]),
+            peak[i].saturating_sub(base[i])
+        );
+    }
+}
+
+/// Opens `pairs` idle pairs (stream ids from `first`) over the channels: each stream is held
+/// by a task waiting to read. Abort the tasks to drop them.
+async fn idle_pairs(
+    channels: &[Channel],
+    first: usize,
+    pairs: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut v = Vec::with_capacity(2 * pairs);
+    for i in 0..pairs {
+        let tok = token(&format!("idle-{}", first + i));
+        for side in 0..2 {
+            let ch = channels[(2 * i + side) % channels.len()].clone();
+            let mut s = jumpstarter_router::open(ch, &tok).unwrap();
+            v.push(tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                let _ = s.read(&mut b).await;
+            }));
+        }
+    }
+    v
+}
