@@ -36,8 +36,8 @@
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod error;
 mod codec;
+mod error;
 mod frame;
 mod stream;
 

@@ -153,6 +153,8 @@ type CallFuture =
 ///   peer's in-flight data is not lost. Writing after it fails with
 ///   [`io::ErrorKind::BrokenPipe`].
 /// - **Drop without shutdown** aborts: the peer gets RST_STREAM and the call is cancelled.
+///   Client side, the request stays open in the background until the router has ended the
+///   call (at most 2 s), so the RST_STREAM frame is sent rather than lost in an HTTP/2 cancel.
 ///
 /// # Cancel safety
 ///
@@ -170,8 +172,8 @@ pub struct RouterStream {
     /// Frames to tonic. `None` once the request stream ended (client) or the response may end
     /// (servicer).
     tx: Option<PollSender<Frame>>,
-    /// Set when dropped without shutdown: the outbound stream then ends with RST_STREAM.
-    abort: Arc<AtomicBool>,
+    /// Shared with the outbound stream: the abort flag and what a dropped client leaves behind.
+    shared: Arc<Shared>,
     side: Side,
     max_payload: usize,
     /// Wakers for the pending call, polled from both halves while connecting.
@@ -228,7 +230,7 @@ impl RouterStream {
         read: ReadState,
         side: Side,
         opts: &StreamOptions,
-        (tx, abort, outbound_done): OutboundHandle,
+        (tx, shared, outbound_done): OutboundHandle,
     ) -> Self {
         RouterStream {
             read,
@@ -237,7 +239,7 @@ impl RouterStream {
             write: WriteState::Open,
             wbuf: BytesMut::new(),
             tx: Some(PollSender::new(tx)),
-            abort,
+            shared,
             side,
             max_payload: opts.max_payload,
             connect_wakers: None,
@@ -277,7 +279,7 @@ impl RouterStream {
         Fut: Future<Output = Result<Response<Streaming<StreamResponse>>, Status>> + Send + 'static,
     {
         let (handle, outbound) = Outbound::channel();
-        let call: CallFuture = Box::pin(make_call(RequestStream(outbound)));
+        let call: CallFuture = Box::pin(make_call(RequestStream::new(outbound)));
         RouterStream::from_parts(ReadState::Connecting(call), Side::Client, opts, handle)
     }
 
@@ -761,7 +763,20 @@ impl Drop for RouterStream {
             // (servicer) ends the response with an error status. The client's call is
             // cancelled when its response stream is dropped with this.
             tracing::debug!(side = ?self.side, "router stream dropped without shutdown: aborting");
-            self.abort.store(true, Ordering::Release);
+            // Client: the response must outlive this stream until the RST_STREAM frame is on
+            // the wire, or h2 drops the queued frame and only cancels the HTTP/2 stream. The
+            // request stream keeps it (briefly, see `Linger`). A call whose request stream was
+            // never polled holds that stream itself, so it is simply dropped.
+            if self.side == Side::Client && self.shared.body_polled.load(Ordering::Acquire) {
+                let linger = match std::mem::replace(&mut self.read, ReadState::Failed) {
+                    ReadState::Connecting(call) => Some(Linger::Call(call)),
+                    ReadState::Open(Inbound::Client(s))
+                    | ReadState::Eof(Some(Inbound::Client(s))) => Some(Linger::Response(s)),
+                    _ => None,
+                };
+                *self.shared.linger.lock().unwrap_or_else(|e| e.into_inner()) = linger;
+            }
+            self.shared.abort.store(true, Ordering::Release);
         }
     }
 }
@@ -823,17 +838,40 @@ impl Wake for ConnectWakers {
 
 // ===== impl Outbound =====
 
+/// State shared by a [`RouterStream`] and its outbound stream.
+#[derive(Default)]
+struct Shared {
+    /// Set when the stream is dropped without shutdown: the outbound stream then ends with
+    /// RST_STREAM.
+    abort: AtomicBool,
+    /// Set once tonic polls the outbound stream: the request was dispatched, and the call
+    /// future no longer owns it.
+    body_polled: AtomicBool,
+    /// Client: the read side of a dropped stream, kept until its RST_STREAM is sent.
+    linger: Mutex<Option<Linger>>,
+}
+
+/// How long a dropped client stream's request stays open after its RST_STREAM frame, waiting
+/// for the router to end the call (ours does at once).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The read side of a client stream dropped without shutdown.
+enum Linger {
+    Call(CallFuture),
+    Response(Streaming<StreamResponse>),
+}
+
 /// The frames a [`RouterStream`] sends, as the message stream tonic encodes.
 struct Outbound {
     rx: mpsc::Receiver<Frame>,
-    abort: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     state: OutboundState,
     /// Dropped with the outbound stream: tells [`RouterStream::close`] that tonic is done.
     _done: oneshot::Sender<()>,
 }
 
 /// The writer's ends of an outbound stream.
-type OutboundHandle = (mpsc::Sender<Frame>, Arc<AtomicBool>, oneshot::Receiver<()>);
+type OutboundHandle = (mpsc::Sender<Frame>, Arc<Shared>, oneshot::Receiver<()>);
 
 enum OutboundState {
     Frames,
@@ -852,22 +890,22 @@ enum Next {
 impl Outbound {
     fn channel() -> (OutboundHandle, Outbound) {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
-        let abort = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
         let (done_tx, done_rx) = oneshot::channel();
         let outbound = Outbound {
             rx,
-            abort: abort.clone(),
+            shared: shared.clone(),
             state: OutboundState::Frames,
             _done: done_tx,
         };
-        ((tx, abort, done_rx), outbound)
+        ((tx, shared, done_rx), outbound)
     }
 
     fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         match self.state {
             OutboundState::Frames => match ready!(self.rx.poll_recv(cx)) {
                 Some(frame) => Poll::Ready(Next::Frame(frame)),
-                None if self.abort.load(Ordering::Acquire) => {
+                None if self.shared.abort.load(Ordering::Acquire) => {
                     self.state = OutboundState::Aborting;
                     Poll::Ready(Next::Frame(Frame::rst_stream()))
                 }
@@ -889,16 +927,75 @@ impl Outbound {
 ///
 /// Made by the client constructors and passed to tonic; you only see it when you make the call
 /// yourself with [`RouterStream::from_call`].
-pub struct RequestStream(Outbound);
+pub struct RequestStream {
+    outbound: Outbound,
+    /// After an abort: how long the request may stay open to get RST_STREAM out.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl RequestStream {
+    fn new(outbound: Outbound) -> Self {
+        RequestStream {
+            outbound,
+            linger: None,
+        }
+    }
+
+    /// After RST_STREAM: keeps the dropped stream's call until the router ends it (it has
+    /// then read the RST_STREAM frame) or [`LINGER`] passes, discarding what arrives.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
+        let mut slot = self
+            .outbound
+            .shared
+            .linger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(linger) = slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let deadline = self
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            *slot = None;
+            return Poll::Ready(None);
+        }
+        loop {
+            match linger {
+                Linger::Call(call) => match call.as_mut().poll(cx) {
+                    Poll::Ready(Ok(response)) => *linger = Linger::Response(response.into_inner()),
+                    Poll::Ready(Err(_)) => break,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Linger::Response(s) => match Pin::new(s).poll_next(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(_)) | None) => break,
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+        *slot = None;
+        Poll::Ready(None)
+    }
+}
 
 impl Stream for RequestStream {
     type Item = StreamRequest;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
-        match ready!(self.get_mut().0.poll_next_frame(cx)) {
+        let me = self.get_mut();
+        if me.linger.is_some() {
+            return me.poll_linger(cx);
+        }
+        me.outbound
+            .shared
+            .body_polled
+            .store(true, Ordering::Release);
+        match ready!(me.outbound.poll_next_frame(cx)) {
             Next::Frame(f) => Poll::Ready(Some(f.into())),
-            // The client's call is cancelled when its response stream is dropped.
-            Next::Abort | Next::End => Poll::Ready(None),
+            // RST_STREAM is queued: keep the call until it is out, then end the request.
+            Next::Abort => me.poll_linger(cx),
+            Next::End => Poll::Ready(None),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
 //! stream) its peer's response ends only once the peer's own request stream has ended too,
 //! so the peer can go on sending after it read EOF. When a caller aborts (an error, or an end
-//! without GOAWAY), the other caller's call ends at once with status `Aborted`.
+//! without GOAWAY), the other caller's call ends at once with status `Aborted`. A RST_STREAM
+//! frame is forwarded first, then both calls end the same way.
 
 use std::fmt;
 use std::future::Future;
@@ -125,6 +126,8 @@ enum State {
         pair: Arc<Pair>,
         me: usize,
         peer_goaway: bool,
+        /// The peer's RST_STREAM frame was forwarded: its call is over, end this one too.
+        peer_reset: bool,
     },
     /// The peer finished cleanly; the response ends when this caller's request stream has.
     Finishing {
@@ -162,6 +165,7 @@ impl Forward {
                 pair: link.pair,
                 me,
                 peer_goaway: false,
+                peer_reset: false,
             },
             inner,
         }
@@ -195,6 +199,7 @@ impl Stream for Forward {
                                 pair: link.pair,
                                 me: 0,
                                 peer_goaway: false,
+                                peer_reset: false,
                             };
                         }
                         Err(_) => {
@@ -210,12 +215,24 @@ impl Stream for Forward {
                     pair,
                     me,
                     peer_goaway,
+                    peer_reset,
                 } => {
                     let (me, peer) = (*me, 1 - *me);
+                    if *peer_reset {
+                        let why = "reset the stream";
+                        pair.set_end(peer, End::Abort(why.into()));
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(Self::abort_status(why))));
+                    }
                     match Pin::new(peer_inbound).poll_next(cx) {
                         Poll::Ready(Some(Ok(req))) => {
                             if req.frame_type == FrameType::Goaway as i32 {
                                 *peer_goaway = true;
+                            } else if req.frame_type == FrameType::RstStream as i32 {
+                                // Forwarded first, so the other caller reads RST_STREAM (a
+                                // reset), then the call ends; the resetting caller's call ends
+                                // at once as well (it may linger to get the frame out).
+                                *peer_reset = true;
                             }
                             this.inner
                                 .stats
