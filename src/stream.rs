@@ -771,7 +771,9 @@ impl Drop for RouterStream {
                 let linger = match std::mem::replace(&mut self.read, ReadState::Failed) {
                     ReadState::Connecting(call) => Some(Linger::Call(call)),
                     ReadState::Open(Inbound::Client(s))
-                    | ReadState::Eof(Some(Inbound::Client(s))) => Some(Linger::Response(s)),
+                    | ReadState::Eof(Some(Inbound::Client(s))) => {
+                        Some(Linger::Response(Box::new(s)))
+                    }
                     _ => None,
                 };
                 *self.shared.linger.lock().unwrap_or_else(|e| e.into_inner()) = linger;
@@ -858,7 +860,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// The read side of a client stream dropped without shutdown.
 enum Linger {
     Call(CallFuture),
-    Response(Streaming<StreamResponse>),
+    Response(Box<Streaming<StreamResponse>>),
 }
 
 /// The frames a [`RouterStream`] sends, as the message stream tonic encodes.
@@ -963,11 +965,13 @@ impl RequestStream {
         loop {
             match linger {
                 Linger::Call(call) => match call.as_mut().poll(cx) {
-                    Poll::Ready(Ok(response)) => *linger = Linger::Response(response.into_inner()),
+                    Poll::Ready(Ok(response)) => {
+                        *linger = Linger::Response(Box::new(response.into_inner()))
+                    }
                     Poll::Ready(Err(_)) => break,
                     Poll::Pending => return Poll::Pending,
                 },
-                Linger::Response(s) => match Pin::new(s).poll_next(cx) {
+                Linger::Response(s) => match Pin::new(&mut **s).poll_next(cx) {
                     Poll::Ready(Some(Ok(_))) => {}
                     Poll::Ready(Some(Err(_)) | None) => break,
                     Poll::Pending => return Poll::Pending,
