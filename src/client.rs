@@ -10,9 +10,19 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tonic::codegen::Service;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
+
+use crate::bulk::BulkRead;
 
 use crate::proto::router_service_client::RouterServiceClient;
 use crate::{Error, RouterStream, StreamOptions};
@@ -319,15 +329,21 @@ impl ClientBuilder {
     /// the router cannot be reached (the I/O error is kept as the source).
     pub async fn channel(&self) -> Result<Channel, Error> {
         let ep = self.endpoint()?;
-        ep.connect().await.map_err(|e| {
-            let mut status = tonic::Status::unavailable(format!(
-                "cannot connect to router {}: {}",
-                self.endpoint,
-                error_chain(&e)
-            ));
-            status.set_source(Arc::new(e));
-            Error::Status(status)
-        })
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(self.connect_timeout);
+        ep.connect_with_connector(BulkConnector(tcp))
+            .await
+            .map_err(|e| {
+                let mut status = tonic::Status::unavailable(format!(
+                    "cannot connect to router {}: {}",
+                    self.endpoint,
+                    error_chain(&e)
+                ));
+                status.set_source(Arc::new(e));
+                Error::Status(status)
+            })
     }
 
     /// Connects and opens the stream named by `token`. Returns as soon as the request is on its
@@ -347,6 +363,29 @@ impl ClientBuilder {
         })
         .await;
         Ok(stream)
+    }
+}
+
+/// hyper's TCP connector with [`BulkRead`] under HTTP/2 (and under TLS, which tonic adds on
+/// top for `https`).
+#[derive(Clone, Debug)]
+struct BulkConnector(HttpConnector);
+
+impl Service<Uri> for BulkConnector {
+    type Response = TokioIo<BulkRead<TcpStream>>;
+    type Error = <HttpConnector as Service<Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            Ok(TokioIo::new(BulkRead::new(tcp)))
+        })
     }
 }
 

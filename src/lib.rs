@@ -36,6 +36,8 @@
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(any(feature = "client", feature = "router"))]
+mod bulk;
 mod codec;
 mod error;
 mod frame;

@@ -21,6 +21,7 @@ use tonic::transport::Server;
 
 use super::ping::PingGuard;
 use super::Router;
+use crate::bulk::BulkRead;
 
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -254,7 +255,7 @@ impl Router {
     }
 }
 
-type Conn = PingGuard<Either<TcpStream, TlsStream<TcpStream>>>;
+type Conn = PingGuard<Either<BulkRead<TcpStream>, TlsStream<BulkRead<TcpStream>>>>;
 
 /// Accepted (and TLS-terminated) connections, from the acceptor task.
 struct Incoming {
@@ -280,8 +281,9 @@ impl Incoming {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
+                let tcp = BulkRead::new(tcp);
                 let info = TcpConnectInfo {
-                    local_addr: tcp.local_addr().ok(),
+                    local_addr: tcp.get_ref().local_addr().ok(),
                     remote_addr: Some(remote),
                 };
                 match &tls {
