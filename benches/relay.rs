@@ -281,6 +281,18 @@ async fn start_our_router() -> SocketAddr {
     addr
 }
 
+/// Our client, with `RELAY_MAX_PAYLOAD` (bytes) when set.
+fn client(router: SocketAddr) -> ClientBuilder {
+    let b = ClientBuilder::new(format!("http://{router}"));
+    match std::env::var("RELAY_MAX_PAYLOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(p) => b.stream_options(jumpstarter_router::StreamOptions::new().max_payload(p)),
+        None => b,
+    }
+}
+
 fn token(stream: &str) -> String {
     Auth::new(KEY)
         .mint(stream, Duration::from_secs(3600))
@@ -289,10 +301,7 @@ fn token(stream: &str) -> String {
 
 /// The client end: a local TCP port bridged to a router stream. Returns the port.
 async fn our_client_bridge(router: SocketAddr, tok: String) -> SocketAddr {
-    let stream = ClientBuilder::new(format!("http://{router}"))
-        .connect(&tok)
-        .await
-        .unwrap();
+    let stream = client(router).connect(&tok).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -304,10 +313,7 @@ async fn our_client_bridge(router: SocketAddr, tok: String) -> SocketAddr {
 
 /// The exporter end: a router stream bridged to a TCP target.
 async fn our_exporter_bridge(router: SocketAddr, tok: String, target: SocketAddr) {
-    let stream = ClientBuilder::new(format!("http://{router}"))
-        .connect(&tok)
-        .await
-        .unwrap();
+    let stream = client(router).connect(&tok).await.unwrap();
     tokio::spawn(async move {
         let tcp = TcpStream::connect(target).await.unwrap();
         bridge(tcp, stream).await;
@@ -457,10 +463,7 @@ fn run_throughput(
             let (rtx, rrx) = smpsc::channel();
             let t2 = tok.clone();
             roles.receiver.handle.spawn(async move {
-                let mut s = ClientBuilder::new(format!("http://{router}"))
-                    .connect(&t2)
-                    .await
-                    .unwrap();
+                let mut s = client(router).connect(&t2).await.unwrap();
                 let mut buf = vec![0u8; 64 * KIB];
                 let mut got = 0;
                 while got < total {
@@ -475,10 +478,7 @@ fn run_throughput(
             });
             let slab = slab.clone();
             let start = roles.sender.run(async move {
-                let mut s = ClientBuilder::new(format!("http://{router}"))
-                    .connect(&tok)
-                    .await
-                    .unwrap();
+                let mut s = client(router).connect(&tok).await.unwrap();
                 // One byte through first, so the pairing is not timed.
                 s.write_all(&slab[..1]).await.unwrap();
                 s.flush().await.unwrap();
@@ -583,10 +583,7 @@ fn run_pings(v: Variant, roles: &Roles, pings: usize, n: u64) -> Vec<Duration> {
             let tok = token(&format!("p{n}"));
             let t2 = tok.clone();
             roles.receiver.handle.spawn(async move {
-                let mut s = ClientBuilder::new(format!("http://{router}"))
-                    .connect(&t2)
-                    .await
-                    .unwrap();
+                let mut s = client(router).connect(&t2).await.unwrap();
                 let mut buf = [0u8; 64];
                 while s.read_exact(&mut buf).await.is_ok() {
                     s.write_all(&buf).await.unwrap();
@@ -594,10 +591,7 @@ fn run_pings(v: Variant, roles: &Roles, pings: usize, n: u64) -> Vec<Duration> {
                 }
             });
             roles.sender.run(async move {
-                let mut s = ClientBuilder::new(format!("http://{router}"))
-                    .connect(&tok)
-                    .await
-                    .unwrap();
+                let mut s = client(router).connect(&tok).await.unwrap();
                 let msg = [7u8; 64];
                 let mut back = [0u8; 64];
                 let mut rtts = Vec::with_capacity(pings);
@@ -814,7 +808,7 @@ fn child(role: &str) {
         "receiver" => rt.block_on(async {
             // Reads nothing until told `read` on stdin, then reads to EOF.
             let router: SocketAddr = std::env::var("RELAY_ROUTER").unwrap().parse().unwrap();
-            let mut s = ClientBuilder::new(format!("http://{router}"))
+            let mut s = client(router)
                 .connect(&std::env::var("RELAY_TOKEN").unwrap())
                 .await
                 .unwrap();
@@ -834,6 +828,29 @@ fn child(role: &str) {
             s.shutdown().await.unwrap();
             s.close().await.unwrap();
             println!("{got}");
+        }),
+        "sender" => rt.block_on(async {
+            // Pushes RELAY_STALL_MIB MiB once told `go` on stdin, then prints `done`.
+            let router: SocketAddr = std::env::var("RELAY_ROUTER").unwrap().parse().unwrap();
+            let total: u64 = env_or::<u64>("RELAY_STALL_MIB", 1024) * MIB as u64;
+            let mut s = client(router)
+                .connect(&std::env::var("RELAY_TOKEN").unwrap())
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            println!("ready");
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            let _ = lines.next_line().await;
+            let buf = vec![0x5a_u8; 64 * KIB];
+            let mut left = total;
+            while left > 0 {
+                let n = (buf.len() as u64).min(left) as usize;
+                s.write_all(&buf[..n]).await.unwrap();
+                left -= n as u64;
+            }
+            s.shutdown().await.unwrap();
+            s.close().await.unwrap();
+            println!("done");
         }),
         other => panic!("unknown RELAY_CHILD role {other}"),
     }
@@ -923,20 +940,25 @@ fn memory() {
         ],
     );
     assert_eq!(receiver.line(), "ready");
-    let mut sender = rt
-        .block_on(ClientBuilder::new(format!("http://{addr}")).connect(&tok))
-        .unwrap();
+    let mut sender = ChildProc::spawn(
+        "sender",
+        &[
+            ("RELAY_ROUTER", addr.to_string()),
+            ("RELAY_TOKEN", tok.clone()),
+            ("RELAY_STALL_MIB", gib.to_string()),
+        ],
+    );
+    assert_eq!(sender.line(), "ready");
     std::thread::sleep(Duration::from_millis(300));
-    let me = std::process::id();
-    let base = [rss_kib(me), router.rss(), receiver.rss()];
+    let base = [sender.rss(), router.rss(), receiver.rss()];
     let peak = Arc::new(Mutex::new(base));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (rp, qp) = (router.child.id(), receiver.child.id());
+    let (sp, rp, qp) = (sender.child.id(), router.child.id(), receiver.child.id());
     let monitor = {
         let (peak, stop) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let now = [rss_kib(me), rss_kib(rp), rss_kib(qp)];
+                let now = [rss_kib(sp), rss_kib(rp), rss_kib(qp)];
                 let mut p = peak.lock().unwrap();
                 for i in 0..3 {
                     p[i] = p[i].max(now[i]);
@@ -947,22 +969,14 @@ fn memory() {
         })
     };
     let total = gib * MIB as u64;
-    let push = rt.spawn(async move {
-        let buf = vec![0x5a_u8; 64 * KIB];
-        let mut left = total;
-        while left > 0 {
-            let n = (buf.len() as u64).min(left) as usize;
-            sender.write_all(&buf[..n]).await.unwrap();
-            left -= n as u64;
-        }
-        sender.shutdown().await.unwrap();
-        sender.close().await.unwrap();
-    });
+    let stdin = sender.child.stdin.as_mut().unwrap();
+    writeln!(stdin, "go").unwrap();
+    stdin.flush().unwrap();
     // The reader stalls for 3 s while the sender pushes, then reads it all.
     std::thread::sleep(Duration::from_secs(3));
     let stalled = *peak.lock().unwrap();
     let got: u64 = receiver.ask("read").parse().unwrap();
-    rt.block_on(push).unwrap();
+    assert_eq!(sender.line(), "done");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     monitor.join().unwrap();
     assert_eq!(got, total, "the receiver got every byte");

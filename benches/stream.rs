@@ -12,7 +12,8 @@
 //!   zero-copy `Bytes` payload through a channel, as a hand-written tonic client would.
 //! - `download/{adapter,raw}/W`: the client asks for 8 MiB and the server sends it in DATA
 //!   frames of W bytes. The adapter reads with `AsyncRead::read` into a 64 KiB buffer (a copy,
-//!   as `copy_bidirectional` does); the raw client takes the messages.
+//!   as `copy_bidirectional` does), `adapter_chunks` with `read_chunk` (no copy); the raw
+//!   client takes the messages.
 //! - `max_payload/P`: the adapter uploading with 64 KiB writes and a largest frame of P bytes;
 //!   this chooses [`DEFAULT_MAX_PAYLOAD`](jumpstarter_router::DEFAULT_MAX_PAYLOAD).
 
@@ -133,7 +134,11 @@ fn setup() -> Setup {
             tonic::transport::Server::builder()
                 .initial_stream_window_size(4 << 20)
                 .initial_connection_window_size(8 << 20)
-                .serve_with_incoming(svc, tonic::transport::server::TcpIncoming::from(listener)),
+                .tcp_nodelay(true)
+                .serve_with_incoming(
+                    svc,
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         // The same channel settings for both clients: the crate's defaults.
         ClientBuilder::new(format!("http://{addr}"))
@@ -215,6 +220,16 @@ async fn download_adapter(s: &mut RouterStream, buf: &mut [u8]) {
     }
 }
 
+async fn download_chunks(s: &mut RouterStream) {
+    s.write_all(b"?").await.unwrap();
+    s.flush().await.unwrap();
+    let mut left = BATCH;
+    while left > 0 {
+        let chunk = s.read_chunk().await.unwrap().expect("early EOF");
+        left -= chunk.len();
+    }
+}
+
 async fn download_raw(r: &mut Raw) {
     r.tx.send(req(Bytes::from_static(b"?"))).await.unwrap();
     let mut left = BATCH;
@@ -266,6 +281,10 @@ fn download(c: &mut Criterion) {
         let mut buf = vec![0u8; 64 << 10];
         g.bench_with_input(BenchmarkId::new("adapter", w), &w, |b, _| {
             b.iter_custom(|iters| timed!(rt, iters, download_adapter(&mut s, &mut buf)))
+        });
+        let mut s = adapter(&channel, w, &StreamOptions::default());
+        g.bench_with_input(BenchmarkId::new("adapter_chunks", w), &w, |b, _| {
+            b.iter_custom(|iters| timed!(rt, iters, download_chunks(&mut s)))
         });
         let mut r = rt.block_on(raw(&channel, w));
         g.bench_with_input(BenchmarkId::new("raw", w), &w, |b, _| {
