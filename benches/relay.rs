@@ -349,6 +349,16 @@ const VARIANTS: [Variant; 4] = [
 ];
 const NAMES: [&str; 4] = ["tcp", "relay", "ours", "streams"];
 
+/// Reads `total` bytes (in `buf`-sized reads) and drops them.
+async fn read_exactly<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8], total: usize) {
+    let mut got = 0;
+    while got < total {
+        let n = r.read(buf).await.unwrap();
+        assert!(n > 0, "early EOF at {got} of {total}");
+        got += n;
+    }
+}
+
 /// A TCP sink on the receiver: counts bytes to `total`, reports when they are all in.
 async fn tcp_sink(total: usize) -> (SocketAddr, oneshot::Receiver<Instant>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -358,12 +368,7 @@ async fn tcp_sink(total: usize) -> (SocketAddr, oneshot::Receiver<Instant>) {
         let (mut s, _) = listener.accept().await.unwrap();
         s.set_nodelay(true).unwrap();
         let mut buf = vec![0u8; 256 * KIB];
-        let mut got = 0;
-        while got < total {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "sink: early EOF at {got} of {total}");
-            got += n;
-        }
+        read_exactly(&mut s, &mut buf, total).await;
         let _ = tx.send(Instant::now());
         // Drain to EOF so the sender's shutdown completes.
         while s.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
@@ -465,12 +470,7 @@ fn run_throughput(
             roles.receiver.handle.spawn(async move {
                 let mut s = client(router).connect(&t2).await.unwrap();
                 let mut buf = vec![0u8; 64 * KIB];
-                let mut got = 0;
-                while got < total {
-                    let n = s.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "early EOF");
-                    got += n;
-                }
+                read_exactly(&mut s, &mut buf, total).await;
                 let _ = rtx.send(Instant::now());
                 assert_eq!(s.read(&mut buf).await.unwrap(), 0);
                 s.shutdown().await.unwrap();
@@ -782,6 +782,21 @@ impl Drop for ChildProc {
     }
 }
 
+/// A child's stream (RELAY_ROUTER, RELAY_TOKEN), opened, `ready` printed, once a line arrives
+/// on stdin.
+async fn child_stream_when_told() -> RouterStream {
+    let router: SocketAddr = std::env::var("RELAY_ROUTER").unwrap().parse().unwrap();
+    let mut s = client(router)
+        .connect(&std::env::var("RELAY_TOKEN").unwrap())
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    println!("ready");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let _ = lines.next_line().await;
+    s
+}
+
 fn child(role: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -806,16 +821,8 @@ fn child(role: &str) {
             }
         }),
         "receiver" => rt.block_on(async {
-            // Reads nothing until told `read` on stdin, then reads to EOF.
-            let router: SocketAddr = std::env::var("RELAY_ROUTER").unwrap().parse().unwrap();
-            let mut s = client(router)
-                .connect(&std::env::var("RELAY_TOKEN").unwrap())
-                .await
-                .unwrap();
-            s.flush().await.unwrap();
-            println!("ready");
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            let _ = lines.next_line().await;
+            // Reads nothing until told to on stdin, then reads to EOF.
+            let mut s = child_stream_when_told().await;
             let mut buf = vec![0u8; 64 * KIB];
             let mut got = 0u64;
             loop {
@@ -830,17 +837,9 @@ fn child(role: &str) {
             println!("{got}");
         }),
         "sender" => rt.block_on(async {
-            // Pushes RELAY_STALL_MIB MiB once told `go` on stdin, then prints `done`.
-            let router: SocketAddr = std::env::var("RELAY_ROUTER").unwrap().parse().unwrap();
+            // Pushes RELAY_STALL_MIB MiB once told to on stdin, then prints `done`.
             let total: u64 = env_or::<u64>("RELAY_STALL_MIB", 1024) * MIB as u64;
-            let mut s = client(router)
-                .connect(&std::env::var("RELAY_TOKEN").unwrap())
-                .await
-                .unwrap();
-            s.flush().await.unwrap();
-            println!("ready");
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            let _ = lines.next_line().await;
+            let mut s = child_stream_when_told().await;
             let buf = vec![0x5a_u8; 64 * KIB];
             let mut left = total;
             while left > 0 {

@@ -128,6 +128,28 @@ impl Drop for Py {
     }
 }
 
+/// A Python `RouterStream` peer (`harness.py peer`): sends `send` pattern bytes with `seed`,
+/// `order` `send-first` or `recv-first`; with `hold`, it stops after sending (until killed).
+fn peer(py: &Path, ep: &str, tok: &str, send: &str, seed: &str, order: &str, hold: bool) -> Py {
+    let mut args = vec![
+        "peer",
+        "--endpoint",
+        ep,
+        "--token",
+        tok,
+        "--send",
+        send,
+        "--seed",
+        seed,
+        "--order",
+        order,
+    ];
+    if hold {
+        args.push("--hold-after-send");
+    }
+    Py::spawn(py, &args)
+}
+
 fn size_arg() -> String {
     SIZE.to_string()
 }
@@ -204,38 +226,8 @@ async fn a_two_python_peers_through_our_router() {
     let tok = r.token("interop-a");
     let ep = r.addr.to_string();
     let size = size_arg();
-    let mut first = Py::spawn(
-        py,
-        &[
-            "peer",
-            "--endpoint",
-            &ep,
-            "--token",
-            &tok,
-            "--send",
-            &size,
-            "--seed",
-            "1",
-            "--order",
-            "send-first",
-        ],
-    );
-    let mut second = Py::spawn(
-        py,
-        &[
-            "peer",
-            "--endpoint",
-            &ep,
-            "--token",
-            &tok,
-            "--send",
-            &size,
-            "--seed",
-            "2",
-            "--order",
-            "recv-first",
-        ],
-    );
+    let mut first = peer(py, &ep, &tok, &size, "1", "send-first", false);
+    let mut second = peer(py, &ep, &tok, &size, "2", "recv-first", false);
     let a = first.next(&["done", "error"], 120).await;
     let b = second.next(&["done", "error"], 120).await;
     assert_done(&a, 1, 2);
@@ -262,22 +254,7 @@ async fn b_python_peer_and_our_client_through_our_router() {
         } else {
             "recv-first"
         };
-        let mut peer = Py::spawn(
-            py,
-            &[
-                "peer",
-                "--endpoint",
-                &r.addr.to_string(),
-                "--token",
-                &tok,
-                "--send",
-                &size,
-                "--seed",
-                "3",
-                "--order",
-                order,
-            ],
-        );
+        let mut peer = peer(py, &r.addr.to_string(), &tok, &size, "3", order, false);
         let ours = connect(&r.endpoint(), &tok).await.unwrap();
         let got = within(120, "our side", our_peer(ours, !python_sends_first, 4)).await;
         let got = ok_or_report(got, &mut peer).await;
@@ -314,22 +291,7 @@ async fn c_python_peer_and_our_client_through_the_python_router() {
         .mint("interop-c2", Duration::from_secs(600))
         .unwrap();
     let size = size_arg();
-    let mut peer = Py::spawn(
-        py,
-        &[
-            "peer",
-            "--endpoint",
-            &ep,
-            "--token",
-            &tok,
-            "--send",
-            &size,
-            "--seed",
-            "7",
-            "--order",
-            "send-first",
-        ],
-    );
+    let mut peer = peer(py, &ep, &tok, &size, "7", "send-first", false);
     let ours = connect(&format!("http://{ep}"), &tok).await.unwrap();
     // A clean Python session ends with ABORTED after two GOAWAYs: still a clean EOF here.
     let got = within(120, "our side", our_peer(ours, false, 8)).await;
@@ -395,25 +357,10 @@ impl RouterService for Exporter {
         &self,
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let (mut s, response) = RouterStream::accept(request.into_inner());
+        let (s, response) = RouterStream::accept(request.into_inner());
         let (send_first, seed, results) = (self.send_first, self.seed, self.results.clone());
         tokio::spawn(async move {
-            let r = async {
-                let got = if send_first {
-                    send_pattern(&mut s, SIZE, seed, 64 * 1024).await?;
-                    s.shutdown().await?;
-                    recv_all(&mut s).await?
-                } else {
-                    let got = recv_all(&mut s).await?;
-                    send_pattern(&mut s, SIZE, seed, 64 * 1024).await?;
-                    s.shutdown().await?;
-                    got
-                };
-                s.close().await?;
-                Ok(got)
-            }
-            .await;
-            let _ = results.send(r);
+            let _ = results.send(our_peer(s, send_first, seed).await);
         });
         Ok(Response::new(response))
     }
@@ -452,22 +399,7 @@ async fn d_our_servicer_answers_a_python_client() {
         } else {
             "recv-first"
         };
-        let mut peer = Py::spawn(
-            py,
-            &[
-                "peer",
-                "--endpoint",
-                &ep,
-                "--token",
-                "direct",
-                "--send",
-                &size,
-                "--seed",
-                &py_seed.to_string(),
-                "--order",
-                order,
-            ],
-        );
+        let mut peer = peer(py, &ep, "direct", &size, &py_seed.to_string(), order, false);
         let got = within(120, "our servicer", results.recv())
             .await
             .unwrap()
@@ -484,22 +416,14 @@ async fn killed_python_peer_is_an_error_through_our_router() {
     let Some(py) = python() else { return };
     let r = TestRouter::start().await;
     let tok = r.token("interop-kill");
-    let mut peer = Py::spawn(
+    let mut peer = peer(
         py,
-        &[
-            "peer",
-            "--endpoint",
-            &r.addr.to_string(),
-            "--token",
-            &tok,
-            "--send",
-            &(4 * MIB).to_string(),
-            "--seed",
-            "13",
-            "--order",
-            "send-first",
-            "--hold-after-send",
-        ],
+        &r.addr.to_string(),
+        &tok,
+        &(4 * MIB).to_string(),
+        "13",
+        "send-first",
+        true,
     );
     let mut ours = connect(&r.endpoint(), &tok).await.unwrap();
     let mut buf = vec![0u8; 4 * MIB as usize];
@@ -521,22 +445,14 @@ async fn killed_python_peer_is_an_error_through_our_router() {
 async fn killed_python_client_is_an_error_at_our_servicer() {
     let Some(py) = python() else { return };
     let (ep, mut results) = exporter(false, 14).await;
-    let mut peer = Py::spawn(
+    let mut peer = peer(
         py,
-        &[
-            "peer",
-            "--endpoint",
-            &ep,
-            "--token",
-            "direct",
-            "--send",
-            &(4 * MIB).to_string(),
-            "--seed",
-            "15",
-            "--order",
-            "send-first",
-            "--hold-after-send",
-        ],
+        &ep,
+        "direct",
+        &(4 * MIB).to_string(),
+        "15",
+        "send-first",
+        true,
     );
     let _ = peer.next(&["sent"], 60).await;
     peer.kill();
