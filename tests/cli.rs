@@ -239,6 +239,46 @@ async fn killed_peer_is_an_error_within_a_second() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_dies_is_an_error_on_both_sides_never_eof() {
+    let (mut router, endpoint) = serve();
+    let tok = token("cli-router-dies");
+    let mut a = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
+    let mut b = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
+    a.write_all(b"hello").await.unwrap();
+    a.flush().await.unwrap();
+    let mut buf = [0u8; 5];
+    within(10, "the first bytes", b.read_exact(&mut buf))
+        .await
+        .unwrap();
+    router.0.kill().unwrap();
+    let killed = Instant::now();
+    for (name, s) in [("a", &mut a), ("b", &mut b)] {
+        let err = within(5, "an error after the router died", async {
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await
+        })
+        .await
+        .expect_err("a dead router looked like a clean EOF");
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            "{name}: {err:?}"
+        );
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        killed.elapsed()
+    );
+    // Writes fail too, and the error stays.
+    assert!(a.write_all(b"more").await.is_err() || a.flush().await.is_err());
+}
+
 #[test]
 fn errors_are_one_line_and_nonzero() {
     let (_router, endpoint) = serve();

@@ -5,7 +5,8 @@ mod support;
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use jumpstarter_router::connect;
+use jumpstarter_router::router::{Auth, Router};
+use jumpstarter_router::{connect, ClientBuilder, StreamOptions};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -215,4 +216,48 @@ async fn two_hundred_concurrent_pairs() {
     assert_eq!(s.pairs_total, PAIRS as u64);
     assert_eq!(s.aborts_total, 0, "{s:?}");
     assert_eq!(s.bytes_forwarded, 2 * PAIRS as u64 * MIB);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_aborts_both_sides_with_a_clear_error() {
+    let limit = 1024 * 1024;
+    let r = TestRouter::with(
+        Router::builder(Auth::new(KEY))
+            .max_message_size(limit)
+            .build(),
+    )
+    .await;
+    let tok = r.token("oversized");
+    // A sender whose frames are larger than the router takes.
+    let mut a = ClientBuilder::new(r.endpoint())
+        .stream_options(StreamOptions::new().max_payload(2 * limit))
+        .connect(&tok)
+        .await
+        .unwrap();
+    let mut b = connect(&r.endpoint(), &tok).await.unwrap();
+    b.flush().await.unwrap();
+    let big = vec![1u8; 2 * limit];
+    let _ = a.write_all(&big).await;
+    let _ = a.flush().await;
+    let err_a = within(5, "the sender's error", async {
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).await
+    })
+    .await
+    .expect_err("the sender of an oversized frame must fail");
+    let err_b = within(5, "the receiver's error", async {
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).await
+    })
+    .await
+    .expect_err("the peer of an oversized frame must fail, not read EOF");
+    assert_eq!(err_a.kind(), ErrorKind::ConnectionAborted, "{err_a:?}");
+    assert_eq!(err_b.kind(), ErrorKind::ConnectionAborted, "{err_b:?}");
+    // The sender learns why.
+    let why = err_a.to_string();
+    assert!(
+        why.contains("too large") || why.contains("OutOfRange"),
+        "{why}"
+    );
+    r.wait_for("the pair to end", |s| s.active == 0).await;
 }
