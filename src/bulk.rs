@@ -55,11 +55,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for BulkRead<IO> {
                 return Poll::Ready(Ok(()));
             }
             me.buf.reserve(BULK);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut me.io),
-                cx,
-                &mut me.buf
-            ))?;
+            let n = match tokio_util::io::poll_read_buf(Pin::new(&mut me.io), cx, &mut me.buf) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    // The burst is over: an idle connection keeps no buffer.
+                    me.buf = BytesMut::new();
+                    me.bulk = false;
+                    return Poll::Pending;
+                }
+            };
             if n < BULK / 8 {
                 me.bulk = false;
             }

@@ -153,8 +153,9 @@ type CallFuture =
 ///   peer's in-flight data is not lost. Writing after it fails with
 ///   [`io::ErrorKind::BrokenPipe`].
 /// - **Drop without shutdown** aborts: the peer gets RST_STREAM and the call is cancelled.
-///   Client side, the request stays open in the background until the router has ended the
-///   call (at most 2 s), so the RST_STREAM frame is sent rather than lost in an HTTP/2 cancel.
+///   Client side, once the response headers are in, the request stays open in hyper's own
+///   task until the router has ended the call (at most 1 s), so the RST_STREAM frame is sent
+///   rather than lost in an HTTP/2 cancel; the response is dropped at once.
 ///
 /// # Cancel safety
 ///
@@ -763,20 +764,16 @@ impl Drop for RouterStream {
             // (servicer) ends the response with an error status. The client's call is
             // cancelled when its response stream is dropped with this.
             tracing::debug!(side = ?self.side, "router stream dropped without shutdown: aborting");
-            // Client: the response must outlive this stream until the RST_STREAM frame is on
-            // the wire, or h2 drops the queued frame and only cancels the HTTP/2 stream. The
-            // request stream keeps it (briefly, see `Linger`). A call whose request stream was
-            // never polled holds that stream itself, so it is simply dropped.
-            if self.side == Side::Client && self.shared.body_polled.load(Ordering::Acquire) {
-                let linger = match std::mem::replace(&mut self.read, ReadState::Failed) {
-                    ReadState::Connecting(call) => Some(Linger::Call(call)),
-                    ReadState::Open(Inbound::Client(s))
-                    | ReadState::Eof(Some(Inbound::Client(s))) => {
-                        Some(Linger::Response(Box::new(s)))
-                    }
-                    _ => None,
-                };
-                *self.shared.linger.lock().unwrap_or_else(|e| e.into_inner()) = linger;
+            // Client: once the response headers are in, the request outlives this stream in
+            // hyper's body task for a moment (see `RequestStream::poll_linger`), so the
+            // RST_STREAM frame is sent rather than lost in an HTTP/2 cancel. The response is
+            // dropped here, freeing its flow-control window. Before the headers, dropping the
+            // call makes hyper cancel the HTTP/2 stream, which the router reports as an abort.
+            if let ReadState::Connecting(call) = &mut self.read {
+                let mut cx = Context::from_waker(Waker::noop());
+                if let Poll::Ready(Ok(response)) = call.as_mut().poll(&mut cx) {
+                    drop(response);
+                }
             }
             self.shared.abort.store(true, Ordering::Release);
         }
@@ -846,22 +843,12 @@ struct Shared {
     /// Set when the stream is dropped without shutdown: the outbound stream then ends with
     /// RST_STREAM.
     abort: AtomicBool,
-    /// Set once tonic polls the outbound stream: the request was dispatched, and the call
-    /// future no longer owns it.
-    body_polled: AtomicBool,
-    /// Client: the read side of a dropped stream, kept until its RST_STREAM is sent.
-    linger: Mutex<Option<Linger>>,
 }
 
-/// How long a dropped client stream's request stays open after its RST_STREAM frame, waiting
-/// for the router to end the call (ours does at once).
-const LINGER: Duration = Duration::from_secs(2);
-
-/// The read side of a client stream dropped without shutdown.
-enum Linger {
-    Call(CallFuture),
-    Response(Box<Streaming<StreamResponse>>),
-}
+/// How long a dropped client stream's request stays open after its RST_STREAM frame, so h2
+/// sends the frame before the stream is released. The router ends the call sooner (it ends
+/// both calls as soon as it forwarded the frame), which ends the wait.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// The frames a [`RouterStream`] sends, as the message stream tonic encodes.
 struct Outbound {
@@ -943,42 +930,14 @@ impl RequestStream {
         }
     }
 
-    /// After RST_STREAM: keeps the dropped stream's call until the router ends it (it has
-    /// then read the RST_STREAM frame) or [`LINGER`] passes, discarding what arrives.
+    /// After RST_STREAM: keeps the request open for [`LINGER`] (hyper holds the HTTP/2
+    /// stream while it polls the request), then ends it. hyper stops polling sooner when the
+    /// router resets the stream after ending the call.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
-        let mut slot = self
-            .outbound
-            .shared
-            .linger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(linger) = slot.as_mut() else {
-            return Poll::Ready(None);
-        };
         let deadline = self
             .linger
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
-        if deadline.as_mut().poll(cx).is_ready() {
-            *slot = None;
-            return Poll::Ready(None);
-        }
-        loop {
-            match linger {
-                Linger::Call(call) => match call.as_mut().poll(cx) {
-                    Poll::Ready(Ok(response)) => {
-                        *linger = Linger::Response(Box::new(response.into_inner()))
-                    }
-                    Poll::Ready(Err(_)) => break,
-                    Poll::Pending => return Poll::Pending,
-                },
-                Linger::Response(s) => match Pin::new(&mut **s).poll_next(cx) {
-                    Poll::Ready(Some(Ok(_))) => {}
-                    Poll::Ready(Some(Err(_)) | None) => break,
-                    Poll::Pending => return Poll::Pending,
-                },
-            }
-        }
-        *slot = None;
+        ready!(deadline.as_mut().poll(cx));
         Poll::Ready(None)
     }
 }
@@ -991,13 +950,9 @@ impl Stream for RequestStream {
         if me.linger.is_some() {
             return me.poll_linger(cx);
         }
-        me.outbound
-            .shared
-            .body_polled
-            .store(true, Ordering::Release);
         match ready!(me.outbound.poll_next_frame(cx)) {
             Next::Frame(f) => Poll::Ready(Some(f.into())),
-            // RST_STREAM is queued: keep the call until it is out, then end the request.
+            // RST_STREAM was handed over: keep the request open a moment, then end it.
             Next::Abort => me.poll_linger(cx),
             Next::End => Poll::Ready(None),
         }

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -47,6 +47,8 @@ struct Leg {
 /// State shared by the two forwarders of a pair.
 pub(super) struct Pair {
     legs: Mutex<[Leg; 2]>,
+    /// Set with the first `End::Abort`: lets a busy forwarder notice it without the lock.
+    aborted: AtomicBool,
     stats: Arc<Stats>,
 }
 
@@ -56,6 +58,7 @@ impl Pair {
         stats.pairs_total.fetch_add(1, Ordering::Relaxed);
         Arc::new(Pair {
             legs: Default::default(),
+            aborted: AtomicBool::new(false),
             stats,
         })
     }
@@ -71,6 +74,7 @@ impl Pair {
             if let End::Abort(why) = &end {
                 tracing::debug!(caller = who, reason = %why, "router: caller aborted");
                 self.stats.aborts_total.fetch_add(1, Ordering::Relaxed);
+                self.aborted.store(true, Ordering::Release);
             }
             leg.end = Some(end);
             leg.waiter.take()
@@ -104,6 +108,18 @@ impl Drop for Pair {
 pub(super) struct Link {
     pub(super) peer_inbound: Streaming<StreamRequest>,
     pub(super) pair: Arc<Pair>,
+}
+
+impl Link {
+    /// The waiting caller (leg 0) left before it took this link: nobody will read the new
+    /// caller's frames, so the new caller's call ends with an abort rather than waiting for
+    /// ever (even if the waiter had finished cleanly, what the new caller sends is lost).
+    pub(super) fn abandon(self) {
+        self.pair.set_end(
+            1,
+            End::Abort("the waiting caller left while pairing".into()),
+        );
+    }
 }
 
 /// The response stream of one caller of the router.
@@ -184,15 +200,18 @@ impl Stream for Forward {
         loop {
             match &mut this.state {
                 State::Waiting { rx, deadline, .. } => {
-                    if let Some((sleep, why)) = deadline {
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            let why = *why;
-                            // Drop removes the entry from the pending table.
-                            this.leave_waiting();
-                            return Poll::Ready(Some(Err(Status::deadline_exceeded(why))));
+                    // The peer first: a peer that arrived as the deadline passed is paired.
+                    let arrived = Pin::new(rx).poll(cx);
+                    if arrived.is_pending() {
+                        if let Some((sleep, why)) = deadline {
+                            if sleep.as_mut().poll(cx).is_ready() {
+                                let why = *why;
+                                this.leave_waiting();
+                                return Poll::Ready(Some(Err(Status::deadline_exceeded(why))));
+                            }
                         }
                     }
-                    match std::task::ready!(Pin::new(rx).poll(cx)) {
+                    match std::task::ready!(arrived) {
                         Ok(link) => {
                             this.state = State::Forwarding {
                                 peer_inbound: link.peer_inbound,
@@ -218,6 +237,16 @@ impl Stream for Forward {
                     peer_reset,
                 } => {
                     let (me, peer) = (*me, 1 - *me);
+                    // Our own caller aborted (the peer's forwarder saw it): end now, even while
+                    // the peer keeps sending.
+                    if pair.aborted.load(Ordering::Acquire) {
+                        if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(Status::aborted(format!(
+                                "stream aborted: {why}"
+                            )))));
+                        }
+                    }
                     if *peer_reset {
                         let why = "reset the stream";
                         pair.set_end(peer, End::Abort(why.into()));
@@ -242,6 +271,17 @@ impl Stream for Forward {
                                 payload: req.payload,
                                 frame_type: req.frame_type,
                             })));
+                        }
+                        Poll::Ready(Some(Err(status)))
+                            if *peer_goaway
+                                && matches!(pair.poll_end(me, cx), Some(End::Clean)) =>
+                        {
+                            // Both sides sent GOAWAY and our caller finished: a cancel of the
+                            // peer's call now loses nothing.
+                            tracing::trace!(code = ?status.code(), "router: error after both GOAWAYs");
+                            pair.set_end(peer, End::Clean);
+                            this.state = State::Done;
+                            return Poll::Ready(None);
                         }
                         Poll::Ready(Some(Err(status))) => {
                             let why = format!("{:?}: {}", status.code(), status.message());
@@ -293,10 +333,18 @@ impl Stream for Forward {
 
 impl Forward {
     fn leave_waiting(&mut self) {
-        if let State::Waiting { stream, caller, .. } =
-            std::mem::replace(&mut self.state, State::Done)
+        if let State::Waiting {
+            stream,
+            caller,
+            mut rx,
+            ..
+        } = std::mem::replace(&mut self.state, State::Done)
         {
             self.inner.remove_pending(&stream, caller);
+            // A peer may have been paired with us just now.
+            if let Ok(link) = rx.try_recv() {
+                link.abandon();
+            }
         }
     }
 }
@@ -304,9 +352,17 @@ impl Forward {
 impl Drop for Forward {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Done) {
-            State::Waiting { stream, caller, .. } => {
+            State::Waiting {
+                stream,
+                caller,
+                mut rx,
+                ..
+            } => {
                 tracing::debug!(%stream, "router: waiting caller left");
                 self.inner.remove_pending(&stream, caller);
+                if let Ok(link) = rx.try_recv() {
+                    link.abandon();
+                }
             }
             State::Forwarding {
                 pair,

@@ -191,9 +191,8 @@ impl Router {
                 pair,
             };
             if let Err(back) = waiter.tx.send(theirs) {
-                // The waiting caller left just now; its request stream is gone with it, which
-                // our forwarder reports as an abort.
-                drop(back);
+                // The waiting caller left just now: nobody will read this caller's frames.
+                back.abandon();
             }
             return Forward::forwarding(self.inner.clone(), mine, 1);
         }
