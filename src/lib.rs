@@ -58,7 +58,10 @@ pub mod proto {
 
 pub use error::Error;
 pub use frame::Frame;
-pub use stream::{RequestStream, ResponseStream, RouterStream, StreamOptions, DEFAULT_MAX_PAYLOAD};
+pub use stream::{
+    RequestStream, ResponseStream, RouterStream, StreamOptions, DEFAULT_MAX_PAYLOAD,
+    MAX_PAYLOAD_LIMIT,
+};
 
 #[cfg(feature = "client")]
 pub use client::{connect, open, open_with, ClientBuilder, DEFAULT_MAX_MESSAGE_SIZE};

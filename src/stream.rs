@@ -56,6 +56,10 @@ use crate::{Error, Frame};
 /// 64 KiB and a loss below 16 KiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 
+/// The largest [`StreamOptions::max_payload`]: 16 MiB (far above any gRPC peer's default
+/// decoder limit of 4 MiB).
+pub const MAX_PAYLOAD_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Frames queued between the writer and tonic's encoder; together with
 /// [`StreamOptions::max_payload`] this bounds the memory a stalled peer can hold.
 const CHANNEL_FRAMES: usize = 2;
@@ -92,12 +96,13 @@ impl StreamOptions {
         Self::default()
     }
 
-    /// The largest DATA payload sent in one frame (and the coalescing limit); at least 1.
+    /// The largest DATA payload sent in one frame (and the coalescing limit), between 1 byte
+    /// and [`MAX_PAYLOAD_LIMIT`].
     ///
     /// Keep it under the peer's gRPC decoder limit (4 MiB by default, minus 5 bytes of
     /// message framing and a few bytes of protobuf header).
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes.max(1);
+        self.max_payload = bytes.clamp(1, MAX_PAYLOAD_LIMIT);
         self
     }
 
@@ -106,10 +111,11 @@ impl StreamOptions {
         self.max_payload
     }
 
-    /// Sends a PING frame when nothing was sent for this long while the stream is being read.
-    /// Off by default (the HTTP/2 keepalive of the channel covers idle connections).
+    /// Sends a PING frame at this period (at least 1 ms) while the stream is being read and
+    /// its write half is open; skipped when frames are already queued. Off by default (the
+    /// HTTP/2 keepalive of the channel covers idle connections).
     pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
-        self.ping_interval = every;
+        self.ping_interval = every.map(|d| d.max(Duration::from_millis(1)));
         self
     }
 }

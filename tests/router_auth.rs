@@ -184,6 +184,22 @@ async fn hs256_hs384_hs512_are_accepted() {
     }
 }
 
+#[tokio::test]
+async fn a_token_expiring_in_the_far_future_is_no_panic() {
+    let r = TestRouter::start().await;
+    let mut c = claims();
+    c["sub"] = json!("far-future");
+    c["exp"] = json!(u64::MAX);
+    let token = sign(Algorithm::HS256, KEY, &c);
+    let code = within(10, "accepted call", call(&r, &[&format!("Bearer {token}")])).await;
+    assert_eq!(code, Code::Ok);
+    r.wait_for("caller to be pending", |s| s.pending == 1).await;
+    // The router still serves: a second caller pairs with it.
+    let code = within(10, "second call", call(&r, &[&format!("Bearer {token}")])).await;
+    assert_eq!(code, Code::Ok);
+    r.wait_for("the pair", |s| s.pairs_total == 1).await;
+}
+
 #[test]
 fn minted_tokens_carry_jumpstarter_claims() {
     let auth = Auth::new(KEY);

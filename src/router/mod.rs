@@ -216,10 +216,12 @@ impl Router {
     /// When a waiting caller gives up: its token's expiry or the pairing timeout.
     fn deadline(&self, grant: &Grant) -> Option<(tokio::time::Instant, &'static str)> {
         let now = tokio::time::Instant::now();
+        // Capped: a token may expire centuries from now, a timer cannot wait that long.
         let until_exp = grant
             .expires
             .duration_since(SystemTime::now())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .min(Duration::from_secs(365 * 24 * 3600));
         let exp = (now + until_exp, "token expired while waiting for the peer");
         match self.inner.pairing_timeout {
             Some(t) if now + t < exp.0 => {
