@@ -3,8 +3,9 @@
 //!
 //! Jumpstarter's clients ping every 20 s, also with no call open: that is always allowed. A
 //! client that pings more often than once a second more than [`MAX_PING_STRIKES`] times in a
-//! row has its connection closed, as grpc-go closes it with GOAWAY `ENHANCE_YOUR_CALM`
-//! "too_many_pings". As in grpc-go, a ping that follows DATA or HEADERS *sent by the server*
+//! row has its connection closed, where grpc-go closes it with GOAWAY `ENHANCE_YOUR_CALM`
+//! "too_many_pings" (this wrapper sits under hyper and cannot send a GOAWAY of its own: the
+//! connection is closed, and the router logs "too_many_pings"). As in grpc-go, a ping that follows DATA or HEADERS *sent by the server*
 //! resets the strikes: a client receiving data may ping as often as its flow control wants
 //! (BDP probes of grpc-core and of hyper's adaptive window do exactly that).
 //!
