@@ -579,7 +579,10 @@ impl RouterStream {
         };
         match tx.poll_reserve(cx) {
             Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Poll::Ready(Err(self.call_ended())),
+            Poll::Ready(Err(_)) => {
+                self.take_final_status(cx);
+                return Poll::Ready(Err(self.call_ended()));
+            }
             Poll::Pending => {
                 // The request may not be dispatched yet if nobody reads: drive the call.
                 ready!(self.drive_call(cx))?;
@@ -608,6 +611,30 @@ impl RouterStream {
     fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         debug_assert!(!self.wbuf.is_empty());
         self.poll_send(cx, |me| Frame::Data(me.wbuf.split().freeze()))
+    }
+
+    /// The call ended under the write half after the peer's GOAWAY (nobody reads any more):
+    /// takes its final status, so the writer gets the real error (a reset, an abort) rather
+    /// than a bare "call ended".
+    fn take_final_status(&mut self, cx: &mut Context<'_>) {
+        if self.error.is_some() {
+            return;
+        }
+        let ReadState::Eof(Some(inbound)) = &mut self.read else {
+            return;
+        };
+        let status = loop {
+            let next = match inbound {
+                Inbound::Client(s) => Pin::new(s).poll_next(cx).map(|o| o.map(|r| r.map(drop))),
+                Inbound::Servicer(s) => Pin::new(s).poll_next(cx).map(|o| o.map(|r| r.map(drop))),
+            };
+            match next {
+                Poll::Ready(Some(Ok(()))) => continue,
+                Poll::Ready(Some(Err(status))) => break status,
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        };
+        self.error = Some(Error::Status(status));
     }
 
     fn call_ended(&self) -> io::Error {

@@ -214,6 +214,44 @@ async fn rst_stream_fails_read_and_write_with_connection_reset() {
     assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
 }
 
+#[tokio::test]
+async fn a_call_that_fails_after_the_peers_go_away_fails_writes_with_its_status() {
+    let mut peer = PeerServer::start().await;
+    let mut s = connect(&peer.endpoint(), "t").await.unwrap();
+    let call = peer.call().await;
+    call.send_data(b"bye").await;
+    call.send(Frame::go_away()).await;
+    let mut got = Vec::new();
+    within(5, "read to EOF", s.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"bye");
+    // Our write half is still open; now the call is aborted (say the router saw a reset).
+    call.fail(tonic::Status::aborted("peer aborted the stream"))
+        .await;
+    drop(call); // as a router does: the call is over, our request stream is reset
+    let e = within(5, "a write to fail", async {
+        loop {
+            if let Err(e) = s.write_all(&[0u8; 16 * 1024]).await {
+                return e;
+            }
+            if let Err(e) = s.flush().await {
+                return e;
+            }
+        }
+    })
+    .await;
+    // The status, not a bare "call ended" BrokenPipe.
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e:?}");
+    assert_eq!(
+        Error::from_io(&e)
+            .and_then(Error::status)
+            .map(|st| st.code()),
+        Some(tonic::Code::Aborted),
+        "{e:?}"
+    );
+}
+
 // ----- 4. the call ends with OK but without GOAWAY -----
 
 #[tokio::test]
