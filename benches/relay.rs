@@ -323,8 +323,12 @@ async fn our_exporter_bridge(router: SocketAddr, tok: String, target: SocketAddr
 async fn bridge(tcp: TcpStream, mut stream: RouterStream) {
     tcp.set_nodelay(true).unwrap();
     let mut tcp = tcp;
-    let r =
-        tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await;
+    // RELAY_BRIDGE=crate: the crate's `bridge` (no copy on the read path) instead.
+    let r = if std::env::var("RELAY_BRIDGE").is_ok_and(|v| v == "crate") {
+        jumpstarter_router::bridge(&mut tcp, &mut stream).await
+    } else {
+        tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
+    };
     if r.is_ok() {
         let _ = stream.close().await;
     }

@@ -36,6 +36,7 @@
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod bridge;
 #[cfg(any(feature = "client", feature = "router"))]
 mod bulk;
 mod codec;
@@ -56,6 +57,7 @@ pub mod proto {
     tonic::include_proto!("jumpstarter.v1");
 }
 
+pub use bridge::bridge;
 pub use error::Error;
 pub use frame::Frame;
 pub use stream::{

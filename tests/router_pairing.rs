@@ -261,3 +261,89 @@ async fn an_oversized_frame_aborts_both_sides_with_a_clear_error() {
     );
     r.wait_for("the pair to end", |s| s.active == 0).await;
 }
+
+/// `bridge` between a TCP connection and a stream, the far end a stream read directly:
+/// half-close in both orders, every byte checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_copies_both_ways_with_half_close() {
+    let r = TestRouter::start().await;
+    let tok = r.token("bridge");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
+    let bridging = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let n = jumpstarter_router::bridge(&mut tcp, &mut bridged).await?;
+        bridged.close().await?;
+        Ok::<_, std::io::Error>(n)
+    });
+    let mut far = connect(&r.endpoint(), &tok).await.unwrap();
+    let mut app = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let size = 8 * MIB;
+    // The app sends and finishes (FIN); the far end reads to EOF, then answers and finishes.
+    let (sent, far_got) = tokio::join!(
+        async {
+            let sha = send_pattern(&mut app, size, 1, 1500).await.unwrap();
+            app.shutdown().await.unwrap();
+            sha
+        },
+        async { recv_all(&mut far).await.unwrap() }
+    );
+    assert_eq!(far_got, (size, sent));
+    let back = send_pattern(&mut far, size, 2, 64 * 1024).await.unwrap();
+    far.shutdown().await.unwrap();
+    let app_got = within(30, "the answer", recv_all(&mut app)).await.unwrap();
+    assert_eq!(app_got, (size, back));
+    within(10, "far close", far.close()).await.unwrap();
+    let n = within(10, "the bridge", bridging).await.unwrap().unwrap();
+    assert_eq!(n, (size, size));
+    r.wait_for("the pair to end", |s| s.active == 0).await;
+    assert_eq!(r.router.stats().aborts_total, 0);
+}
+
+/// An error on the TCP side of a bridge (a reset) aborts the stream: the far end gets an
+/// error, not EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_turns_a_reset_socket_into_an_abort() {
+    let r = TestRouter::start().await;
+    let tok = r.token("bridge-reset");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
+    let bridging = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        // On an error the bridge returns it and the stream is dropped without shutdown.
+        jumpstarter_router::bridge(&mut tcp, &mut bridged).await
+    });
+    let mut far = connect(&r.endpoint(), &tok).await.unwrap();
+    let app = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut app = app.into_std().unwrap();
+    use std::io::Write;
+    app.write_all(b"partial").unwrap();
+    let mut buf = [0u8; 7];
+    within(10, "the first bytes", far.read_exact(&mut buf))
+        .await
+        .unwrap();
+    // A reset: SO_LINGER 0, then close.
+    let sock = socket_linger_zero(app);
+    drop(sock);
+    let e = within(10, "the bridge's error", bridging)
+        .await
+        .unwrap()
+        .expect_err("a reset socket must fail the bridge");
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e:?}");
+    let err = within(5, "the far end's error", async {
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await
+    })
+    .await
+    .expect_err("the far end must see an abort, not EOF");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
+}
+
+/// Sets SO_LINGER to 0 so that closing the socket sends RST.
+fn socket_linger_zero(s: std::net::TcpStream) -> std::net::TcpStream {
+    let s = tokio::net::TcpStream::from_std(s).unwrap();
+    s.set_zero_linger().unwrap();
+    s.into_std().unwrap()
+}

@@ -11,9 +11,6 @@ use jumpstarter_router::{ClientBuilder, RouterStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Buffer of each direction of a bridge: large enough to fill a frame in one read.
-const BRIDGE_BUF: usize = 64 * 1024;
-
 /// How long a finished bridge waits for the router to end the call.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -197,8 +194,8 @@ where
     L: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let start = Instant::now();
-    let result =
-        tokio::io::copy_bidirectional_with_sizes(local, stream, BRIDGE_BUF, BRIDGE_BUF).await;
+    // copy_bidirectional, with the received payloads written straight from their buffers.
+    let result = jumpstarter_router::bridge(local, stream).await;
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     if result.is_ok() {
         // Both sides finished: wait until the router has every frame before exiting.

@@ -1,0 +1,168 @@
+//! [`bridge`]: `copy_bidirectional` for a [`RouterStream`], without a copy on the read path.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::RouterStream;
+
+/// The buffer of the `io` -> stream direction.
+const BUF: usize = 64 * 1024;
+
+/// Copies data both ways between `io` (a `TcpStream`, stdio, ...) and `stream` until both
+/// directions are done, like [`tokio::io::copy_bidirectional`]: when one side reaches EOF, the
+/// other side's write half is shut down (for the stream: GOAWAY), and the other direction goes
+/// on. Returns the bytes copied `(io -> stream, stream -> io)`.
+///
+/// Unlike `copy_bidirectional`, the stream -> `io` direction writes the received DATA payloads
+/// straight from their buffers ([`AsyncBufRead`]): no copy on the read path.
+///
+/// Call [`RouterStream::close`] afterwards before the process exits.
+///
+/// # Errors
+///
+/// The first error of either direction; the other direction stops with it.
+pub async fn bridge<T>(io: &mut T, stream: &mut RouterStream) -> io::Result<(u64, u64)>
+where
+    T: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Up {
+        buf: vec![0; BUF].into_boxed_slice(),
+        pos: 0,
+        cap: 0,
+        eof: false,
+        need_flush: false,
+        done: false,
+        total: 0,
+    };
+    let mut down = Down {
+        need_flush: false,
+        done: false,
+        total: 0,
+    };
+    poll_fn(|cx| {
+        let up_ready = up.poll(cx, io, stream)?.is_ready();
+        let down_ready = down.poll(cx, stream, io)?.is_ready();
+        if up_ready && down_ready {
+            Poll::Ready(Ok((up.total, down.total)))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// `io` -> stream: read into a buffer, write into the stream (which coalesces into frames).
+struct Up {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    eof: bool,
+    need_flush: bool,
+    done: bool,
+    total: u64,
+}
+
+impl Up {
+    fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut T,
+        stream: &mut RouterStream,
+    ) -> Poll<io::Result<()>>
+    where
+        T: AsyncRead + Unpin + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.cap && !self.eof {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => {
+                        // Nothing more to read for now: hand what we wrote to the peer.
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.eof = true;
+                } else {
+                    self.pos = 0;
+                    self.cap = n;
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *stream).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.total += n as u64;
+                self.need_flush = true;
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *stream).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// stream -> `io`: write each received payload straight from its buffer.
+struct Down {
+    need_flush: bool,
+    done: bool,
+    total: u64,
+}
+
+impl Down {
+    fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut RouterStream,
+        io: &mut T,
+    ) -> Poll<io::Result<()>>
+    where
+        T: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let chunk = match Pin::new(&mut *stream).poll_fill_buf(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if chunk.is_empty() {
+                ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, chunk))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *stream).consume(n);
+            self.total += n as u64;
+            self.need_flush = true;
+        }
+    }
+}
