@@ -84,14 +84,8 @@ impl Up {
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *io).poll_read(cx, &mut rb) {
                     Poll::Ready(r) => r?,
-                    Poll::Pending => {
-                        // Nothing more to read for now: hand what we wrote to the peer.
-                        if self.need_flush {
-                            ready!(Pin::new(&mut *stream).poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
+                    // Nothing more to read for now: hand what we wrote to the peer.
+                    Poll::Pending => return flush_if_needed(&mut self.need_flush, stream, cx),
                 }
                 let n = rb.filled().len();
                 if n == 0 {
@@ -143,13 +137,7 @@ impl Down {
         loop {
             let chunk = match Pin::new(&mut *stream).poll_fill_buf(cx) {
                 Poll::Ready(r) => r?,
-                Poll::Pending => {
-                    if self.need_flush {
-                        ready!(Pin::new(&mut *io).poll_flush(cx))?;
-                        self.need_flush = false;
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return flush_if_needed(&mut self.need_flush, io, cx),
             };
             if chunk.is_empty() {
                 ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
@@ -165,4 +153,18 @@ impl Down {
             self.need_flush = true;
         }
     }
+}
+
+/// The reading side is idle: flushes what was written since the last flush, then `Pending`
+/// (the read registered the waker).
+fn flush_if_needed<W: AsyncWrite + Unpin + ?Sized>(
+    need_flush: &mut bool,
+    w: &mut W,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if *need_flush {
+        ready!(Pin::new(w).poll_flush(cx))?;
+        *need_flush = false;
+    }
+    Poll::Pending
 }

@@ -7,12 +7,11 @@
 //! would deadlock two peers that each wait to be spoken to).
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -23,7 +22,6 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::bulk::BulkRead;
-
 use crate::proto::router_service_client::RouterServiceClient;
 use crate::{Error, RouterStream, StreamOptions};
 

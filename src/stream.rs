@@ -179,8 +179,8 @@ pub struct RouterStream {
     /// Frames to tonic. `None` once the request stream ended (client) or the response may end
     /// (servicer).
     tx: Option<PollSender<Frame>>,
-    /// Shared with the outbound stream: the abort flag and what a dropped client leaves behind.
-    shared: Arc<Shared>,
+    /// Set when dropped without shutdown: the outbound stream then ends with RST_STREAM.
+    abort: Arc<AtomicBool>,
     side: Side,
     max_payload: usize,
     /// Wakers for the pending call, polled from both halves while connecting.
@@ -215,6 +215,19 @@ enum Inbound {
     Servicer(Streaming<StreamRequest>),
 }
 
+impl Inbound {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame, Status>>> {
+        match self {
+            Inbound::Client(s) => Pin::new(s)
+                .poll_next(cx)
+                .map(|o| o.map(|r| r.map(Frame::from))),
+            Inbound::Servicer(s) => Pin::new(s)
+                .poll_next(cx)
+                .map(|o| o.map(|r| r.map(Frame::from))),
+        }
+    }
+}
+
 /// The write half. See the module docs for the diagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WriteState {
@@ -237,7 +250,7 @@ impl RouterStream {
         read: ReadState,
         side: Side,
         opts: &StreamOptions,
-        (tx, shared, outbound_done): OutboundHandle,
+        (tx, abort, outbound_done): OutboundHandle,
     ) -> Self {
         RouterStream {
             read,
@@ -246,7 +259,7 @@ impl RouterStream {
             write: WriteState::Open,
             wbuf: BytesMut::new(),
             tx: Some(PollSender::new(tx)),
-            shared,
+            abort,
             side,
             max_payload: opts.max_payload,
             connect_wakers: None,
@@ -388,21 +401,7 @@ impl RouterStream {
         }
         // Drain the call itself: frames after GOAWAY and the final status are ignored.
         if let ReadState::Eof(Some(inbound)) = &mut self.read {
-            loop {
-                let end = match inbound {
-                    Inbound::Client(s) => match ready!(Pin::new(s).poll_next(cx)) {
-                        Some(Ok(_)) => false,
-                        Some(Err(_)) | None => true,
-                    },
-                    Inbound::Servicer(s) => match ready!(Pin::new(s).poll_next(cx)) {
-                        Some(Ok(_)) => false,
-                        Some(Err(_)) | None => true,
-                    },
-                };
-                if end {
-                    break;
-                }
-            }
+            while let Some(Ok(_)) = ready!(inbound.poll_frame(cx)) {}
             self.read = ReadState::Eof(None);
             self.on_read_done();
         }
@@ -452,13 +451,7 @@ impl RouterStream {
                 ReadState::Eof(_) => return Poll::Ready(Ok(())),
                 ReadState::Failed => return Poll::Ready(Err(self.sticky_error())),
             };
-            let next = match inbound {
-                Inbound::Client(s) => ready!(Pin::new(s).poll_next(cx)).map(|r| r.map(Frame::from)),
-                Inbound::Servicer(s) => {
-                    ready!(Pin::new(s).poll_next(cx)).map(|r| r.map(Frame::from))
-                }
-            };
-            match next {
+            match ready!(inbound.poll_frame(cx)) {
                 Some(Ok(Frame::Data(payload))) => {
                     if !payload.is_empty() {
                         self.chunk = payload;
@@ -624,12 +617,8 @@ impl RouterStream {
             return;
         };
         let status = loop {
-            let next = match inbound {
-                Inbound::Client(s) => Pin::new(s).poll_next(cx).map(|o| o.map(|r| r.map(drop))),
-                Inbound::Servicer(s) => Pin::new(s).poll_next(cx).map(|o| o.map(|r| r.map(drop))),
-            };
-            match next {
-                Poll::Ready(Some(Ok(()))) => continue,
+            match inbound.poll_frame(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
                 Poll::Ready(Some(Err(status))) => break status,
                 Poll::Ready(None) | Poll::Pending => return,
             }
@@ -803,12 +792,10 @@ impl Drop for RouterStream {
             // dropped here, freeing its flow-control window. Before the headers, dropping the
             // call makes hyper cancel the HTTP/2 stream, which the router reports as an abort.
             if let ReadState::Connecting(call) = &mut self.read {
-                let mut cx = Context::from_waker(Waker::noop());
-                if let Poll::Ready(Ok(response)) = call.as_mut().poll(&mut cx) {
-                    drop(response);
-                }
+                // Headers already in: take (and drop) the response, so the call is not cancelled.
+                let _ = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
             }
-            self.shared.abort.store(true, Ordering::Release);
+            self.abort.store(true, Ordering::Release);
         }
     }
 }
@@ -870,14 +857,6 @@ impl Wake for ConnectWakers {
 
 // ===== impl Outbound =====
 
-/// State shared by a [`RouterStream`] and its outbound stream.
-#[derive(Default)]
-struct Shared {
-    /// Set when the stream is dropped without shutdown: the outbound stream then ends with
-    /// RST_STREAM.
-    abort: AtomicBool,
-}
-
 /// How long a dropped client stream's request stays open after its RST_STREAM frame, so h2
 /// sends the frame before the stream is released. The router ends the call sooner (it ends
 /// both calls as soon as it forwarded the frame), which ends the wait.
@@ -886,14 +865,14 @@ const LINGER: Duration = Duration::from_secs(1);
 /// The frames a [`RouterStream`] sends, as the message stream tonic encodes.
 struct Outbound {
     rx: mpsc::Receiver<Frame>,
-    shared: Arc<Shared>,
+    abort: Arc<AtomicBool>,
     state: OutboundState,
     /// Dropped with the outbound stream: tells [`RouterStream::close`] that tonic is done.
     _done: oneshot::Sender<()>,
 }
 
 /// The writer's ends of an outbound stream.
-type OutboundHandle = (mpsc::Sender<Frame>, Arc<Shared>, oneshot::Receiver<()>);
+type OutboundHandle = (mpsc::Sender<Frame>, Arc<AtomicBool>, oneshot::Receiver<()>);
 
 enum OutboundState {
     Frames,
@@ -912,22 +891,22 @@ enum Next {
 impl Outbound {
     fn channel() -> (OutboundHandle, Outbound) {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
-        let shared = Arc::new(Shared::default());
+        let abort = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = oneshot::channel();
         let outbound = Outbound {
             rx,
-            shared: shared.clone(),
+            abort: abort.clone(),
             state: OutboundState::Frames,
             _done: done_tx,
         };
-        ((tx, shared, done_rx), outbound)
+        ((tx, abort, done_rx), outbound)
     }
 
     fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         match self.state {
             OutboundState::Frames => match ready!(self.rx.poll_recv(cx)) {
                 Some(frame) => Poll::Ready(Next::Frame(frame)),
-                None if self.shared.abort.load(Ordering::Acquire) => {
+                None if self.abort.load(Ordering::Acquire) => {
                     self.state = OutboundState::Aborting;
                     Poll::Ready(Next::Frame(Frame::rst_stream()))
                 }

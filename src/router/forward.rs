@@ -153,6 +153,18 @@ enum State {
     Done,
 }
 
+impl State {
+    fn forwarding(link: Link, me: usize) -> Self {
+        State::Forwarding {
+            peer_inbound: link.peer_inbound,
+            pair: link.pair,
+            me,
+            peer_goaway: false,
+            peer_reset: false,
+        }
+    }
+}
+
 // ===== impl Forward =====
 
 impl Forward {
@@ -176,19 +188,19 @@ impl Forward {
 
     pub(super) fn forwarding(inner: Arc<Inner>, link: Link, me: usize) -> Self {
         Forward {
-            state: State::Forwarding {
-                peer_inbound: link.peer_inbound,
-                pair: link.pair,
-                me,
-                peer_goaway: false,
-                peer_reset: false,
-            },
+            state: State::forwarding(link, me),
             inner,
         }
     }
 
+    /// The status that ends this caller's call when its peer aborted.
     fn abort_status(why: &str) -> Status {
         Status::aborted(format!("peer aborted the stream: {why}"))
+    }
+
+    /// The status that ends this caller's call when the caller itself aborted.
+    fn own_abort_status(why: &str) -> Status {
+        Status::aborted(format!("stream aborted: {why}"))
     }
 }
 
@@ -212,15 +224,7 @@ impl Stream for Forward {
                         }
                     }
                     match std::task::ready!(arrived) {
-                        Ok(link) => {
-                            this.state = State::Forwarding {
-                                peer_inbound: link.peer_inbound,
-                                pair: link.pair,
-                                me: 0,
-                                peer_goaway: false,
-                                peer_reset: false,
-                            };
-                        }
+                        Ok(link) => this.state = State::forwarding(link, 0),
                         Err(_) => {
                             this.state = State::Done;
                             return Poll::Ready(Some(Err(Status::unavailable(
@@ -242,9 +246,7 @@ impl Stream for Forward {
                     if pair.aborted.load(Ordering::Acquire) {
                         if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
                             this.state = State::Done;
-                            return Poll::Ready(Some(Err(Status::aborted(format!(
-                                "stream aborted: {why}"
-                            )))));
+                            return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
                         }
                     }
                     if *peer_reset {
@@ -304,9 +306,7 @@ impl Stream for Forward {
                             // Our own caller may have aborted (the peer's forwarder saw it).
                             if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
                                 this.state = State::Done;
-                                return Poll::Ready(Some(Err(Status::aborted(format!(
-                                    "stream aborted: {why}"
-                                )))));
+                                return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
                             }
                             return Poll::Pending;
                         }
@@ -320,9 +320,7 @@ impl Stream for Forward {
                     this.state = State::Done;
                     return Poll::Ready(match end {
                         End::Clean => None,
-                        End::Abort(why) => {
-                            Some(Err(Status::aborted(format!("stream aborted: {why}"))))
-                        }
+                        End::Abort(why) => Some(Err(Self::own_abort_status(&why))),
                     });
                 }
                 State::Done => return Poll::Ready(None),
