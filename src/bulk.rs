@@ -34,6 +34,7 @@ impl<IO> BulkRead<IO> {
         }
     }
 
+    #[cfg(feature = "router")]
     pub(crate) fn get_ref(&self) -> &IO {
         &self.io
     }

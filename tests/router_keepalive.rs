@@ -1,6 +1,6 @@
 //! HTTP/2 keepalive enforcement, like the Go router: PINGs are welcome with no call open and
 //! at most once a second; a client that floods PINGs is disconnected.
-#![cfg(feature = "router")]
+#![cfg(all(feature = "router", feature = "client"))]
 
 mod support;
 

@@ -1,6 +1,6 @@
 //! The router over TLS: certificate files, self-signed certificates, and the client's trust
 //! options (custom CA, system roots, insecure skip-verify).
-#![cfg(feature = "router")]
+#![cfg(all(feature = "router", feature = "client"))]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! A first end-to-end check: a client stream against an echoing servicer over loopback.
+#![cfg(feature = "client")]
 
 use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
 use jumpstarter_router::proto::StreamRequest;
