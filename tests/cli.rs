@@ -36,22 +36,36 @@ fn cmd(args: &[&str]) -> Command {
 
 /// Starts `serve --plaintext` on a free loopback port; returns the process and its endpoint.
 fn serve() -> (Proc, String) {
+    let (router, listen) = serve_with_grace("1");
+    (router, format!("http://{listen}"))
+}
+
+/// Starts `serve --plaintext --grace SECS` on a free loopback port; returns the process and
+/// its listening address.
+fn serve_with_grace(grace: &str) -> (Proc, String) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let listen = format!("127.0.0.1:{port}");
-    let child = cmd(&["serve", "--plaintext", "--listen", &listen, "--grace", "1"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = cmd(&[
+        "serve",
+        "--plaintext",
+        "--listen",
+        &listen,
+        "--grace",
+        grace,
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     // Wait until it accepts connections.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&listen).is_err() {
         assert!(Instant::now() < deadline, "router did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (Proc(child), format!("http://{listen}"))
+    (Proc(child), listen)
 }
 
 fn token(subject: &str) -> String {
@@ -242,24 +256,11 @@ async fn killed_peer_is_an_error_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_dies_is_an_error_on_both_sides_never_eof() {
     let (mut router, endpoint) = serve();
-    let tok = token("cli-router-dies");
-    let mut a = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
-    let mut b = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
-    a.write_all(b"hello").await.unwrap();
-    a.flush().await.unwrap();
-    let mut buf = [0u8; 5];
-    within(10, "the first bytes", b.read_exact(&mut buf))
-        .await
-        .unwrap();
+    let (mut a, mut b) = pair_up(&endpoint, &token("cli-router-dies"), b"hello").await;
     router.0.kill().unwrap();
     let killed = Instant::now();
     for (name, s) in [("a", &mut a), ("b", &mut b)] {
-        let err = within(5, "an error after the router died", async {
-            let mut rest = Vec::new();
-            s.read_to_end(&mut rest).await
-        })
-        .await
-        .expect_err("a dead router looked like a clean EOF");
+        let err = read_to_error(s, 5, "an error after the router died").await;
         assert!(
             matches!(
                 err.kind(),
@@ -316,32 +317,9 @@ fn errors_are_one_line_and_nonzero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_lets_active_streams_finish() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let mut router = Proc(
-        cmd(&["serve", "--plaintext", "--listen", &listen, "--grace", "20"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(Instant::now() < deadline, "router did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut router, listen) = serve_with_grace("20");
     let endpoint = format!("http://{listen}");
-    let tok = token("cli-term");
-    let mut a = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
-    let mut b = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
-    a.write_all(b"before").await.unwrap();
-    a.flush().await.unwrap();
-    let mut buf = [0u8; 6];
-    within(10, "first bytes", b.read_exact(&mut buf))
-        .await
-        .unwrap();
+    let (mut a, mut b) = pair_up(&endpoint, &token("cli-term"), b"before").await;
 
     let pid = router.0.id().to_string();
     assert!(Command::new("kill")

@@ -1,4 +1,5 @@
 //! The router service: pairing, forwarding, half-close and aborts, over loopback.
+#![cfg(all(feature = "router", feature = "client"))]
 
 mod support;
 
@@ -59,22 +60,9 @@ async fn lone_caller_leaving_empties_the_pending_table() {
 #[tokio::test]
 async fn peer_abort_is_an_error_not_eof() {
     let r = TestRouter::start().await;
-    let tok = r.token("abort");
-    let mut a = connect(&r.endpoint(), &tok).await.unwrap();
-    let mut b = connect(&r.endpoint(), &tok).await.unwrap();
-    a.write_all(b"hello").await.unwrap();
-    a.flush().await.unwrap();
-    let mut buf = [0u8; 5];
-    within(10, "first bytes", b.read_exact(&mut buf))
-        .await
-        .unwrap();
+    let (a, mut b) = pair_up(&r.endpoint(), &r.token("abort"), b"hello").await;
     drop(a); // no shutdown: abort
-    let err = within(5, "abort to reach B", async {
-        let mut rest = Vec::new();
-        b.read_to_end(&mut rest).await
-    })
-    .await
-    .unwrap_err();
+    let err = read_to_error(&mut b, 5, "abort to reach B").await;
     // The dropped stream's RST_STREAM frame went through the router: a reset, not a vague end.
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
     // The router ended both calls at once (the dropped side does not wait out its linger).
@@ -88,13 +76,7 @@ async fn peer_abort_is_an_error_not_eof() {
 async fn third_caller_does_not_hijack_a_pair() {
     let r = TestRouter::start().await;
     let tok = r.token("trio");
-    let mut a = connect(&r.endpoint(), &tok).await.unwrap();
-    let mut b = connect(&r.endpoint(), &tok).await.unwrap();
-    a.write_all(b"a->b").await.unwrap();
-    a.flush().await.unwrap();
-    let mut buf = [0u8; 4];
-    within(10, "pair", b.read_exact(&mut buf)).await.unwrap();
-    assert_eq!(&buf, b"a->b");
+    let (mut a, mut b) = pair_up(&r.endpoint(), &tok, b"a->b").await;
     r.wait_for("pair", |s| s.active == 1 && s.pending == 0)
         .await;
 
@@ -239,18 +221,8 @@ async fn an_oversized_frame_aborts_both_sides_with_a_clear_error() {
     let big = vec![1u8; 2 * limit];
     let _ = a.write_all(&big).await;
     let _ = a.flush().await;
-    let err_a = within(5, "the sender's error", async {
-        let mut rest = Vec::new();
-        a.read_to_end(&mut rest).await
-    })
-    .await
-    .expect_err("the sender of an oversized frame must fail");
-    let err_b = within(5, "the receiver's error", async {
-        let mut rest = Vec::new();
-        b.read_to_end(&mut rest).await
-    })
-    .await
-    .expect_err("the peer of an oversized frame must fail, not read EOF");
+    let err_a = read_to_error(&mut a, 5, "the sender of an oversized frame").await;
+    let err_b = read_to_error(&mut b, 5, "the peer of an oversized frame").await;
     assert_eq!(err_a.kind(), ErrorKind::ConnectionAborted, "{err_a:?}");
     assert_eq!(err_b.kind(), ErrorKind::ConnectionAborted, "{err_b:?}");
     // The sender learns why.
@@ -332,12 +304,7 @@ async fn bridge_turns_a_reset_socket_into_an_abort() {
         .unwrap()
         .expect_err("a reset socket must fail the bridge");
     assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e:?}");
-    let err = within(5, "the far end's error", async {
-        let mut rest = Vec::new();
-        far.read_to_end(&mut rest).await
-    })
-    .await
-    .expect_err("the far end must see an abort, not EOF");
+    let err = read_to_error(&mut far, 5, "the far end of a reset socket").await;
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
 }
 

@@ -151,3 +151,40 @@ pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output
         Err(_) => panic!("timed out after {secs} s: {what}"),
     }
 }
+
+/// Opens two streams named by `token` on `endpoint` and sends `hello` from the first to the
+/// second, so the router has paired them; returns (first, second).
+#[cfg(feature = "client")]
+pub async fn pair_up(
+    endpoint: &str,
+    token: &str,
+    hello: &[u8],
+) -> (
+    jumpstarter_router::RouterStream,
+    jumpstarter_router::RouterStream,
+) {
+    let mut a = jumpstarter_router::connect(endpoint, token).await.unwrap();
+    let mut b = jumpstarter_router::connect(endpoint, token).await.unwrap();
+    a.write_all(hello).await.unwrap();
+    a.flush().await.unwrap();
+    let mut buf = vec![0u8; hello.len()];
+    within(10, "the first bytes", b.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(buf, hello);
+    (a, b)
+}
+
+/// Reads to the end, which must be an error within `secs`: an abort never looks like EOF.
+pub async fn read_to_error<R: AsyncRead + Unpin>(
+    r: &mut R,
+    secs: u64,
+    what: &str,
+) -> std::io::Error {
+    within(secs, what, async {
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await
+    })
+    .await
+    .expect_err(&format!("{what}: an abort looked like a clean EOF"))
+}
