@@ -283,31 +283,20 @@ async fn a_router_that_dies_is_an_error_on_both_sides_never_eof() {
 #[test]
 fn errors_are_one_line_and_nonzero() {
     let (_router, endpoint) = serve();
-    // A bad token.
-    let out = cmd(&["connect", "--endpoint", &endpoint, "--token", "not-a-jwt"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("Unauthenticated"), "{err}");
-    // An unreachable router.
-    let out = cmd(&[
-        "connect",
-        "--endpoint",
-        "http://127.0.0.1:1",
-        "--token",
-        "x",
-    ])
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("cannot connect to router"), "{err}");
-    // Every subcommand has --help.
+    // `connect` fails with exit status non-zero and one line on stderr that says why.
+    let fails_with = |endpoint: &str, token: &str, why: &str| {
+        let out = cmd(&["connect", "--endpoint", endpoint, "--token", token])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(why), "{err}");
+    };
+    fails_with(&endpoint, "not-a-jwt", "Unauthenticated"); // a bad token
+    fails_with("http://127.0.0.1:1", "x", "cannot connect to router"); // an unreachable router
+                                                                       // Every subcommand has --help.
     for sub in ["serve", "connect", "expose", "token"] {
         let out = cmd(&[sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help");
@@ -335,20 +324,8 @@ async fn sigterm_stops_accepting_and_lets_active_streams_finish() {
     })
     .await;
     // ... while the active stream goes on, in both directions, and finishes cleanly.
-    a.write_all(b" and after SIGTERM").await.unwrap();
-    a.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    within(10, "B reads the rest", b.read_to_end(&mut rest))
-        .await
-        .unwrap();
-    assert_eq!(rest, b" and after SIGTERM");
-    b.write_all(b"reply").await.unwrap();
-    b.shutdown().await.unwrap();
-    let mut reply = Vec::new();
-    within(10, "A reads the reply", a.read_to_end(&mut reply))
-        .await
-        .unwrap();
-    assert_eq!(reply, b"reply");
+    send_and_finish(&mut a, &mut b, b" and after SIGTERM").await;
+    send_and_finish(&mut b, &mut a, b"reply").await;
     a.close().await.unwrap();
     b.close().await.unwrap();
     drop((a, b));

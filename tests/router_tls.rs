@@ -9,7 +9,6 @@ use std::time::Duration;
 use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
 use jumpstarter_router::ClientBuilder;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn tls_router(tls: TlsMode) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -34,20 +33,8 @@ async fn exchange(a: ClientBuilder, b: ClientBuilder) {
     let tok = Auth::new(KEY).mint("tls", Duration::from_secs(60)).unwrap();
     let mut x = a.connect(&tok).await.unwrap();
     let mut y = b.connect(&tok).await.unwrap();
-    x.write_all(b"over tls").await.unwrap();
-    x.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    within(10, "y reads", y.read_to_end(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, b"over tls");
-    y.write_all(b"back").await.unwrap();
-    y.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    within(10, "x reads", x.read_to_end(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, b"back");
+    send_and_finish(&mut x, &mut y, b"over tls").await;
+    send_and_finish(&mut y, &mut x, b"back").await;
 }
 
 #[tokio::test]

@@ -188,3 +188,19 @@ pub async fn read_to_error<R: AsyncRead + Unpin>(
     .await
     .expect_err(&format!("{what}: an abort looked like a clean EOF"))
 }
+
+/// Half-close hand-over: `from` writes `msg` and shuts down; `to` reads to EOF and must have
+/// received exactly `msg`.
+pub async fn send_and_finish<A, B>(from: &mut A, to: &mut B, msg: &[u8])
+where
+    A: AsyncWrite + Unpin,
+    B: AsyncRead + Unpin,
+{
+    from.write_all(msg).await.unwrap();
+    from.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(10, "the other side reads to EOF", to.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, msg);
+}
