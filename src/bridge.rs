@@ -106,6 +106,7 @@ impl Up {
                 self.need_flush = true;
             }
             if self.eof {
+                ready!(Pin::new(&mut *stream).poll_flush(cx))?;
                 ready!(Pin::new(&mut *stream).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -140,6 +141,8 @@ impl Down {
                 Poll::Pending => return flush_if_needed(&mut self.need_flush, io, cx),
             };
             if chunk.is_empty() {
+                // Flush first: not every writer flushes on shutdown (tokio's stdout does not).
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));

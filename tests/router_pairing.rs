@@ -308,3 +308,67 @@ fn socket_linger_zero(s: std::net::TcpStream) -> std::net::TcpStream {
     s.set_zero_linger().unwrap();
     s.into_std().unwrap()
 }
+
+/// A writer that keeps what it is given until flushed, and whose shutdown does not flush
+/// (as tokio's stdout).
+#[derive(Default)]
+struct FlushToKeep {
+    pending: Vec<u8>,
+    kept: Vec<u8>,
+}
+
+impl tokio::io::AsyncWrite for FlushToKeep {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.get_mut().pending.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        me.kept.append(&mut me.pending);
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn bridge_flushes_before_it_shuts_the_writer_down() {
+    let r = TestRouter::start().await;
+    let tok = r.token("bridge-flush");
+    let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
+    let mut far = connect(&r.endpoint(), &tok).await.unwrap();
+    let sent = send_pattern(&mut far, 256 * 1024, 3, 4096).await.unwrap();
+    far.shutdown().await.unwrap();
+    let mut io = tokio::io::join(tokio::io::empty(), FlushToKeep::default());
+    within(
+        10,
+        "the bridge",
+        jumpstarter_router::bridge(&mut io, &mut bridged),
+    )
+    .await
+    .unwrap();
+    let (_, out) = io.into_inner();
+    assert!(
+        out.pending.is_empty(),
+        "{} bytes never flushed",
+        out.pending.len()
+    );
+    assert_eq!(out.kept.len(), 256 * 1024);
+    assert_eq!(
+        hex(&<sha2::Sha256 as sha2::Digest>::digest(&out.kept)),
+        sent
+    );
+}
