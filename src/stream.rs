@@ -858,8 +858,9 @@ impl Wake for ConnectWakers {
 // ===== impl Outbound =====
 
 /// How long a dropped client stream's request stays open after its RST_STREAM frame, so h2
-/// sends the frame before the stream is released. The router ends the call sooner (it ends
-/// both calls as soon as it forwarded the frame), which ends the wait.
+/// sends the frame before the stream is released. Then the request ends without GOAWAY,
+/// which a router takes for an abort (the peer has read the RST_STREAM by then); a server
+/// that ends the call sooner ends the wait.
 const LINGER: Duration = Duration::from_secs(1);
 
 /// The frames a [`RouterStream`] sends, as the message stream tonic encodes.
@@ -944,7 +945,7 @@ impl RequestStream {
 
     /// After RST_STREAM: keeps the request open for [`LINGER`] (hyper holds the HTTP/2
     /// stream while it polls the request), then ends it. hyper stops polling sooner when the
-    /// router resets the stream after ending the call.
+    /// server resets the stream after ending the call.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
         let deadline = self
             .linger

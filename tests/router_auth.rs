@@ -50,15 +50,25 @@ fn forged(header: &str, claims: &serde_json::Value, sig: &str) -> String {
     format!("{}.{}.{}", b64(header), b64(&claims.to_string()), sig)
 }
 
-/// Opens a `Stream` call with these authorization values; returns the call's status code.
+/// Opens a `Stream` call with these authorization values that sends one DATA frame and keeps
+/// its request open, as a grpc-core client does; returns the call's status code.
 async fn call(r: &TestRouter, auth: &[&str]) -> Code {
+    call_with(r, auth, first_frame_then_open()).await
+}
+
+/// The same, with the request stream `requests`.
+async fn call_with(
+    r: &TestRouter,
+    auth: &[&str],
+    requests: impl futures_core::Stream<Item = StreamRequest> + Send + 'static,
+) -> Code {
     let channel = tonic::transport::Endpoint::from_shared(r.endpoint())
         .unwrap()
         .connect()
         .await
         .unwrap();
     let mut client = RouterServiceClient::new(channel);
-    let mut req = tonic::Request::new(tokio_stream_once());
+    let mut req = tonic::Request::new(requests);
     for a in auth {
         req.metadata_mut()
             .append("authorization", a.parse().unwrap());
@@ -75,9 +85,13 @@ async fn call(r: &TestRouter, auth: &[&str]) -> Code {
     }
 }
 
-fn tokio_stream_once() -> impl futures_core::Stream<Item = StreamRequest> + Send + 'static {
-    // An open request stream that sends nothing: the router answers on the headers alone.
-    futures_util::stream::pending()
+fn first_frame_then_open() -> impl futures_core::Stream<Item = StreamRequest> + Send + 'static {
+    use futures_util::StreamExt;
+    let first = StreamRequest {
+        payload: b"first".to_vec().into(),
+        frame_type: 0,
+    };
+    futures_util::stream::iter([first]).chain(futures_util::stream::pending())
 }
 
 #[tokio::test]
@@ -154,6 +168,27 @@ async fn rejections_are_unauthenticated() {
             c.as_object_mut().unwrap().remove("sub");
             vec![format!("Bearer {}", sign(Algorithm::HS256, KEY, &c))]
         }),
+        ("empty sub", {
+            let mut c = claims();
+            c["sub"] = json!("");
+            vec![format!("Bearer {}", sign(Algorithm::HS256, KEY, &c))]
+        }),
+        ("aud array without ours", {
+            let mut c = claims();
+            c["aud"] = json!(["https://jumpstarter.dev/controller"]);
+            vec![format!("Bearer {}", sign(Algorithm::HS256, KEY, &c))]
+        }),
+        (
+            "ES256",
+            vec![format!(
+                "Bearer {}",
+                forged(
+                    r#"{"alg":"ES256","typ":"JWT"}"#,
+                    &claims(),
+                    &b64(&"x".repeat(64))
+                )
+            )],
+        ),
     ];
     for (name, auth) in cases {
         let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
@@ -161,6 +196,51 @@ async fn rejections_are_unauthenticated() {
         assert_eq!(code, Code::Unauthenticated, "case {name:?}");
     }
     assert_eq!(r.router.stats().pending, 0, "a rejected caller was queued");
+}
+
+/// The refusal waits for the caller's first message (so grpc-core sees the status, not a
+/// failed write), but a caller that sends nothing still gets it, after at most 1 s.
+#[tokio::test]
+async fn a_silent_refused_caller_gets_its_status_within_the_bound() {
+    let r = TestRouter::start().await;
+    let t = std::time::Instant::now();
+    let code = within(
+        5,
+        "silent caller",
+        call_with(&r, &["Bearer nope"], futures_util::stream::pending()),
+    )
+    .await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+    // A caller that ends its request at once is answered at once.
+    let t = std::time::Instant::now();
+    let code = call_with(&r, &["Bearer nope"], futures_util::stream::empty()).await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Jumpstarter's controller (golang-jwt v5) writes `aud` as an array and adds a `jti`.
+#[tokio::test]
+async fn controller_form_tokens_are_accepted_and_pair() {
+    let r = TestRouter::start().await;
+    let mut c = claims();
+    c["sub"] = json!("controller-form");
+    c["aud"] = json!([AUDIENCE]);
+    c["jti"] = json!("0b6a3e2c-5d0e-4c1b-9a4f-8f6b2d7c1e90");
+    let token = sign(Algorithm::HS256, KEY, &c);
+    let bearer = format!("Bearer {token}");
+    assert_eq!(call(&r, &[&bearer]).await, Code::Ok);
+    r.wait_for("caller to be pending", |s| s.pending == 1).await;
+    assert_eq!(call(&r, &[&bearer]).await, Code::Ok);
+    r.wait_for("the pair", |s| s.pairs_total == 1).await;
 }
 
 #[tokio::test]
@@ -229,7 +309,9 @@ fn minted_tokens_carry_jumpstarter_claims() {
     }
     let c: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(c["iss"], ISSUER);
-    assert_eq!(c["aud"], AUDIENCE);
+    // The controller's form: `aud` as an array, and a `jti`.
+    assert_eq!(c["aud"], json!([AUDIENCE]));
+    assert!(c["jti"].is_string(), "jti missing: {c}");
     assert_eq!(c["sub"], "s-1");
     for k in ["exp", "iat", "nbf"] {
         assert!(c[k].is_u64(), "{k} missing: {c}");

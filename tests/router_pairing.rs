@@ -1,6 +1,8 @@
 //! The router service: pairing, forwarding, half-close and aborts, over loopback.
 #![cfg(all(feature = "router", feature = "client"))]
 
+#[path = "support/raw.rs"]
+mod raw;
 mod support;
 
 use std::io::ErrorKind;
@@ -65,11 +67,69 @@ async fn peer_abort_is_an_error_not_eof() {
     let err = read_to_error(&mut b, 5, "abort to reach B").await;
     // The dropped stream's RST_STREAM frame went through the router: a reset, not a vague end.
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
-    // The router ended both calls at once (the dropped side does not wait out its linger).
+    // The router forwards the RST_STREAM frame and keeps the pair; it ends the pair when the
+    // dropped side's request ends without GOAWAY (after its linger of at most 1 s).
     let t = std::time::Instant::now();
     r.wait_for("the pair to end", |s| s.active == 0).await;
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(r.router.stats().aborts_total, 1);
+}
+
+/// The router is a transparent pipe: every frame arrives unchanged (empty DATA, PING with and
+/// without payload, unknown types, RST_STREAM) and forwarding goes on after a RST_STREAM, as
+/// in Jumpstarter's Go router. Raw tonic clients on both sides.
+#[tokio::test]
+async fn every_frame_passes_unchanged_and_forwarding_goes_on_after_rst_stream() {
+    use bytes::Bytes;
+    use jumpstarter_router::Frame;
+    use raw::RawCall;
+
+    let r = TestRouter::start().await;
+    let tok = r.token("transparent");
+    let mut a = RawCall::open_with_token(&r.endpoint(), &tok).await.unwrap();
+    let mut b = RawCall::open_with_token(&r.endpoint(), &tok).await.unwrap();
+    let b_ = |s: &'static str| Bytes::from_static(s.as_bytes());
+    let frames = vec![
+        Frame::Data(Bytes::new()),
+        Frame::Data(b_("hello")),
+        Frame::Ping(Bytes::new()),
+        Frame::Ping(b_("ping payload")),
+        Frame::Unknown {
+            frame_type: 9,
+            payload: b_("xyz"),
+        },
+        Frame::Unknown {
+            frame_type: 1 << 30,
+            payload: Bytes::new(),
+        },
+        Frame::RstStream(b_("why")),
+        Frame::Data(b_("after")),
+    ];
+    for f in &frames {
+        a.send(f.clone()).await;
+    }
+    for (i, want) in frames.iter().enumerate() {
+        let got = b.next_frame().await.unwrap();
+        assert_eq!(got.as_ref(), Some(want), "frame {i}");
+    }
+    // Both ways, and after a RST_STREAM in each direction the pair is still up.
+    b.send(Frame::rst_stream()).await;
+    b.send_data(b"back").await;
+    assert_eq!(a.next_frame().await.unwrap(), Some(Frame::rst_stream()));
+    assert_eq!(a.next_frame().await.unwrap(), Some(Frame::Data(b_("back"))));
+    let s = r.router.stats();
+    assert_eq!((s.active, s.aborts_total), (1, 0), "{s:?}");
+    // GOAWAY each way, then the ends of both requests: a clean end of both calls.
+    a.send(Frame::go_away()).await;
+    assert_eq!(b.next_frame().await.unwrap(), Some(Frame::go_away()));
+    b.send(Frame::go_away()).await;
+    assert_eq!(a.next_frame().await.unwrap(), Some(Frame::go_away()));
+    a.end();
+    b.end();
+    assert_eq!(a.next_frame().await.unwrap(), None);
+    assert_eq!(b.next_frame().await.unwrap(), None);
+    r.wait_for("the pair to end", |s| s.active == 0).await;
+    assert_eq!(r.router.stats().aborts_total, 0);
 }
 
 #[tokio::test]

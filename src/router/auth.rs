@@ -39,17 +39,30 @@ impl fmt::Debug for Auth {
     }
 }
 
-/// The claims of a router token this crate reads and writes.
+/// The claims of a router token this crate reads and writes. Other claims (`jti`, ...) are
+/// ignored when read.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     iss: String,
-    aud: String,
+    aud: Audience,
     sub: String,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+/// `aud`: one string, or an array of them (RFC 7519 §4.1.3). Jumpstarter's controller
+/// (golang-jwt v5) writes the array form even for a single audience. jsonwebtoken checks
+/// that our audience is among them; this type only has to read both forms.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// What a valid token grants.
@@ -154,8 +167,9 @@ impl Auth {
         self.verify(token)
     }
 
-    /// Mints a token for `stream`, valid for `ttl`, signed with HS256: the claims Jumpstarter's
-    /// controller puts in router tokens (iss, aud, sub, exp, iat, nbf).
+    /// Mints a token for `stream`, valid for `ttl`, signed with HS256, in the form
+    /// Jumpstarter's controller issues: iss, `aud` as a one-element array, sub, exp, iat,
+    /// nbf, and a random `jti`.
     ///
     /// # Errors
     ///
@@ -164,15 +178,34 @@ impl Auth {
         let now = unix_now();
         let claims = Claims {
             iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
+            aud: Audience::Many(vec![AUDIENCE.into()]),
             sub: stream.into(),
-            exp: now + ttl.as_secs().max(1),
+            exp: now.saturating_add(ttl.as_secs().max(1)),
             iat: Some(now),
             nbf: Some(now),
+            jti: Some(random_id().map_err(|e| format!("cannot make a token id: {e}"))?),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| format!("cannot sign token: {e}"))
     }
+}
+
+/// A random token id in UUID v4 form, like the controller's.
+fn random_id() -> Result<String, ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
 }
 
 fn unix_now() -> u64 {
@@ -180,4 +213,81 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"unit-test-key";
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(KEY),
+        )
+        .unwrap()
+    }
+
+    fn claims(aud: serde_json::Value) -> serde_json::Value {
+        let now = unix_now();
+        serde_json::json!({
+            "iss": ISSUER, "aud": aud, "sub": "s", "iat": now, "nbf": now, "exp": now + 60,
+        })
+    }
+
+    #[test]
+    fn aud_as_a_string_or_an_array_with_ours() {
+        let auth = Auth::new(KEY);
+        for aud in [
+            serde_json::json!(AUDIENCE),
+            serde_json::json!([AUDIENCE]),
+            serde_json::json!(["https://jumpstarter.dev/other", AUDIENCE]),
+        ] {
+            let mut c = claims(aud.clone());
+            c["jti"] = serde_json::json!("4f0c5d0e-9a57-4a47-b1b3-0f3c6a4f1e2d");
+            assert_eq!(auth.verify(&sign(c)).unwrap().stream, "s", "aud {aud}");
+        }
+    }
+
+    #[test]
+    fn aud_without_ours_is_refused() {
+        let auth = Auth::new(KEY);
+        for aud in [
+            serde_json::json!("https://jumpstarter.dev/other"),
+            serde_json::json!(["https://jumpstarter.dev/other"]),
+            serde_json::json!([]),
+            serde_json::json!(7),
+            serde_json::json!([AUDIENCE, 7]),
+        ] {
+            let e = auth.verify(&sign(claims(aud.clone())));
+            assert_eq!(
+                e.unwrap_err().code(),
+                tonic::Code::Unauthenticated,
+                "aud {aud}"
+            );
+        }
+    }
+
+    #[test]
+    fn minted_tokens_are_in_the_controller_form() {
+        let auth = Auth::new(KEY);
+        let a = auth.mint("s", Duration::from_secs(60)).unwrap();
+        let b = auth.mint("s", Duration::from_secs(60)).unwrap();
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[AUDIENCE]);
+        let read = |t: &str| {
+            jsonwebtoken::decode::<serde_json::Value>(t, &DecodingKey::from_secret(KEY), &v)
+                .unwrap()
+                .claims
+        };
+        let (ca, cb) = (read(&a), read(&b));
+        assert_eq!(ca["aud"], serde_json::json!([AUDIENCE]));
+        let jti = ca["jti"].as_str().unwrap();
+        assert_eq!(jti.len(), 36, "{jti}");
+        assert_eq!(jti.as_bytes()[14], b'4', "{jti}");
+        assert_ne!(ca["jti"], cb["jti"], "token ids repeat");
+        assert_eq!(auth.verify(&a).unwrap().stream, "s");
+    }
 }

@@ -9,8 +9,9 @@
 //! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
 //! stream) its peer's response ends only once the peer's own request stream has ended too,
 //! so the peer can go on sending after it read EOF. When a caller aborts (an error, or an end
-//! without GOAWAY), the other caller's call ends at once with status `Aborted`. A RST_STREAM
-//! frame is forwarded first, then both calls end the same way.
+//! without GOAWAY), the other caller's call ends at once with status `Aborted`. Every frame
+//! is forwarded as it is, RST_STREAM and unknown types included, and forwarding goes on after
+//! them (as in Jumpstarter's Go router): what a RST_STREAM means is for the endpoints.
 
 use std::fmt;
 use std::future::Future;
@@ -142,8 +143,6 @@ enum State {
         pair: Arc<Pair>,
         me: usize,
         peer_goaway: bool,
-        /// The peer's RST_STREAM frame was forwarded: its call is over, end this one too.
-        peer_reset: bool,
     },
     /// The peer finished cleanly; the response ends when this caller's request stream has.
     Finishing {
@@ -160,7 +159,6 @@ impl State {
             pair: link.pair,
             me,
             peer_goaway: false,
-            peer_reset: false,
         }
     }
 }
@@ -238,7 +236,6 @@ impl Stream for Forward {
                     pair,
                     me,
                     peer_goaway,
-                    peer_reset,
                 } => {
                     let (me, peer) = (*me, 1 - *me);
                     // Our own caller aborted (the peer's forwarder saw it): end now, even while
@@ -249,21 +246,10 @@ impl Stream for Forward {
                             return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
                         }
                     }
-                    if *peer_reset {
-                        let why = "reset the stream";
-                        pair.set_end(peer, End::Abort(why.into()));
-                        this.state = State::Done;
-                        return Poll::Ready(Some(Err(Self::abort_status(why))));
-                    }
                     match Pin::new(peer_inbound).poll_next(cx) {
                         Poll::Ready(Some(Ok(req))) => {
                             if req.frame_type == FrameType::Goaway as i32 {
                                 *peer_goaway = true;
-                            } else if req.frame_type == FrameType::RstStream as i32 {
-                                // Forwarded first, so the other caller reads RST_STREAM (a
-                                // reset), then the call ends; the resetting caller's call ends
-                                // at once as well (it may linger to get the frame out).
-                                *peer_reset = true;
                             }
                             this.inner
                                 .stats

@@ -25,6 +25,11 @@
 //!   too; a caller that aborts (error, or an end without GOAWAY) ends its peer's call at once
 //!   with status `Aborted`.
 //! - Response headers go out as soon as a call is accepted, also to a waiting caller.
+//! - Frames are forwarded unchanged, RST_STREAM and unknown types included, and forwarding
+//!   goes on after them; a pair ends only when a call ends or fails.
+//! - A refused caller gets its `Unauthenticated` status after its first message (or at most
+//!   1 s), and its request stays open a little longer, so that a grpc-core client sees the
+//!   status rather than a failed write.
 
 mod auth;
 mod forward;
@@ -251,7 +256,48 @@ impl RouterService for Router {
         &self,
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<Forward>, Status> {
-        let grant = self.inner.auth.verify_metadata(request.metadata())?;
-        Ok(Response::new(self.accept(grant, request.into_inner())))
+        match self.inner.auth.verify_metadata(request.metadata()) {
+            Ok(grant) => Ok(Response::new(self.accept(grant, request.into_inner()))),
+            Err(status) => Err(refuse(request.into_inner(), status).await),
+        }
     }
+}
+
+/// How long a refused caller's status waits for the caller's first message (or the end of
+/// its request stream).
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+/// How long, and how many payload bytes, a refused caller's request stream is read and
+/// dropped after its status went out.
+const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 1024);
+
+/// Answers a refused caller so that it always learns why.
+///
+/// A status sent at once races the caller's first write: the HTTP/2 stream is reset
+/// (NO_ERROR) under the write as the request body is dropped, and grpc-core then fails the
+/// write and reports `INTERNAL` "Internal error from Core" instead of the status. So the status
+/// waits for the first message (or the end of the request, at most [`REFUSAL_WAIT`]), and the
+/// request body stays open and is read and dropped afterwards until the caller ends it, within
+/// [`REFUSAL_DRAIN`] (time and bytes): a refused caller holds no more than that.
+async fn refuse(mut inbound: Streaming<StreamRequest>, status: Status) -> Status {
+    tracing::debug!(reason = %status.message(), "router: refused a caller");
+    match tokio::time::timeout(REFUSAL_WAIT, inbound.message()).await {
+        Ok(Ok(Some(first))) => {
+            tokio::spawn(async move {
+                let (time, bytes) = REFUSAL_DRAIN;
+                let mut budget = bytes.saturating_sub(first.payload.len());
+                let _ = tokio::time::timeout(time, async {
+                    while let Ok(Some(m)) = inbound.message().await {
+                        budget = match budget.checked_sub(m.payload.len()) {
+                            Some(b) => b,
+                            None => break,
+                        };
+                    }
+                })
+                .await;
+            });
+        }
+        // Ended, failed, or silent for REFUSAL_WAIT: nothing is in flight.
+        Ok(Ok(None) | Err(_)) | Err(_) => {}
+    }
+    status
 }

@@ -194,6 +194,16 @@ pub struct RawCall {
 impl RawCall {
     /// Opens a `Stream` call on `endpoint` and waits for its response headers.
     pub async fn open(endpoint: &str) -> Result<RawCall, Status> {
+        Self::open_with(endpoint, None).await
+    }
+
+    /// Opens a `Stream` call with `authorization: Bearer <token>` and waits for its
+    /// response headers.
+    pub async fn open_with_token(endpoint: &str, token: &str) -> Result<RawCall, Status> {
+        Self::open_with(endpoint, Some(token)).await
+    }
+
+    async fn open_with(endpoint: &str, token: Option<&str>) -> Result<RawCall, Status> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .connect()
@@ -201,7 +211,14 @@ impl RawCall {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut client = RouterServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
-        let responses = client.stream(RxStream(rx)).await?.into_inner();
+        let mut request = Request::new(RxStream(rx));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::invalid_argument("token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let responses = client.stream(request).await?.into_inner();
         Ok(RawCall {
             tx: Some(tx),
             responses,
