@@ -2,6 +2,10 @@
 //! `RouterStream` and `forward_stream`, driven by `tests/interop/harness.py` in a venv under
 //! `target/interop-venv` (made on first use by `tests/interop/setup_venv.sh`).
 //!
+//! Tokens come from outside the crate: the harness mints them with PyJWT in the form
+//! Jumpstarter's controller issues (`aud` as an array, a `jti`). The TLS cases use certificates
+//! the harness makes with Python's `cryptography`, and Jumpstarter's own client TLS setup.
+//!
 //! Set `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` to skip these tests explicitly; otherwise a missing
 //! Python fails them with a message that says what to install.
 #![cfg(all(feature = "router", feature = "client"))]
@@ -16,7 +20,6 @@ use std::time::Duration;
 
 use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
 use jumpstarter_router::proto::StreamRequest;
-use jumpstarter_router::router::Auth;
 use jumpstarter_router::{connect, ResponseStream, RouterStream};
 use serde_json::Value;
 use support::*;
@@ -150,6 +153,21 @@ fn peer(py: &Path, ep: &str, tok: &str, send: &str, seed: &str, order: &str, hol
     Py::spawn(py, &args)
 }
 
+/// The router key of the suite, as the harness takes it.
+fn key_arg() -> &'static str {
+    std::str::from_utf8(KEY).unwrap()
+}
+
+/// A token for `stream` minted by the harness with PyJWT in the controller's form.
+async fn py_token(py: &Path, stream: &str) -> String {
+    let mut p = Py::spawn(py, &["token", "--key", key_arg(), "--stream", stream]);
+    let v = p.next(&["token", "error"], 60).await;
+    v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token from the harness: {v}"))
+        .to_string()
+}
+
 fn size_arg() -> String {
     SIZE.to_string()
 }
@@ -223,11 +241,31 @@ async fn python_router(py: &Path) -> (Py, String) {
 async fn a_two_python_peers_through_our_router() {
     let Some(py) = python() else { return };
     let r = TestRouter::start().await;
-    let tok = r.token("interop-a");
+    // Each peer mints its own token with PyJWT (controller form, its own `jti`).
     let ep = r.addr.to_string();
     let size = size_arg();
-    let mut first = peer(py, &ep, &tok, &size, "1", "send-first", false);
-    let mut second = peer(py, &ep, &tok, &size, "2", "recv-first", false);
+    let minted = |seed: &'static str, order: &'static str| {
+        Py::spawn(
+            py,
+            &[
+                "peer",
+                "--endpoint",
+                &ep,
+                "--key",
+                key_arg(),
+                "--stream",
+                "interop-a",
+                "--send",
+                &size,
+                "--seed",
+                seed,
+                "--order",
+                order,
+            ],
+        )
+    };
+    let mut first = minted("1", "send-first");
+    let mut second = minted("2", "recv-first");
     let a = first.next(&["done", "error"], 120).await;
     let b = second.next(&["done", "error"], 120).await;
     assert_done(&a, 1, 2);
@@ -248,7 +286,7 @@ async fn b_python_peer_and_our_client_through_our_router() {
     let size = size_arg();
     // Both orders: the Python peer finishes first, then ours does.
     for (i, python_sends_first) in [true, false].into_iter().enumerate() {
-        let tok = r.token(&format!("interop-b-{i}"));
+        let tok = py_token(py, &format!("interop-b-{i}")).await;
         let order = if python_sends_first {
             "send-first"
         } else {
@@ -269,9 +307,7 @@ async fn b_python_peer_and_our_client_through_our_router() {
 async fn c_our_streams_through_the_python_router() {
     let Some(py) = python() else { return };
     let (_router, ep) = python_router(py).await;
-    let tok = Auth::new(KEY)
-        .mint("interop-c", Duration::from_secs(600))
-        .unwrap();
+    let tok = py_token(py, "interop-c").await;
     let a = connect(&format!("http://{ep}"), &tok).await.unwrap();
     let b = connect(&format!("http://{ep}"), &tok).await.unwrap();
     let (got_a, got_b) = within(120, "through the Python router", async {
@@ -287,9 +323,7 @@ async fn c_our_streams_through_the_python_router() {
 async fn c_python_peer_and_our_client_through_the_python_router() {
     let Some(py) = python() else { return };
     let (_router, ep) = python_router(py).await;
-    let tok = Auth::new(KEY)
-        .mint("interop-c2", Duration::from_secs(600))
-        .unwrap();
+    let tok = py_token(py, "interop-c2").await;
     let size = size_arg();
     let mut peer = peer(py, &ep, &tok, &size, "7", "send-first", false);
     let ours = connect(&format!("http://{ep}"), &tok).await.unwrap();
@@ -308,9 +342,7 @@ async fn c_python_peer_and_our_client_through_the_python_router() {
 async fn c_ping_and_unknown_frames_arrive_as_empty_data_and_are_skipped() {
     let Some(py) = python() else { return };
     let (_router, ep) = python_router(py).await;
-    let tok = Auth::new(KEY)
-        .mint("interop-frames", Duration::from_secs(600))
-        .unwrap();
+    let tok = py_token(py, "interop-frames").await;
     let mut ours = connect(&format!("http://{ep}"), &tok).await.unwrap();
     let mut raw = Py::spawn(
         py,
@@ -415,7 +447,7 @@ async fn d_our_servicer_answers_a_python_client() {
 async fn killed_python_peer_is_an_error_through_our_router() {
     let Some(py) = python() else { return };
     let r = TestRouter::start().await;
-    let tok = r.token("interop-kill");
+    let tok = py_token(py, "interop-kill").await;
     let mut peer = peer(
         py,
         &r.addr.to_string(),
@@ -462,4 +494,320 @@ async fn killed_python_client_is_an_error_at_our_servicer() {
         ),
         "{err:?}"
     );
+}
+
+// ===== refused callers: a grpc-core client always learns why =====
+
+/// The cases `harness.py bad-tokens` tries, and the status message each must get.
+const BAD_TOKEN_CASES: &[(&str, &str)] = &[
+    ("wrong key", "invalid jwt token"),
+    ("alg none", "invalid jwt token"),
+    ("RS256", "invalid jwt token"),
+    ("ES256", "invalid jwt token"),
+    ("wrong iss", "invalid jwt token"),
+    ("aud array without ours", "invalid jwt token"),
+    ("wrong aud string", "invalid jwt token"),
+    ("expired", "invalid jwt token"),
+    ("nbf in the future", "invalid jwt token"),
+    ("iat in the future", "invalid jwt token"),
+    ("empty subject", "invalid jwt token"),
+    ("malformed", "invalid jwt token"),
+    (
+        "missing header",
+        "expected exactly one authorization header",
+    ),
+    (
+        "duplicated header",
+        "expected exactly one authorization header",
+    ),
+    ("not bearer", "malformed authorization header"),
+];
+
+/// Runs `harness.py bad-tokens` (each case 20 times: open a call, write the first message,
+/// read) against `endpoint` and asserts every answer was `UNAUTHENTICATED` with the case's
+/// message: never `INTERNAL` "Internal error from Core" (a write failing under a reset).
+async fn assert_bad_tokens_refused(py: &Path, endpoint: &str, tls: &[&str]) {
+    let mut args = vec!["bad-tokens", "--endpoint", endpoint, "--key", key_arg()];
+    args.extend_from_slice(tls);
+    args.extend_from_slice(&["--rounds", "20"]);
+    let mut p = Py::spawn(py, &args);
+    let mut seen = Vec::new();
+    loop {
+        let v = p.next(&["case", "end", "error"], 120).await;
+        match v["event"].as_str() {
+            Some("case") => seen.push(v),
+            Some("end") => break,
+            _ => panic!("bad-tokens failed: {v}"),
+        }
+    }
+    let names: Vec<&str> = seen.iter().filter_map(|v| v["name"].as_str()).collect();
+    let want: Vec<&str> = BAD_TOKEN_CASES.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, want);
+    for (v, (name, message)) in seen.iter().zip(BAD_TOKEN_CASES) {
+        let expected = serde_json::json!({ format!("UNAUTHENTICATED: {message}"): 20 });
+        assert_eq!(v["counts"], expected, "case {name:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
+    let Some(py) = python() else { return };
+    let r = TestRouter::start().await;
+    assert_bad_tokens_refused(py, &r.addr.to_string(), &[]).await;
+    let s = r.router.stats();
+    assert_eq!(
+        (s.pending, s.pairs_total),
+        (0, 0),
+        "a refused caller was queued: {s:?}"
+    );
+    // The router still pairs honest callers on the same port.
+    let tok = py_token(py, "after-bad-tokens").await;
+    let (mut a, mut b) = pair_up(&r.endpoint(), &tok, b"still serving").await;
+    send_and_finish(&mut a, &mut b, b"bye").await;
+}
+
+// ===== TLS, as real deployments run it: `serve` with cert files or self-signed =====
+
+#[cfg(feature = "cli")]
+mod tls {
+    use super::*;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
+
+    /// A `serve` process (TLS); killed when dropped.
+    pub(super) struct Serve {
+        child: Child,
+        pub(super) port: u16,
+    }
+
+    impl Drop for Serve {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts `serve` on a free loopback port with `env`, and waits for its "router
+    /// listening" line.
+    pub(super) async fn serve(env: &[(&str, String)]) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("ROUTER_KEY", key_arg())
+            .env("RUST_LOG", "info")
+            .env_remove("EXTERNAL_CERT_PEM")
+            .env_remove("EXTERNAL_KEY_PEM")
+            .env_remove("GRPC_ROUTER_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        within(20, "serve to listen", async {
+            loop {
+                let line = rx.recv().await.expect("serve exited before listening");
+                if line.contains("router listening") {
+                    return;
+                }
+            }
+        })
+        .await;
+        Serve { child, port }
+    }
+
+    /// `jumpstarter-router connect` on stdio with `tls` flags: writes `SIZE` pattern bytes
+    /// with `seed` to its stdin (then EOF) and returns what it printed, with its exit status.
+    pub(super) async fn cli_connect(
+        endpoint: &str,
+        token: &str,
+        tls: &[&str],
+        seed: u64,
+    ) -> (std::process::ExitStatus, Vec<u8>, String) {
+        let mut child = Command::new(BIN)
+            .args(["connect", "--endpoint", endpoint, "--token", token])
+            .args(tls)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start connect");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut at = 0;
+            while at < SIZE {
+                let n = (SIZE - at).min(buf.len() as u64) as usize;
+                fill_pattern(&mut buf[..n], at, seed);
+                stdin.write_all(&buf[..n]).unwrap();
+                at += n as u64;
+            }
+            // Dropping stdin is EOF: the tunnel half-closes.
+        });
+        let out = within(120, "connect on stdio", async {
+            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+                .await
+                .unwrap()
+        })
+        .await;
+        writer.join().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status, out.stdout, stderr)
+    }
+
+    /// A Python peer (Jumpstarter's TLS setup, `tls` flags) and our CLI client (`ours` flags)
+    /// exchange `SIZE` bytes each way through `serve` at `endpoint`, with a half-close.
+    pub(super) async fn python_and_cli(
+        py: &Path,
+        endpoint: &str,
+        stream: &str,
+        tls: &[&str],
+        ours: &[&str],
+    ) {
+        let tok = py_token(py, stream).await;
+        let size = size_arg();
+        let mut args = vec![
+            "peer",
+            "--endpoint",
+            endpoint,
+            "--token",
+            &tok,
+            "--send",
+            &size,
+            "--seed",
+            "21",
+            "--order",
+            "recv-first",
+        ];
+        args.extend_from_slice(tls);
+        let mut peer = Py::spawn(py, &args);
+        let (status, out, stderr) = cli_connect(endpoint, &tok, ours, 22).await;
+        assert!(status.success(), "connect failed: {stderr}");
+        assert_eq!(out.len() as u64, SIZE, "{stderr}");
+        assert_eq!(hex(&sha2_of(&out)), pattern_sha(SIZE, 21));
+        assert_done(&peer.next(&["done", "error"], 120).await, 21, 22);
+    }
+
+    fn sha2_of(b: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(b).to_vec()
+    }
+
+    /// The harness's CA and server certificate (`rsa` or `ecdsa`) in a fresh folder.
+    pub(super) async fn certs(py: &Path, key_type: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "jumpstarter-router-interop-{key_type}-{}",
+            std::process::id()
+        ));
+        let mut p = Py::spawn(
+            py,
+            &[
+                "certs",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--key-type",
+                key_type,
+            ],
+        );
+        let v = p.next(&["certs", "error"], 60).await;
+        assert_eq!(v["event"], "certs", "{v}");
+        dir
+    }
+}
+
+/// Python peers over `grpc.ssl_channel_credentials` with the test CA (through Jumpstarter's
+/// own client TLS code) and our CLI with `--ca-file`, through `serve` with
+/// `EXTERNAL_CERT_PEM`/`EXTERNAL_KEY_PEM`: RSA (PKCS#1 key) and ECDSA (SEC1 key).
+#[cfg(feature = "cli")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
+    let Some(py) = python() else { return };
+    for key_type in ["rsa", "ecdsa"] {
+        let dir = tls::certs(py, key_type).await;
+        let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let router = tls::serve(&[
+            ("EXTERNAL_CERT_PEM", path("cert.pem")),
+            ("EXTERNAL_KEY_PEM", path("key.pem")),
+        ])
+        .await;
+        let ep = format!("localhost:{}", router.port);
+        let ca = path("ca.pem");
+        // Two Python peers.
+        let size = size_arg();
+        let stream = format!("tls-{key_type}");
+        let tok = py_token(py, &stream).await;
+        let both = |seed: &'static str, order: &'static str| {
+            Py::spawn(
+                py,
+                &[
+                    "peer",
+                    "--endpoint",
+                    &ep,
+                    "--token",
+                    &tok,
+                    "--send",
+                    &size,
+                    "--seed",
+                    seed,
+                    "--order",
+                    order,
+                    "--tls-ca",
+                    &ca,
+                ],
+            )
+        };
+        let (mut first, mut second) = (both("1", "send-first"), both("2", "recv-first"));
+        let a = first.next(&["done", "error"], 120).await;
+        let b = second.next(&["done", "error"], 120).await;
+        assert_done(&a, 1, 2);
+        assert_done(&b, 2, 1);
+        assert_eq!(
+            (&a["status"], &b["status"]),
+            (&"OK".into(), &"OK".into()),
+            "{a} {b}"
+        );
+        // A Python peer and our CLI client with --ca-file.
+        let stream = format!("tls-cli-{key_type}");
+        tls::python_and_cli(py, &ep, &stream, &["--tls-ca", &ca], &["--ca-file", &ca]).await;
+        // Refusals over TLS reach a grpc-core client as UNAUTHENTICATED too.
+        if key_type == "rsa" {
+            assert_bad_tokens_refused(py, &ep, &["--tls-ca", &ca]).await;
+        }
+        drop(router);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// `serve` with no certificate files makes a self-signed certificate for the host of
+/// `GRPC_ROUTER_ENDPOINT`: our CLI with `--insecure` and a Python peer in Jumpstarter's
+/// `tls.insecure` mode pair through it.
+#[cfg(feature = "cli")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_self_signed_default_with_insecure_clients() {
+    let Some(py) = python() else { return };
+    // The certificate names the host of GRPC_ROUTER_ENDPOINT (default `localhost:8083`).
+    let router = tls::serve(&[]).await;
+    let ep = format!("localhost:{}", router.port);
+    tls::python_and_cli(
+        py,
+        &ep,
+        "tls-insecure",
+        &["--tls-insecure"],
+        &["--insecure"],
+    )
+    .await;
 }

@@ -46,11 +46,11 @@ struct Claims {
     iss: String,
     aud: Audience,
     sub: String,
-    exp: u64,
+    exp: NumericDate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
+    iat: Option<NumericDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<u64>,
+    nbf: Option<NumericDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     jti: Option<String>,
 }
@@ -63,6 +63,30 @@ struct Claims {
 enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, an integer or not (golang-jwt reads
+/// both; some libraries write `time.time() + ttl` as it is). Written as an integer when it is
+/// one.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(transparent)]
+struct NumericDate(f64);
+
+impl Serialize for NumericDate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let secs = self.0;
+        if secs.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&secs) {
+            s.serialize_u64(secs as u64)
+        } else {
+            s.serialize_f64(secs)
+        }
+    }
+}
+
+impl From<u64> for NumericDate {
+    fn from(secs: u64) -> Self {
+        NumericDate(secs as f64)
+    }
 }
 
 /// What a valid token grants.
@@ -84,10 +108,11 @@ impl Auth {
         validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        // The Go router (golang-jwt) allows no leeway.
+        validation.set_required_spec_claims(&["iss", "aud", "sub"]);
+        // exp (required by `Claims`), nbf and iat are checked in `verify`: jsonwebtoken reads
+        // only integer NumericDates.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.leeway = 0;
         Auth {
             decoding: DecodingKey::from_secret(key),
@@ -125,8 +150,18 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| invalid(&e))?;
         let c = data.claims;
-        let now = unix_now();
-        if c.iat.is_some_and(|iat| iat > now) {
+        // As golang-jwt with no leeway: valid while now < exp, once now >= nbf and iat.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if now >= c.exp.0 {
+            return Err(invalid(&"expired"));
+        }
+        if c.nbf.is_some_and(|nbf| now < nbf.0) {
+            return Err(invalid(&"nbf is in the future"));
+        }
+        if c.iat.is_some_and(|iat| now < iat.0) {
             return Err(invalid(&"iat is in the future"));
         }
         if c.sub.is_empty() {
@@ -135,8 +170,9 @@ impl Auth {
         Ok(Grant {
             stream: c.sub,
             // A validly signed token may carry any `exp`: no overflow, whatever it says.
-            expires: UNIX_EPOCH
-                .checked_add(Duration::from_secs(c.exp))
+            expires: Duration::try_from_secs_f64(c.exp.0)
+                .ok()
+                .and_then(|d| UNIX_EPOCH.checked_add(d))
                 .unwrap_or(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2)),
         })
     }
@@ -180,9 +216,9 @@ impl Auth {
             iss: ISSUER.into(),
             aud: Audience::Many(vec![AUDIENCE.into()]),
             sub: stream.into(),
-            exp: now.saturating_add(ttl.as_secs().max(1)),
-            iat: Some(now),
-            nbf: Some(now),
+            exp: now.saturating_add(ttl.as_secs().max(1)).into(),
+            iat: Some(now.into()),
+            nbf: Some(now.into()),
             jti: Some(random_id().map_err(|e| format!("cannot make a token id: {e}"))?),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -268,6 +304,38 @@ mod tests {
                 "aud {aud}"
             );
         }
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_read_and_checked() {
+        let auth = Auth::new(KEY);
+        let now = unix_now() as f64;
+        let mut c = claims(serde_json::json!([AUDIENCE]));
+        c["exp"] = serde_json::json!(now + 60.25);
+        c["iat"] = serde_json::json!(now - 0.5);
+        c["nbf"] = serde_json::json!(now - 0.5);
+        assert_eq!(auth.verify(&sign(c.clone())).unwrap().stream, "s");
+        for (claim, value) in [("exp", now - 0.5), ("nbf", now + 60.5), ("iat", now + 60.5)] {
+            let mut bad = c.clone();
+            bad[claim] = serde_json::json!(value);
+            assert!(auth.verify(&sign(bad)).is_err(), "{claim} {value}");
+        }
+        for value in [
+            serde_json::json!("soon"),
+            serde_json::json!(-1),
+            serde_json::json!(null),
+        ] {
+            let mut bad = c.clone();
+            bad["exp"] = value.clone();
+            assert!(auth.verify(&sign(bad)).is_err(), "exp {value}");
+        }
+        let mut bad = c.clone();
+        bad.as_object_mut().unwrap().remove("exp");
+        assert!(auth.verify(&sign(bad)).is_err(), "no exp");
+        // Far beyond what a Duration holds: accepted, no panic.
+        let mut far = c;
+        far["exp"] = serde_json::json!(1e300);
+        assert!(auth.verify(&sign(far)).is_ok());
     }
 
     #[test]

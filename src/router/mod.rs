@@ -280,24 +280,21 @@ const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 102
 /// [`REFUSAL_DRAIN`] (time and bytes): a refused caller holds no more than that.
 async fn refuse(mut inbound: Streaming<StreamRequest>, status: Status) -> Status {
     tracing::debug!(reason = %status.message(), "router: refused a caller");
-    match tokio::time::timeout(REFUSAL_WAIT, inbound.message()).await {
-        Ok(Ok(Some(first))) => {
-            tokio::spawn(async move {
-                let (time, bytes) = REFUSAL_DRAIN;
-                let mut budget = bytes.saturating_sub(first.payload.len());
-                let _ = tokio::time::timeout(time, async {
-                    while let Ok(Some(m)) = inbound.message().await {
-                        budget = match budget.checked_sub(m.payload.len()) {
-                            Some(b) => b,
-                            None => break,
-                        };
-                    }
-                })
-                .await;
-            });
-        }
-        // Ended, failed, or silent for REFUSAL_WAIT: nothing is in flight.
-        Ok(Ok(None) | Err(_)) | Err(_) => {}
+    // Ended, failed, or silent for REFUSAL_WAIT: nothing is in flight, nothing to drain.
+    if let Ok(Ok(Some(first))) = tokio::time::timeout(REFUSAL_WAIT, inbound.message()).await {
+        tokio::spawn(async move {
+            let (time, bytes) = REFUSAL_DRAIN;
+            let mut budget = bytes.saturating_sub(first.payload.len());
+            let _ = tokio::time::timeout(time, async {
+                while let Ok(Some(m)) = inbound.message().await {
+                    budget = match budget.checked_sub(m.payload.len()) {
+                        Some(b) => b,
+                        None => break,
+                    };
+                }
+            })
+            .await;
+        });
     }
     status
 }

@@ -4,10 +4,16 @@ Uses only the released package's own pieces: `RouterStream` (jumpstarter.streams
 `forward_stream` (jumpstarter.streams.common) and the stubs of `jumpstarter_protocol`.
 Driven by tests/interop.rs; every line on stdout is one JSON object with an "event" key.
 
+Tokens are minted here with PyJWT in the form Jumpstarter's controller issues (golang-jwt v5:
+`aud` as an array, a `jti`), never by the crate under test.
+
 Subcommands:
   peer        a client-side RouterStream doing a half-close exchange of pattern bytes
   router      a router assembled from RouterStream + forward_stream (pairs callers by token subject)
   raw-client  writes a given list of frames on a Stream call and prints what comes back
+  bad-tokens  calls with each kind of bad token, N times each, and counts the status codes
+  token       prints a controller-form token
+  certs       writes a CA and a server certificate for localhost (RSA or ECDSA) to a folder
 """
 
 import argparse
@@ -16,8 +22,15 @@ import base64
 import hashlib
 import json
 import sys
+import time
+import uuid
+import warnings
 
 import grpc
+import jwt
+
+# The suite's router keys are short test strings: PyJWT's advice on key length is noise here.
+warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 from anyio import EndOfStream
 from jumpstarter.streams.common import forward_stream
 from jumpstarter.streams.router import RouterStream
@@ -47,6 +60,63 @@ def pattern(at, n, seed):
     return bytes(out)
 
 
+# ===== tokens (PyJWT, the controller's claim set) =====
+
+ISSUER = "https://jumpstarter.dev/stream"
+AUDIENCE = "https://jumpstarter.dev/router"
+
+
+def controller_claims(sub, **over):
+    """The claims Jumpstarter's controller puts in a router token (golang-jwt v5 writes a single
+    audience as an array)."""
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": [AUDIENCE],
+        "sub": sub,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 1800,
+        "jti": str(uuid.uuid4()),
+    }
+    claims.update(over)
+    return claims
+
+
+def mint(key, sub, algorithm="HS256", **over):
+    return jwt.encode(controller_claims(sub, **over), key, algorithm=algorithm)
+
+
+def token_arg(args):
+    """`--token`, or a token minted here from `--key` and `--stream`."""
+    if args.token:
+        return args.token
+    if args.key and args.stream:
+        return mint(args.key, args.stream)
+    raise SystemExit("give --token, or --key and --stream")
+
+
+async def channel_for(args):
+    """A plaintext channel, or TLS set up by Jumpstarter's own client code
+    (`jumpstarter.common.grpc`): `--tls-ca FILE` as its `tls.ca`, `--tls-insecure` as its
+    `tls.insecure` (it fetches the router's certificate and trusts it)."""
+    target = endpoint_target(args.endpoint)
+    ca = getattr(args, "tls_ca", None)
+    insecure = getattr(args, "tls_insecure", False)
+    if not ca and not insecure:
+        return grpc.aio.insecure_channel(target)
+    from types import SimpleNamespace
+
+    from jumpstarter.common.grpc import aio_secure_channel, ssl_channel_credentials
+
+    tls = SimpleNamespace(insecure=insecure, ca="")
+    if ca:
+        with open(ca, "rb") as f:
+            tls.ca = base64.b64encode(f.read()).decode()
+    creds = await ssl_channel_credentials(target, tls)
+    return aio_secure_channel(target, creds, None)
+
+
 def endpoint_target(endpoint):
     for scheme in ("http://", "grpc://"):
         if endpoint.startswith(scheme):
@@ -58,9 +128,9 @@ def endpoint_target(endpoint):
 
 
 async def peer(args):
-    channel = grpc.aio.insecure_channel(endpoint_target(args.endpoint))
+    channel = await channel_for(args)
     stub = router_pb2_grpc.RouterServiceStub(channel)
-    call = stub.Stream(metadata=(("authorization", f"Bearer {args.token}"),))
+    call = stub.Stream(metadata=(("authorization", f"Bearer {token_arg(args)}"),))
     stream = RouterStream(context=call)
     emit("ready")
 
@@ -202,9 +272,9 @@ def parse_frames(spec):
 
 
 async def raw_client(args):
-    channel = grpc.aio.insecure_channel(endpoint_target(args.endpoint))
+    channel = await channel_for(args)
     stub = router_pb2_grpc.RouterServiceStub(channel)
-    call = stub.Stream(metadata=(("authorization", f"Bearer {args.token}"),))
+    call = stub.Stream(metadata=(("authorization", f"Bearer {token_arg(args)}"),))
     for frame_type, payload in parse_frames(args.frames):
         await call.write(router_pb2.StreamRequest(frame_type=frame_type, payload=payload))
     await call.done_writing()
@@ -218,13 +288,157 @@ async def raw_client(args):
     await channel.close()
 
 
+# ===== bad-tokens =====
+
+
+def bad_token_cases(key):
+    """(name, metadata) for every kind of refused call: bad tokens and bad headers."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    sub = "bad-token-stream"
+
+    def bearer(token):
+        return (("authorization", f"Bearer {token}"),)
+
+    return [
+        ("wrong key", bearer(mint("not-the-router-key", sub))),
+        ("alg none", bearer(jwt.encode(controller_claims(sub), None, algorithm="none"))),
+        ("RS256", bearer(mint(rsa_key, sub, algorithm="RS256"))),
+        ("ES256", bearer(mint(ec_key, sub, algorithm="ES256"))),
+        ("wrong iss", bearer(mint(key, sub, iss="https://evil.example/stream"))),
+        ("aud array without ours", bearer(mint(key, sub, aud=["https://jumpstarter.dev/controller"]))),
+        ("wrong aud string", bearer(mint(key, sub, aud="https://jumpstarter.dev/controller"))),
+        ("expired", bearer(mint(key, sub, exp=now - 5))),
+        ("nbf in the future", bearer(mint(key, sub, nbf=now + 300))),
+        ("iat in the future", bearer(mint(key, sub, iat=now + 300))),
+        ("empty subject", bearer(mint(key, ""))),
+        ("malformed", bearer("not.a.jwt")),
+        ("missing header", ()),
+        ("duplicated header", bearer(mint(key, sub)) + bearer(mint(key, sub))),
+        ("not bearer", (("authorization", f"Basic {mint(key, sub)}"),)),
+    ]
+
+
+async def refused_status(stub, metadata):
+    """Opens a call, writes its first message, then reads: returns (code, details)."""
+    call = stub.Stream(metadata=metadata)
+    try:
+        await call.write(router_pb2.StreamRequest(frame_type=router_pb2.FRAME_TYPE_DATA, payload=b"hello"))
+        while await call.read() != grpc.aio.EOF:
+            pass
+        return (await call.code()).name, await call.details()
+    except grpc.aio.AioRpcError as e:
+        return e.code().name, e.details()
+
+
+async def bad_tokens(args):
+    channel = await channel_for(args)
+    stub = router_pb2_grpc.RouterServiceStub(channel)
+    for name, metadata in bad_token_cases(args.key):
+        counts = {}
+        for _ in range(args.rounds):
+            code, details = await asyncio.wait_for(refused_status(stub, metadata), 30)
+            k = f"{code}: {details}"
+            counts[k] = counts.get(k, 0) + 1
+        emit("case", name=name, counts=counts)
+    emit("end")
+    await channel.close()
+
+
+# ===== token, certs =====
+
+
+async def token(args):
+    emit("token", token=mint(args.key, args.stream))
+
+
+async def certs(args):
+    """A CA, and a server certificate for localhost / 127.0.0.1 / ::1 that it signs. RSA keys
+    are written as PKCS#1 and ECDSA keys as SEC1 ("traditional OpenSSL" PEM, what openssl and
+    cert-manager write), the CA as a plain certificate."""
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    def new_key():
+        if args.key_type == "rsa":
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ec.generate_private_key(ec.SECP256R1())
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    ca_key = new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "interop test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = new_key()
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    os.makedirs(args.dir, exist_ok=True)
+    files = {
+        "ca.pem": ca.public_bytes(pem),
+        "cert.pem": cert.public_bytes(pem),
+        "key.pem": key.private_bytes(
+            pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ),
+    }
+    for name, data in files.items():
+        with open(os.path.join(args.dir, name), "wb") as f:
+            f.write(data)
+    emit("certs", dir=args.dir, key_type=args.key_type, key_pem_header=files["key.pem"].splitlines()[0].decode())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
+    def tls_args(p):
+        p.add_argument("--tls-ca", help="TLS, trusting this CA (Jumpstarter's tls.ca)")
+        p.add_argument("--tls-insecure", action="store_true", help="TLS, Jumpstarter's tls.insecure")
+
+    def call_args(p):
+        p.add_argument("--endpoint", required=True)
+        p.add_argument("--token")
+        p.add_argument("--key", help="mint the token here (PyJWT), with --stream as its subject")
+        p.add_argument("--stream")
+        tls_args(p)
+
     p = sub.add_parser("peer")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--token", required=True)
+    call_args(p)
     p.add_argument("--send", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--order", choices=["send-first", "recv-first"], required=True)
@@ -235,12 +449,32 @@ def main():
     r.add_argument("--listen", default="127.0.0.1:0")
 
     c = sub.add_parser("raw-client")
-    c.add_argument("--endpoint", required=True)
-    c.add_argument("--token", required=True)
+    call_args(c)
     c.add_argument("--frames", required=True)
 
+    b = sub.add_parser("bad-tokens")
+    b.add_argument("--endpoint", required=True)
+    b.add_argument("--key", required=True, help="the router's key (bad tokens are made from it)")
+    tls_args(b)
+    b.add_argument("--rounds", type=int, default=20)
+
+    t = sub.add_parser("token")
+    t.add_argument("--key", required=True)
+    t.add_argument("--stream", required=True)
+
+    k = sub.add_parser("certs")
+    k.add_argument("--dir", required=True)
+    k.add_argument("--key-type", choices=["rsa", "ecdsa"], required=True)
+
     args = parser.parse_args()
-    run = {"peer": peer, "router": router, "raw-client": raw_client}[args.cmd]
+    run = {
+        "peer": peer,
+        "router": router,
+        "raw-client": raw_client,
+        "bad-tokens": bad_tokens,
+        "token": token,
+        "certs": certs,
+    }[args.cmd]
     try:
         asyncio.run(run(args))
     except KeyboardInterrupt:
