@@ -64,7 +64,7 @@ async fn peer_abort_is_an_error_not_eof() {
     let r = TestRouter::start().await;
     let (a, mut b) = pair_up(&r.endpoint(), &r.token("abort"), b"hello").await;
     drop(a); // no shutdown: abort
-    let err = read_to_error(&mut b, 5, "abort to reach B").await;
+    let err = read_to_error(&mut b, 2, "abort to reach B").await;
     // The dropped stream's RST_STREAM frame went through the router: a reset, not a vague end.
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
     // The router forwards the RST_STREAM frame and keeps the pair; it ends the pair when the
