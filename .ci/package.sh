@@ -44,8 +44,11 @@ echo "package.sh: $(wc -l <<<"$list") files, $(du -k "$crate" | cut -f1) KiB: $c
 # Build from the .crate's contents alone: its own Cargo.lock, no network, a target dir of its
 # own outside the sources; build.rs must not write into the sources.
 before=$(cd "$src" && find . -type f -exec sha256sum {} + | sort)
-(cd "$src" && cargo fetch --locked >/dev/null)
-(cd "$src" && CARGO_TARGET_DIR="$tmp/target" cargo build --features cli --locked --offline)
+host=$(rustc -vV | sed -n 's/^host: //p')
+(cd "$src" && cargo fetch --locked --target "$host" >/dev/null)
+# No debug info: this build is only a check, and links faster without.
+(cd "$src" && CARGO_TARGET_DIR="$tmp/target" CARGO_PROFILE_DEV_DEBUG=0 \
+  cargo build --features cli --locked --offline)
 after=$(cd "$src" && find . -type f -exec sha256sum {} + | sort)
 if [ "$before" != "$after" ]; then
   echo "package.sh: the build changed the packaged sources:" >&2
