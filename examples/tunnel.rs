@@ -41,15 +41,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::builder(auth).build();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let router_addr = listener.local_addr()?;
-    let config = ServeConfig {
-        listen: router_addr,
-        tls: if tls {
+    let config = ServeConfig::new(
+        router_addr,
+        if tls {
             TlsMode::SelfSigned("localhost".into())
         } else {
             TlsMode::Plaintext
         },
-        grace: Duration::from_secs(1),
-    };
+    );
     tokio::spawn(router.clone().serve_listener(
         listener,
         config.tls_config()?,

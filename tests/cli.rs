@@ -3,69 +3,29 @@
 //! mid-transfer; clear one-line errors.
 #![cfg(feature = "cli")]
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use process::{cmd, Proc, Serve};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
 const MIB: u64 = 1024 * 1024;
 
-/// Kills the child when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts `serve --plaintext --grace 1` on a free loopback port.
+async fn serve() -> Serve {
+    serve_with_grace("1").await
 }
 
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("ROUTER_KEY", std::str::from_utf8(KEY).unwrap())
-        .env_remove("RUST_LOG");
-    c
-}
-
-/// Starts `serve --plaintext` on a free loopback port; returns the process and its endpoint.
-fn serve() -> (Proc, String) {
-    let (router, listen) = serve_with_grace("1");
-    (router, format!("http://{listen}"))
-}
-
-/// Starts `serve --plaintext --grace SECS` on a free loopback port; returns the process and
-/// its listening address.
-fn serve_with_grace(grace: &str) -> (Proc, String) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let child = cmd(&[
-        "serve",
-        "--plaintext",
-        "--listen",
-        &listen,
-        "--grace",
-        grace,
-    ])
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    // Wait until it accepts connections.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(Instant::now() < deadline, "router did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Proc(child), listen)
+/// Starts `serve --plaintext --grace SECS` on a free loopback port.
+async fn serve_with_grace(grace: &str) -> Serve {
+    Serve::start(&["--plaintext", "--grace", grace]).await
 }
 
 fn token(subject: &str) -> String {
@@ -108,7 +68,8 @@ fn expose(endpoint: &str, tok: &str, target: &str) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_tunnel_64_mib_through_serve_expose_connect() {
-    let (_router, endpoint) = serve();
+    let router = serve().await;
+    let endpoint = router.endpoint();
     let tok = token("cli-tcp");
     let echo = echo_server().await;
     let _exporter = expose(&endpoint, &tok, &echo.to_string());
@@ -170,7 +131,8 @@ async fn tcp_tunnel_64_mib_through_serve_expose_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_tunnel_through_connect() {
-    let (_router, endpoint) = serve();
+    let router = serve().await;
+    let endpoint = router.endpoint();
     let tok = token("cli-stdio");
     let echo = echo_server().await;
     let _exporter = expose(&endpoint, &tok, &echo.to_string());
@@ -207,7 +169,8 @@ async fn stdio_tunnel_through_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_peer_is_an_error_within_a_second() {
-    let (_router, endpoint) = serve();
+    let router = serve().await;
+    let endpoint = router.endpoint();
     let tok = token("cli-kill");
     // Our side: a library stream that keeps reading.
     let mut ours = jumpstarter_router::connect(&endpoint, &tok).await.unwrap();
@@ -255,9 +218,10 @@ async fn killed_peer_is_an_error_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_dies_is_an_error_on_both_sides_never_eof() {
-    let (mut router, endpoint) = serve();
+    let mut router = serve().await;
+    let endpoint = router.endpoint();
     let (mut a, mut b) = pair_up(&endpoint, &token("cli-router-dies"), b"hello").await;
-    router.0.kill().unwrap();
+    router.proc.0.kill().unwrap();
     let killed = Instant::now();
     for (name, s) in [("a", &mut a), ("b", &mut b)] {
         let err = read_to_error(s, 5, "an error after the router died").await;
@@ -280,9 +244,10 @@ async fn a_router_that_dies_is_an_error_on_both_sides_never_eof() {
     assert!(a.write_all(b"more").await.is_err() || a.flush().await.is_err());
 }
 
-#[test]
-fn errors_are_one_line_and_nonzero() {
-    let (_router, endpoint) = serve();
+#[tokio::test]
+async fn errors_are_one_line_and_nonzero() {
+    let router = serve().await;
+    let endpoint = router.endpoint();
     // `connect` fails with exit status non-zero and one line on stderr that says why.
     let fails_with = |endpoint: &str, token: &str, why: &str| {
         let out = cmd(&["connect", "--endpoint", endpoint, "--token", token])
@@ -306,16 +271,11 @@ fn errors_are_one_line_and_nonzero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_lets_active_streams_finish() {
-    let (mut router, listen) = serve_with_grace("20");
-    let endpoint = format!("http://{listen}");
+    let router = serve_with_grace("20").await;
+    let (listen, endpoint) = (router.listen, router.endpoint());
     let (mut a, mut b) = pair_up(&endpoint, &token("cli-term"), b"before").await;
 
-    let pid = router.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    router.terminate();
     // New connections are refused soon after...
     within(5, "listener to close", async {
         while TcpStream::connect(&listen).await.is_ok() {
@@ -331,10 +291,89 @@ async fn sigterm_stops_accepting_and_lets_active_streams_finish() {
     drop((a, b));
     // The router exits on its own once the streams are done, well within the grace period.
     let status = within(15, "router exits", async {
-        tokio::task::spawn_blocking(move || router.0.wait().unwrap())
+        let mut proc = router.proc;
+        tokio::task::spawn_blocking(move || proc.0.wait().unwrap())
             .await
             .unwrap()
     })
     .await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// `connect --progress` shows live bytes and rates on stderr while the tunnel runs (one line a
+/// second when stderr is no terminal; on a terminal the line is redrawn in place), then the
+/// summary as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_progress_shows_live_bytes_while_the_tunnel_runs() {
+    let router = serve().await;
+    let endpoint = router.endpoint();
+    let tok = token("cli-progress");
+    let echo = echo_server().await;
+    let _exporter = expose(&endpoint, &tok, &echo.to_string());
+    let mut child = Proc(
+        cmd(&[
+            "connect",
+            "--endpoint",
+            &endpoint,
+            "--token",
+            &tok,
+            "--progress",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let mut stdout = child.0.stdout.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // 1 MiB in, 1 MiB echoed back; stdin stays open, so the tunnel runs on.
+    {
+        use std::io::Write;
+        stdin.write_all(&vec![7u8; MIB as usize]).unwrap();
+    }
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; MIB as usize];
+        stdout.read_exact(&mut buf).map(|_| (buf, stdout))
+    });
+    let (buf, mut stdout) = within(30, "the echo", echoed).await.unwrap().unwrap();
+    assert!(buf.iter().all(|&b| b == 7));
+    let live = within(10, "a live progress line", async {
+        loop {
+            let line = lines.recv().await.expect("connect's stderr closed");
+            if line.contains("stdio: 1.0 MiB up") && line.contains("1.0 MiB down") {
+                return line;
+            }
+        }
+    })
+    .await;
+    assert!(live.contains("MiB/s"), "{live}");
+    // EOF on stdin: the tunnel half-closes and ends; the summary follows.
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let summary = within(20, "the summary", async {
+        loop {
+            let line = lines.recv().await.expect("no summary line");
+            if line.contains("bytes up") {
+                return line;
+            }
+        }
+    })
+    .await;
+    assert!(
+        summary.contains("1048576 bytes up, 1048576 bytes down"),
+        "{summary}"
+    );
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+        .await
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }

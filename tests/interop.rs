@@ -10,6 +10,9 @@
 //! Python fails them with a message that says what to install.
 #![cfg(all(feature = "router", feature = "client"))]
 
+#[cfg(feature = "cli")]
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -688,60 +691,12 @@ async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
 mod tls {
     use super::*;
 
-    const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
+    use super::process::{cmd, Serve};
 
-    /// A `serve` process (TLS); killed when dropped.
-    pub(super) struct Serve {
-        child: Child,
-        pub(super) port: u16,
-    }
-
-    impl Drop for Serve {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// Starts `serve` on a free loopback port with `env`, and waits for its "router
-    /// listening" line.
+    /// Starts `serve` (TLS) with `env`.
     pub(super) async fn serve(env: &[(&str, String)]) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("ROUTER_KEY", key_arg())
-            .env("RUST_LOG", "info")
-            .env_remove("EXTERNAL_CERT_PEM")
-            .env_remove("EXTERNAL_KEY_PEM")
-            .env_remove("GRPC_ROUTER_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        within(20, "serve to listen", async {
-            loop {
-                let line = rx.recv().await.expect("serve exited before listening");
-                if line.contains("router listening") {
-                    return;
-                }
-            }
-        })
-        .await;
-        Serve { child, port }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Serve::start_with_env(&[], &env).await
     }
 
     /// `jumpstarter-router connect` on stdio with `tls` flags: writes `SIZE` pattern bytes
@@ -752,10 +707,8 @@ mod tls {
         tls: &[&str],
         seed: u64,
     ) -> (std::process::ExitStatus, Vec<u8>, String) {
-        let mut child = Command::new(BIN)
-            .args(["connect", "--endpoint", endpoint, "--token", token])
+        let mut child = cmd(&["connect", "--endpoint", endpoint, "--token", token])
             .args(tls)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -860,7 +813,7 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
             ("EXTERNAL_KEY_PEM", path("key.pem")),
         ])
         .await;
-        let ep = format!("localhost:{}", router.port);
+        let ep = format!("localhost:{}", router.listen.port());
         let ca = path("ca.pem");
         // Two Python peers.
         let size = size_arg();
@@ -917,7 +870,7 @@ async fn tls_self_signed_default_with_insecure_clients() {
     let Some(py) = python() else { return };
     // The certificate names the host of GRPC_ROUTER_ENDPOINT (default `localhost:8083`).
     let router = tls::serve(&[]).await;
-    let ep = format!("localhost:{}", router.port);
+    let ep = format!("localhost:{}", router.listen.port());
     tls::python_and_cli(
         py,
         &ep,

@@ -13,11 +13,7 @@ use support::*;
 async fn tls_router(tls: TlsMode) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = ServeConfig {
-        listen: addr,
-        tls,
-        grace: Duration::from_secs(1),
-    };
+    let config = ServeConfig::new(addr, tls);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = Router::builder(Auth::new(KEY)).build();
     tokio::spawn(

@@ -16,16 +16,19 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use futures_core::Stream;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tonic::codec::Streaming;
 use tonic::Status;
 
-use super::{Inner, Stats};
+use super::metrics::{CallResult, Direction, Metrics};
+use super::{Inner, StreamTag};
 use crate::proto::{FrameType, StreamRequest, StreamResponse};
 
 /// How a caller's request stream ended.
@@ -50,17 +53,24 @@ pub(super) struct Pair {
     legs: Mutex<[Leg; 2]>,
     /// Set with the first `End::Abort`: lets a busy forwarder notice it without the lock.
     aborted: AtomicBool,
-    stats: Arc<Stats>,
+    /// Payload bytes each way, by [`Direction`]: added by each forwarder when it ends.
+    bytes: [AtomicU64; 2],
+    metrics: Metrics,
+    tag: StreamTag,
+    since: Instant,
 }
 
 impl Pair {
-    pub(super) fn new(stats: Arc<Stats>) -> Arc<Pair> {
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        stats.pairs_total.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn new(metrics: Metrics, tag: StreamTag) -> Arc<Pair> {
+        metrics.active_pairs.inc();
+        metrics.pairs.inc();
         Arc::new(Pair {
             legs: Default::default(),
             aborted: AtomicBool::new(false),
-            stats,
+            bytes: Default::default(),
+            metrics,
+            tag,
+            since: Instant::now(),
         })
     }
 
@@ -73,8 +83,8 @@ impl Pair {
                 return;
             }
             if let End::Abort(why) = &end {
-                tracing::debug!(caller = who, reason = %why, "router: caller aborted");
-                self.stats.aborts_total.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(stream = %self.tag, caller = who, reason = %why, "caller aborted");
+                self.metrics.aborts.inc();
                 self.aborted.store(true, Ordering::Release);
             }
             leg.end = Some(end);
@@ -100,8 +110,26 @@ impl Pair {
 }
 
 impl Drop for Pair {
+    /// The session is over: both forwarders are gone.
     fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let m = &self.metrics;
+        m.active_pairs.dec();
+        let duration = self.since.elapsed();
+        Metrics::observe(&m.session_duration, duration);
+        let outcome = if self.aborted.load(Ordering::Acquire) {
+            "aborted"
+        } else {
+            "finished"
+        };
+        let [to_second, to_first] = &self.bytes;
+        tracing::info!(
+            stream = %self.tag,
+            outcome,
+            bytes_first_to_second = to_second.load(Ordering::Relaxed),
+            bytes_second_to_first = to_first.load(Ordering::Relaxed),
+            duration_ms = duration.as_millis() as u64,
+            "session ended"
+        );
     }
 }
 
@@ -133,6 +161,7 @@ enum State {
     /// The first caller of a stream id, waiting for the second.
     Waiting {
         stream: String,
+        tag: StreamTag,
         caller: u64,
         rx: oneshot::Receiver<Link>,
         deadline: Option<(Pin<Box<tokio::time::Sleep>>, &'static str)>,
@@ -143,6 +172,9 @@ enum State {
         pair: Arc<Pair>,
         me: usize,
         peer_goaway: bool,
+        /// The router's counter of bytes in this direction, and this forwarder's own count.
+        counter: Counter,
+        forwarded: u64,
     },
     /// The peer finished cleanly; the response ends when this caller's request stream has.
     Finishing {
@@ -155,11 +187,23 @@ enum State {
 impl State {
     fn forwarding(link: Link, me: usize) -> Self {
         State::Forwarding {
+            counter: link.pair.metrics.bytes_counter(carried(me)),
             peer_inbound: link.peer_inbound,
             pair: link.pair,
             me,
             peer_goaway: false,
+            forwarded: 0,
         }
+    }
+}
+
+/// The direction of the frames leg `me`'s response carries: leg 0 waited, so its response
+/// carries the second caller's frames.
+fn carried(me: usize) -> Direction {
+    if me == 0 {
+        Direction::SecondToFirst
+    } else {
+        Direction::FirstToSecond
     }
 }
 
@@ -169,6 +213,7 @@ impl Forward {
     pub(super) fn waiting(
         inner: Arc<Inner>,
         stream: String,
+        tag: StreamTag,
         caller: u64,
         rx: oneshot::Receiver<Link>,
         deadline: Option<(tokio::time::Instant, &'static str)>,
@@ -176,6 +221,7 @@ impl Forward {
         Forward {
             state: State::Waiting {
                 stream,
+                tag,
                 caller,
                 rx,
                 deadline: deadline.map(|(at, why)| (Box::pin(tokio::time::sleep_until(at)), why)),
@@ -216,7 +262,7 @@ impl Stream for Forward {
                         if let Some((sleep, why)) = deadline {
                             if sleep.as_mut().poll(cx).is_ready() {
                                 let why = *why;
-                                this.leave_waiting();
+                                this.leave_waiting(CallResult::TimedOut);
                                 return Poll::Ready(Some(Err(Status::deadline_exceeded(why))));
                             }
                         }
@@ -224,7 +270,7 @@ impl Stream for Forward {
                     match std::task::ready!(arrived) {
                         Ok(link) => this.state = State::forwarding(link, 0),
                         Err(_) => {
-                            this.state = State::Done;
+                            this.finish(CallResult::Aborted);
                             return Poll::Ready(Some(Err(Status::unavailable(
                                 "router: stream closed before the peer arrived",
                             ))));
@@ -236,13 +282,15 @@ impl Stream for Forward {
                     pair,
                     me,
                     peer_goaway,
+                    counter,
+                    forwarded,
                 } => {
                     let (me, peer) = (*me, 1 - *me);
                     // Our own caller aborted (the peer's forwarder saw it): end now, even while
                     // the peer keeps sending.
                     if pair.aborted.load(Ordering::Acquire) {
                         if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
-                            this.state = State::Done;
+                            this.finish(CallResult::Aborted);
                             return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
                         }
                     }
@@ -251,10 +299,9 @@ impl Stream for Forward {
                             if req.frame_type == FrameType::Goaway as i32 {
                                 *peer_goaway = true;
                             }
-                            this.inner
-                                .stats
-                                .bytes
-                                .fetch_add(req.payload.len() as u64, Ordering::Relaxed);
+                            let n = req.payload.len() as u64;
+                            counter.inc_by(n);
+                            *forwarded += n;
                             return Poll::Ready(Some(Ok(StreamResponse {
                                 payload: req.payload,
                                 frame_type: req.frame_type,
@@ -268,30 +315,31 @@ impl Stream for Forward {
                             // peer's call now loses nothing.
                             tracing::trace!(code = ?status.code(), "router: error after both GOAWAYs");
                             pair.set_end(peer, End::Clean);
-                            this.state = State::Done;
+                            this.finish(CallResult::Finished);
                             return Poll::Ready(None);
                         }
                         Poll::Ready(Some(Err(status))) => {
                             let why = format!("{:?}: {}", status.code(), status.message());
                             pair.set_end(peer, End::Abort(why.clone()));
-                            this.state = State::Done;
+                            this.finish(CallResult::Aborted);
                             return Poll::Ready(Some(Err(Self::abort_status(&why))));
                         }
                         Poll::Ready(None) if *peer_goaway => {
                             pair.set_end(peer, End::Clean);
                             let pair = pair.clone();
+                            this.count_forwarded();
                             this.state = State::Finishing { pair, me };
                         }
                         Poll::Ready(None) => {
                             let why = "ended its stream without GOAWAY";
                             pair.set_end(peer, End::Abort(why.into()));
-                            this.state = State::Done;
+                            this.finish(CallResult::Aborted);
                             return Poll::Ready(Some(Err(Self::abort_status(why))));
                         }
                         Poll::Pending => {
                             // Our own caller may have aborted (the peer's forwarder saw it).
                             if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
-                                this.state = State::Done;
+                                this.finish(CallResult::Aborted);
                                 return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
                             }
                             return Poll::Pending;
@@ -303,10 +351,15 @@ impl Stream for Forward {
                         Some(end) => Poll::Ready(end),
                         None => Poll::Pending,
                     });
-                    this.state = State::Done;
                     return Poll::Ready(match end {
-                        End::Clean => None,
-                        End::Abort(why) => Some(Err(Self::own_abort_status(&why))),
+                        End::Clean => {
+                            this.finish(CallResult::Finished);
+                            None
+                        }
+                        End::Abort(why) => {
+                            this.finish(CallResult::Aborted);
+                            Some(Err(Self::own_abort_status(&why)))
+                        }
                     });
                 }
                 State::Done => return Poll::Ready(None),
@@ -316,14 +369,38 @@ impl Stream for Forward {
 }
 
 impl Forward {
-    fn leave_waiting(&mut self) {
+    /// Adds what this forwarder carried to its pair's count (once, as it stops forwarding).
+    fn count_forwarded(&mut self) {
+        if let State::Forwarding {
+            pair,
+            me,
+            forwarded,
+            ..
+        } = &mut self.state
+        {
+            pair.bytes[carried(*me) as usize]
+                .fetch_add(std::mem::take(forwarded), Ordering::Relaxed);
+        }
+    }
+
+    /// The call's end: counts it with `result`; the state is `Done` from here on.
+    fn finish(&mut self, result: CallResult) {
+        self.count_forwarded();
+        self.state = State::Done;
+        self.inner.metrics.call(result);
+    }
+
+    fn leave_waiting(&mut self, result: CallResult) {
         if let State::Waiting {
             stream,
+            tag,
             caller,
             mut rx,
             ..
         } = std::mem::replace(&mut self.state, State::Done)
         {
+            tracing::debug!(stream = %tag, result = result.as_str(), "stopped waiting for the peer");
+            self.inner.metrics.call(result);
             self.inner.remove_pending(&stream, caller);
             // A peer may have been paired with us just now.
             if let Ok(link) = rx.try_recv() {
@@ -335,19 +412,8 @@ impl Forward {
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Waiting {
-                stream,
-                caller,
-                mut rx,
-                ..
-            } => {
-                tracing::debug!(%stream, "router: waiting caller left");
-                self.inner.remove_pending(&stream, caller);
-                if let Ok(link) = rx.try_recv() {
-                    link.abandon();
-                }
-            }
+        match &self.state {
+            State::Waiting { .. } => self.leave_waiting(CallResult::Left),
             State::Forwarding {
                 pair,
                 me,
@@ -355,14 +421,17 @@ impl Drop for Forward {
                 ..
             } => {
                 // Our caller's call is gone, and with it the reader of the peer's frames.
-                let end = if peer_goaway {
+                let end = if *peer_goaway {
                     End::Clean
                 } else {
                     End::Abort("the other caller left before reading everything".into())
                 };
-                pair.set_end(1 - me, end);
+                pair.set_end(1 - *me, end);
+                self.finish(CallResult::Aborted);
             }
-            State::Finishing { .. } | State::Done => {}
+            // Dropped before its end: the call was cancelled.
+            State::Finishing { .. } => self.finish(CallResult::Aborted),
+            State::Done => {}
         }
     }
 }

@@ -33,13 +33,15 @@
 
 mod auth;
 mod forward;
+mod metrics;
 mod ping;
 mod serve;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 use tonic::codec::Streaming;
@@ -47,6 +49,9 @@ use tonic::{Request, Response, Status};
 
 pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
 pub use forward::Forward;
+pub use metrics::{CallResult, Direction, Metrics};
+/// The `prometheus-client` this crate's [`Metrics`] are made with, for [`Metrics::register`].
+pub use prometheus_client;
 pub use serve::{ServeConfig, ServerTls, TlsMode};
 
 use crate::proto::router_service_server::{RouterService, RouterServiceServer};
@@ -78,7 +83,8 @@ pub struct RouterBuilder {
 pub(crate) struct Inner {
     auth: Auth,
     pending: Mutex<HashMap<String, Waiter>>,
-    stats: Arc<Stats>,
+    metrics: Metrics,
+    health: tonic_health::server::HealthReporter,
     next_caller: AtomicU64,
     pairing_timeout: Option<Duration>,
     max_message_size: usize,
@@ -88,16 +94,33 @@ struct Waiter {
     caller: u64,
     inbound: Streaming<StreamRequest>,
     tx: oneshot::Sender<Link>,
+    since: Instant,
 }
 
-/// Live counters of a router.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pending: AtomicUsize,
-    active: AtomicUsize,
-    pairs_total: AtomicU64,
-    aborts_total: AtomicU64,
-    bytes: AtomicU64,
+/// What the logs say for a stream id: the first 8 bytes of its SHA-256, in hex. Stable across
+/// routers and restarts (an operator can compute it from a stream id), and never the token.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct StreamTag([u8; 8]);
+
+impl StreamTag {
+    pub(crate) fn of(stream: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, stream.as_bytes());
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&digest.as_ref()[..8]);
+        StreamTag(tag)
+    }
+}
+
+impl fmt::Display for StreamTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for StreamTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// A snapshot of a router's counters.
@@ -138,7 +161,8 @@ impl RouterBuilder {
             inner: Arc::new(Inner {
                 auth: self.auth,
                 pending: Mutex::new(HashMap::new()),
-                stats: Arc::default(),
+                metrics: Metrics::new(),
+                health: tonic_health::server::HealthReporter::new(),
                 next_caller: AtomicU64::new(1),
                 pairing_timeout: self.pairing_timeout,
                 max_message_size: self.max_message_size,
@@ -161,13 +185,45 @@ impl Router {
 
     /// The counters now.
     pub fn stats(&self) -> RouterStats {
-        let s = &self.inner.stats;
+        let m = &self.inner.metrics;
         RouterStats {
-            pending: s.pending.load(Ordering::Relaxed),
-            active: s.active.load(Ordering::Relaxed),
-            pairs_total: s.pairs_total.load(Ordering::Relaxed),
-            aborts_total: s.aborts_total.load(Ordering::Relaxed),
-            bytes_forwarded: s.bytes.load(Ordering::Relaxed),
+            pending: m.pending_callers.get().max(0) as usize,
+            active: m.active_pairs.get().max(0) as usize,
+            pairs_total: m.pairs.get(),
+            aborts_total: m.aborts.get(),
+            bytes_forwarded: m.bytes(Direction::FirstToSecond) + m.bytes(Direction::SecondToFirst),
+        }
+    }
+
+    /// The router's metrics: register them in your own `prometheus-client` registry with
+    /// [`Metrics::register`], or read them. `serve --metrics-listen` serves them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The `grpc.health.v1.Health` service of this router, for `""` and
+    /// `jumpstarter.v1.RouterService`: `SERVING` from [`Router::set_serving`]`(true)` until
+    /// `set_serving(false)`. The serve functions call both, `false` when their shutdown starts;
+    /// call them yourself when you mount [`Router::into_service`] in your own server.
+    pub fn health_service(
+        &self,
+    ) -> tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService> {
+        tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(self.inner.health.clone()),
+        )
+    }
+
+    /// Sets what the health service answers for `""` and `jumpstarter.v1.RouterService`:
+    /// `SERVING` or `NOT_SERVING`.
+    pub async fn set_serving(&self, serving: bool) {
+        use tonic::server::NamedService;
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for name in ["", RouterServiceServer::<Router>::NAME] {
+            self.inner.health.set_service_status(name, status).await;
         }
     }
 
@@ -181,12 +237,18 @@ impl Router {
 
     fn accept(&self, grant: Grant, inbound: Streaming<StreamRequest>) -> Forward {
         let inner = &self.inner;
+        let tag = StreamTag::of(&grant.stream);
         let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiter) = pending.remove(&grant.stream) {
             drop(pending);
-            inner.stats.pending.fetch_sub(1, Ordering::Relaxed);
-            let pair = Pair::new(inner.stats.clone());
-            tracing::debug!(stream = %grant.stream, "router: paired");
+            let m = &inner.metrics;
+            m.pending_callers.dec();
+            m.call(CallResult::Paired);
+            m.call(CallResult::Paired);
+            let waited = waiter.since.elapsed();
+            Metrics::observe(&m.pairing_wait, waited);
+            tracing::info!(stream = %tag, waited_ms = waited.as_millis() as u64, "paired");
+            let pair = Pair::new(m.clone(), tag);
             let mine = Link {
                 peer_inbound: waiter.inbound,
                 pair: pair.clone(),
@@ -209,13 +271,14 @@ impl Router {
                 caller,
                 inbound,
                 tx,
+                since: Instant::now(),
             },
         );
         drop(pending);
-        inner.stats.pending.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(stream = %grant.stream, "router: waiting for peer");
+        inner.metrics.pending_callers.inc();
+        tracing::info!(stream = %tag, "waiting for the peer");
         let deadline = self.deadline(&grant);
-        Forward::waiting(self.inner.clone(), grant.stream, caller, rx, deadline)
+        Forward::waiting(self.inner.clone(), grant.stream, tag, caller, rx, deadline)
     }
 
     /// When a waiting caller gives up: its token's expiry or the pairing timeout.
@@ -243,7 +306,7 @@ impl Inner {
         if pending.get(stream).is_some_and(|w| w.caller == caller) {
             pending.remove(stream);
             drop(pending);
-            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.pending_callers.dec();
         }
     }
 }
@@ -258,7 +321,10 @@ impl RouterService for Router {
     ) -> Result<Response<Forward>, Status> {
         match self.inner.auth.verify_metadata(request.metadata()) {
             Ok(grant) => Ok(Response::new(self.accept(grant, request.into_inner()))),
-            Err(status) => Err(refuse(request.into_inner(), status).await),
+            Err(status) => {
+                self.inner.metrics.call(CallResult::Refused);
+                Err(refuse(request.into_inner(), status).await)
+            }
         }
     }
 }
@@ -279,7 +345,7 @@ const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 102
 /// request body stays open and is read and dropped afterwards until the caller ends it, within
 /// [`REFUSAL_DRAIN`] (time and bytes): a refused caller holds no more than that.
 async fn refuse(mut inbound: Streaming<StreamRequest>, status: Status) -> Status {
-    tracing::debug!(reason = %status.message(), "router: refused a caller");
+    tracing::debug!(reason = %status.message(), "refused a caller");
     // Ended, failed, or silent for REFUSAL_WAIT: nothing is in flight, nothing to drain.
     if let Ok(Ok(Some(first))) = tokio::time::timeout(REFUSAL_WAIT, inbound.message()).await {
         tokio::spawn(async move {

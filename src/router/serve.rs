@@ -10,14 +10,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use std::convert::Infallible;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
+
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
+
+use crate::proto::router_service_server::RouterServiceServer;
 
 use super::ping::PingGuard;
 use super::Router;
@@ -103,7 +111,16 @@ pub enum TlsMode {
 }
 
 /// Where and how the router serves.
+///
+/// ```
+/// use jumpstarter_router::router::{ServeConfig, TlsMode};
+///
+/// let mut config = ServeConfig::new("127.0.0.1:8083".parse().unwrap(), TlsMode::Plaintext);
+/// config.metrics_listen = Some("127.0.0.1:9090".parse().unwrap());
+/// assert_eq!(config.grace, ServeConfig::DEFAULT_GRACE);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// The listen address (default `0.0.0.0:8083`).
     pub listen: SocketAddr,
@@ -111,9 +128,33 @@ pub struct ServeConfig {
     pub tls: TlsMode,
     /// How long active streams may go on after SIGTERM/SIGINT (default 30 s).
     pub grace: Duration,
+    /// Serve the Prometheus metrics on `http://ADDR/metrics` (default: off).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `grpc.health.v1.Health` without TLS on this address as well, for probes that
+    /// speak no TLS, such as the kubelet's (default: off). It answers through the grace
+    /// period, `NOT_SERVING` from its start.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
+    /// The Go router's port, on every interface.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8083);
+    /// How long active streams may go on after SIGTERM/SIGINT by default.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+    /// Serving on `listen` with `tls`; the grace period [`DEFAULT_GRACE`](Self::DEFAULT_GRACE),
+    /// no metrics or health listener.
+    pub fn new(listen: SocketAddr, tls: TlsMode) -> Self {
+        ServeConfig {
+            listen,
+            tls,
+            grace: Self::DEFAULT_GRACE,
+            metrics_listen: None,
+            health_listen: None,
+        }
+    }
+
     /// The Go router's environment contract: TLS from `EXTERNAL_CERT_PEM` /
     /// `EXTERNAL_KEY_PEM` (paths) when both are set, else a self-signed certificate for the
     /// host of `GRPC_ROUTER_ENDPOINT` (default `localhost:8083`). Listens on `0.0.0.0:8083`.
@@ -130,11 +171,7 @@ impl ServeConfig {
                 TlsMode::SelfSigned(endpoint_host(&endpoint).to_string())
             }
         };
-        ServeConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8083)),
-            tls,
-            grace: Duration::from_secs(30),
-        }
+        Self::new(Self::DEFAULT_LISTEN, tls)
     }
 
     /// The TLS settings of the listener; `None` for plaintext.
@@ -169,16 +206,46 @@ fn endpoint_host(endpoint: &str) -> &str {
     }
 }
 
+/// The HTTP/2 windows the router's server grants (4 MiB per stream, 8 MiB per connection).
+const INITIAL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const INITIAL_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// The router's service and its health service on one port, dispatched by path. (tonic's
+/// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
+#[derive(Clone)]
+struct WithHealth {
+    router: RouterServiceServer<Router>,
+    health: HealthServer<HealthService>,
+}
+
+impl Service<http::Request<tonic::body::Body>> for WithHealth {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both generated servers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let health = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(HealthServer::<HealthService>::NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
+        if health {
+            self.health.call(req)
+        } else {
+            self.router.call(req)
+        }
+    }
+}
+
 // ===== impl Router =====
 
 impl Router {
-    fn server(&self) -> Server {
-        Server::builder()
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(8 * 1024 * 1024)
-            .tcp_nodelay(true)
-    }
-
     /// Serves on `listener` without TLS until `shutdown` completes, then waits for open calls.
     ///
     /// # Errors
@@ -193,7 +260,8 @@ impl Router {
     }
 
     /// Serves on `listener` (TLS when `tls` is given) until `shutdown` completes, then waits
-    /// for open calls to end.
+    /// for open calls to end. The router's [health service](Router::health_service) is served
+    /// beside it, and says `NOT_SERVING` from the moment `shutdown` completes.
     ///
     /// # Errors
     ///
@@ -210,8 +278,20 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let incoming = Incoming::spawn(listener, tls.map(|t| TlsAcceptor::from(t.0)));
-        self.server()
-            .serve_with_incoming_shutdown(self.into_service(), incoming, shutdown)
+        self.set_serving(true).await;
+        let svc = WithHealth {
+            health: self.health_service(),
+            router: self.clone().into_service(),
+        };
+        let shutdown = async move {
+            shutdown.await;
+            self.set_serving(false).await;
+        };
+        Server::builder()
+            .initial_stream_window_size(INITIAL_STREAM_WINDOW)
+            .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
+            .tcp_nodelay(true)
+            .serve_with_incoming_shutdown(svc, incoming, shutdown)
             .await
     }
 
@@ -223,10 +303,34 @@ impl Router {
     /// A message for the operator: the address cannot be bound, TLS cannot be set up, ...
     pub async fn run(self, config: ServeConfig) -> Result<(), String> {
         let tls = config.tls_config()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let bind = |addr: SocketAddr| async move {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            Ok::<_, String>((l, local))
+        };
+        let (listener, addr) = bind(config.listen).await?;
+        self.set_serving(true).await;
+        // The operator's ports: they live until the process ends, through the grace period.
+        if let Some(at) = config.metrics_listen {
+            let (l, local) = bind(at).await?;
+            tracing::info!(addr = %local, "metrics listening on http://{local}/metrics");
+            tokio::spawn(super::metrics::serve_http(l, self.metrics().clone()));
+        }
+        if let Some(at) = config.health_listen {
+            let (l, local) = bind(at).await?;
+            tracing::info!(addr = %local, "health listening (grpc.health.v1, plaintext)");
+            let health = self.health_service();
+            tokio::spawn(async move {
+                let r = Server::builder()
+                    .serve_with_incoming(health, tonic::transport::server::TcpIncoming::from(l))
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "health listener failed");
+                }
+            });
+        }
         tracing::info!(%addr, tls = ?config.tls, "router listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut server = tokio::spawn(self.clone().serve_listener(listener, tls, async {

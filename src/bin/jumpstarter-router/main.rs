@@ -1,15 +1,19 @@
 //! `jumpstarter-router`: serve a Jumpstarter router, or tunnel TCP or stdio through one.
 
+mod progress;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
 use jumpstarter_router::{ClientBuilder, RouterStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+use progress::{Counted, Progress};
 
 /// How long a finished bridge waits for the router to end the call.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -17,8 +21,17 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Parser, Debug)]
 #[command(name = "jumpstarter-router", version, about = "Jumpstarter router protocol: serve a router, or tunnel TCP or stdio through one", long_about = None)]
 struct Cli {
+    /// Log format on stderr: text, or json (one object per line, for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,18 +43,25 @@ enum Command {
     /// GRPC_ROUTER_ENDPOINT (default localhost:8083); --plaintext turns TLS off.
     Serve {
         /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:8083")]
+        #[arg(long, default_value_t = ServeConfig::DEFAULT_LISTEN)]
         listen: SocketAddr,
         /// Serve without TLS (loopback, tests, or behind a TLS-terminating proxy).
         #[arg(long)]
         plaintext: bool,
         /// Seconds active streams may go on after SIGTERM/SIGINT.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = ServeConfig::DEFAULT_GRACE.as_secs())]
         grace: u64,
         /// Drop a caller that waited this many seconds for its peer (default: until its
         /// token expires).
         #[arg(long)]
         pairing_timeout: Option<u64>,
+        /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+        /// Also serve grpc.health.v1.Health without TLS on ADDR, for probes that speak no TLS
+        /// (the kubelet's); NOT_SERVING from the start of a graceful shutdown (default: off).
+        #[arg(long, value_name = "ADDR")]
+        health_listen: Option<SocketAddr>,
     },
     /// Client side: bridge stdin/stdout (or, with --listen, one TCP connection) to a router
     /// stream. Usable as `ssh -o ProxyCommand='jumpstarter-router connect ...'`.
@@ -85,6 +105,12 @@ struct ClientArgs {
     /// Do not verify the router's certificate (Jumpstarter's tls.insecure).
     #[arg(long)]
     insecure: bool,
+    /// Show live bytes and rates on stderr even when it is not a terminal (one line a second).
+    #[arg(long, conflicts_with = "quiet")]
+    progress: bool,
+    /// No live progress on stderr (shown by default when stderr is a terminal).
+    #[arg(long)]
+    quiet: bool,
 }
 
 impl ClientArgs {
@@ -105,13 +131,18 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
+        );
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -137,11 +168,15 @@ async fn run(cmd: Command) -> Result<(), String> {
             plaintext,
             grace,
             pairing_timeout,
+            metrics_listen,
+            health_listen,
         } => {
             let auth = Auth::from_env()?;
             let mut config = ServeConfig::from_env();
             config.listen = listen;
             config.grace = Duration::from_secs(grace);
+            config.metrics_listen = metrics_listen;
+            config.health_listen = health_listen;
             if plaintext {
                 config.tls = TlsMode::Plaintext;
             }
@@ -157,10 +192,11 @@ async fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Connect { client, listen } => {
+            let progress = Progress::choose(client.progress, client.quiet);
             let Some(addr) = listen else {
                 let mut stream = client.connect().await?;
                 let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-                return bridge(&mut stdio, &mut stream, "stdio").await;
+                return bridge(&mut stdio, &mut stream, "stdio", progress).await;
             };
             let listener = TcpListener::bind(addr)
                 .await
@@ -175,27 +211,37 @@ async fn run(cmd: Command) -> Result<(), String> {
             let _ = tcp.set_nodelay(true);
             tracing::info!(%peer, "accepted");
             let mut stream = client.connect().await?;
-            bridge(&mut tcp, &mut stream, &peer.to_string()).await
+            bridge(&mut tcp, &mut stream, &peer.to_string(), progress).await
         }
         Command::Expose { client, target } => {
+            let progress = Progress::choose(client.progress, client.quiet);
             let mut stream = client.connect().await?;
             let mut tcp = TcpStream::connect(&target)
                 .await
                 .map_err(|e| format!("cannot connect to target {target}: {e}"))?;
             let _ = tcp.set_nodelay(true);
-            bridge(&mut tcp, &mut stream, &target).await
+            bridge(&mut tcp, &mut stream, &target, progress).await
         }
     }
 }
 
-/// Copies both ways until both sides finished; prints bytes and rates to stderr.
-async fn bridge<L>(local: &mut L, stream: &mut RouterStream, name: &str) -> Result<(), String>
+/// Copies both ways until both sides finished; prints bytes and rates to stderr, live when
+/// `progress` says so.
+async fn bridge<L>(
+    local: &mut L,
+    stream: &mut RouterStream,
+    name: &str,
+    progress: Progress,
+) -> Result<(), String>
 where
-    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    L: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
+    let mut local = Counted::new(local);
+    let live = progress.start(name, local.counters());
     // copy_bidirectional, with the received payloads written straight from their buffers.
-    let result = jumpstarter_router::bridge(local, stream).await;
+    let result = jumpstarter_router::bridge(&mut local, stream).await;
+    drop(live);
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     if result.is_ok() {
         // Both sides finished: wait until the router has every frame before exiting.

@@ -1,0 +1,291 @@
+//! The router's metrics, kept in the Prometheus project's own client (`prometheus-client`).
+//!
+//! One set of counters serves [`Router::stats`](super::Router::stats), the `/metrics`
+//! endpoint of `serve --metrics-listen`, and an embedding program's own registry
+//! ([`Metrics::register`]). The hot path touches one atomic counter per forwarded frame (a
+//! handle taken out of its family once, so no lock); gauges, outcome counters and histograms
+//! change once per call.
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `jumpstarter_router_active_pairs` | gauge | pairs whose forwarding has not ended |
+//! | `jumpstarter_router_pending_callers` | gauge | callers waiting for their peer |
+//! | `jumpstarter_router_calls_total{result}` | counter | calls by what became of them: `paired` (found its peer; two per pair), `refused` (bad or missing token), `timed_out` (no peer before the pairing timeout or the token's expiry), `left` (left before a peer came), and for paired calls their end: `finished` (clean, status OK) or `aborted` |
+//! | `jumpstarter_router_pairs_total` | counter | pairs made |
+//! | `jumpstarter_router_bytes_forwarded_total{direction}` | counter | payload bytes, `first_to_second` (from the caller that waited to the one that came second) and `second_to_first` |
+//! | `jumpstarter_router_pairing_wait_seconds` | histogram | how long the first caller of a pair waited for the second |
+//! | `jumpstarter_router_session_duration_seconds` | histogram | from pairing to the end of both calls |
+
+use std::fmt;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The prefix of every metric name.
+const PREFIX: &str = "jumpstarter_router";
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// What became of a call: the `result` label of `jumpstarter_router_calls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallResult {
+    /// Found its peer.
+    Paired,
+    /// Bad or missing token.
+    Refused,
+    /// No peer before the pairing timeout or the token's expiry.
+    TimedOut,
+    /// Left before a peer came.
+    Left,
+    /// A paired call that ended cleanly (status OK).
+    Finished,
+    /// A paired call that ended in an abort (its own or its peer's).
+    Aborted,
+}
+
+impl CallResult {
+    const ALL: [CallResult; 6] = [
+        CallResult::Paired,
+        CallResult::Refused,
+        CallResult::TimedOut,
+        CallResult::Left,
+        CallResult::Finished,
+        CallResult::Aborted,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallResult::Paired => "paired",
+            CallResult::Refused => "refused",
+            CallResult::TimedOut => "timed_out",
+            CallResult::Left => "left",
+            CallResult::Finished => "finished",
+            CallResult::Aborted => "aborted",
+        }
+    }
+}
+
+/// Which way bytes went through a pair: the `direction` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the caller that waited to the one that came second.
+    FirstToSecond = 0,
+    /// From the caller that came second to the one that waited.
+    SecondToFirst = 1,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::FirstToSecond => "first_to_second",
+            Direction::SecondToFirst => "second_to_first",
+        }
+    }
+}
+
+/// A router's metrics. Cheap to clone: clones share the counters.
+///
+/// ```
+/// use jumpstarter_router::router::prometheus_client::registry::Registry;
+/// use jumpstarter_router::router::{Auth, Router};
+///
+/// let router = Router::builder(Auth::new(b"key")).build();
+/// let mut registry = Registry::default();
+/// router.metrics().register(&mut registry);
+/// let mut text = String::new();
+/// jumpstarter_router::router::prometheus_client::encoding::text::encode(&mut text, &registry)
+///     .unwrap();
+/// assert!(text.contains("jumpstarter_router_active_pairs 0"));
+/// ```
+#[derive(Clone)]
+pub struct Metrics {
+    pub(crate) active_pairs: Gauge,
+    pub(crate) pending_callers: Gauge,
+    calls: Family<Labels, Counter>,
+    /// `calls` by [`CallResult`], taken out of the family once.
+    by_result: [Counter; 6],
+    pub(crate) pairs: Counter,
+    /// Callers that aborted (error, or end without GOAWAY): `RouterStats::aborts_total`.
+    pub(crate) aborts: Counter,
+    bytes: Family<Labels, Counter>,
+    /// `bytes` by [`Direction`], taken out of the family once.
+    by_direction: [Counter; 2],
+    pub(crate) pairing_wait: Histogram,
+    pub(crate) session_duration: Histogram,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("active_pairs", &self.active_pairs.get())
+            .field("pending_callers", &self.pending_callers.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// ===== impl Metrics =====
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let calls = Family::<Labels, Counter>::default();
+        let by_result =
+            CallResult::ALL.map(|r| calls.get_or_create(&[("result", r.as_str())]).clone());
+        let bytes = Family::<Labels, Counter>::default();
+        let by_direction = [Direction::FirstToSecond, Direction::SecondToFirst]
+            .map(|d| bytes.get_or_create(&[("direction", d.as_str())]).clone());
+        // 1 ms .. ~9 h, doubling.
+        let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 25));
+        Metrics {
+            active_pairs: Gauge::default(),
+            pending_callers: Gauge::default(),
+            calls,
+            by_result,
+            pairs: Counter::default(),
+            aborts: Counter::default(),
+            bytes,
+            by_direction,
+            pairing_wait: seconds(),
+            session_duration: seconds(),
+        }
+    }
+
+    /// Registers every metric in `registry`, under the prefix `jumpstarter_router`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix(PREFIX);
+        r.register(
+            "active_pairs",
+            "Pairs whose forwarding has not ended",
+            self.active_pairs.clone(),
+        );
+        r.register(
+            "pending_callers",
+            "Callers waiting for their peer",
+            self.pending_callers.clone(),
+        );
+        r.register(
+            "calls",
+            "Calls by what became of them (paired, refused, timed_out, left; paired calls end finished or aborted)",
+            self.calls.clone(),
+        );
+        r.register("pairs", "Pairs made", self.pairs.clone());
+        r.register(
+            "bytes_forwarded",
+            "Payload bytes forwarded, by direction (first_to_second: from the caller that waited)",
+            self.bytes.clone(),
+        );
+        r.register_with_unit(
+            "pairing_wait",
+            "How long the first caller of a pair waited for the second",
+            Unit::Seconds,
+            self.pairing_wait.clone(),
+        );
+        r.register_with_unit(
+            "session_duration",
+            "From pairing to the end of both calls",
+            Unit::Seconds,
+            self.session_duration.clone(),
+        );
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn encode_text(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        encode_registry(&registry)
+    }
+
+    /// Counts a call's result.
+    pub(crate) fn call(&self, result: CallResult) {
+        self.by_result[result as usize].inc();
+    }
+
+    /// The count of calls with `result`.
+    pub fn calls(&self, result: CallResult) -> u64 {
+        self.by_result[result as usize].get()
+    }
+
+    /// The counter of payload bytes going `direction` (for the forwarders to keep).
+    pub(crate) fn bytes_counter(&self, direction: Direction) -> Counter {
+        self.by_direction[direction as usize].clone()
+    }
+
+    /// Payload bytes forwarded `direction`.
+    pub fn bytes(&self, direction: Direction) -> u64 {
+        self.by_direction[direction as usize].get()
+    }
+
+    pub(crate) fn observe(histogram: &Histogram, d: Duration) {
+        histogram.observe(d.as_secs_f64());
+    }
+}
+
+/// Encodes a registry as OpenMetrics text (what `/metrics` serves).
+pub(crate) fn encode_registry(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, registry);
+    text
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) on `listener` with hyper's HTTP/1 server, until
+/// the task is dropped. Other paths get 404.
+pub(crate) async fn serve_http(listener: tokio::net::TcpListener, metrics: Metrics) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::{Method, Response, StatusCode};
+
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = std::sync::Arc::new(registry);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header(
+                            hyper::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(encode_registry(&registry))))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")))
+                };
+                std::future::ready(response)
+            });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics: connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! Processes of the `jumpstarter-router` binary, for the CLI and operator tests: a child that
+//! is killed when dropped, and a `serve` with JSON logs whose lines the test reads as events.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
+
+/// The router key of these tests (as the in-process routers' `KEY`).
+pub const ROUTER_KEY: &str = "test-router-key";
+
+/// Kills the child when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary with `args`, `ROUTER_KEY` set, and none of the variables it reads otherwise.
+pub fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env("ROUTER_KEY", ROUTER_KEY);
+    // Nothing from the environment of the test run.
+    for var in [
+        "RUST_LOG",
+        "EXTERNAL_CERT_PEM",
+        "EXTERNAL_KEY_PEM",
+        "GRPC_ROUTER_ENDPOINT",
+        "JMP_ROUTER_ENDPOINT",
+        "JMP_ROUTER_TOKEN",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// A `serve --log-format json` process on a free loopback port.
+pub struct Serve {
+    pub proc: Proc,
+    /// The router's address.
+    pub listen: SocketAddr,
+    /// `--metrics-listen`'s address, when given.
+    pub metrics: Option<SocketAddr>,
+    /// `--health-listen`'s address, when given.
+    pub health: Option<SocketAddr>,
+    /// The log lines after "router listening", as JSON.
+    logs: mpsc::UnboundedReceiver<Value>,
+    /// Every line it wrote to stderr.
+    raw: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    /// Starts `serve --log-format json --listen 127.0.0.1:PORT ARGS...` and waits for its
+    /// "router listening" line.
+    pub async fn start(args: &[&str]) -> Serve {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`Serve::start`] with more environment variables (e.g. `RUST_LOG`).
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = cmd(&["--log-format", "json", "serve", "--listen", &listen])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve");
+        let stderr = child.stderr.take().unwrap();
+        let raw = Arc::new(Mutex::new(String::new()));
+        let (tx, mut logs) = mpsc::unbounded_channel();
+        let keep = raw.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep.lock().unwrap().push_str(&line);
+                keep.lock().unwrap().push('\n');
+                let v = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let proc = Proc(child);
+        let (mut metrics, mut health) = (None, None);
+        let addr = |v: &Value| v["addr"].as_str().and_then(|a| a.parse().ok());
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let v = logs.recv().await.expect("serve exited before listening");
+                let msg = v["message"].as_str().unwrap_or_default();
+                if msg.starts_with("metrics listening") {
+                    metrics = addr(&v);
+                } else if msg.starts_with("health listening") {
+                    health = addr(&v);
+                } else if msg == "router listening" {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("serve did not start: {}", raw.lock().unwrap()));
+        Serve {
+            proc,
+            listen: listen.parse().unwrap(),
+            metrics,
+            health,
+            logs,
+            raw,
+        }
+    }
+
+    /// `http://` + the router's address.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// The next log line with this message, within 10 s.
+    pub async fn log(&mut self, message: &str) -> Value {
+        let logs = &mut self.logs;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let v = logs.recv().await.expect("serve's stderr closed");
+                if v["message"] == message {
+                    return v;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {message:?} log line: {}", self.raw.lock().unwrap()))
+    }
+
+    /// Everything it logged so far.
+    pub fn raw_logs(&self) -> String {
+        self.raw.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.proc.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
