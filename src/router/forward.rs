@@ -1,48 +1,192 @@
-//! Pairing and forwarding: the response stream of each caller reads its peer's request
-//! stream directly (no channel, no task, no payload copy per frame).
+//! Forwarding: the response body of each caller is its peer's request body, passed on as the
+//! same bytes (slices of the HTTP/2 DATA chunks received), with no decoding, no copy, no task
+//! and no channel per frame. [`wire::Parser`](super::wire) follows the message boundaries
+//! alongside, for the frame types and the size limit.
 //!
 //! ```text
-//!   caller A ──requests──►  Forward(B)  = B's response    ──► caller B
-//!   caller A ◄── Forward(A) = A's response ◄──requests──      caller B
+//!   caller A ──request body──►  Forward(B) = B's response body  ──► caller B
+//!   caller A ◄── Forward(A) = A's response body ◄──request body──   caller B
+//! ```
+//!
+//! The states of one [`Forward`] (one caller's response body):
+//!
+//! ```text
+//!              peer arrives                  peer's GOAWAY
+//!   Waiting ───────────────► Forwarding ───────────────────► Draining
+//!      │                        │   │                        │   │
+//!      │ deadline               │   │ peer aborts, or our    │   │ peer's body ends
+//!      │                        │   │ own caller aborted     │   ▼
+//!      │                        │   ▼                        │ Finishing ── our caller's
+//!      │                        │ Trailers(ABORTED) ◄────────┘   │         body ends
+//!      │ peer's body ends       │                                ▼
+//!      │ without GOAWAY ────────┘                           Trailers(OK or ABORTED)
+//!      ▼                                                         │
+//!   Trailers(DEADLINE_EXCEEDED) ─────────────────────────────────┴──► Done
 //! ```
 //!
 //! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
-//! stream) its peer's response ends only once the peer's own request stream has ended too,
-//! so the peer can go on sending after it read EOF. When a caller aborts (an error, or an end
-//! without GOAWAY), the other caller's call ends at once with status `Aborted`. Every frame
-//! is forwarded as it is, RST_STREAM and unknown types included, and forwarding goes on after
-//! them (as in Jumpstarter's Go router): what a RST_STREAM means is for the endpoints.
+//! body), its peer's response ends only once the peer's own request body has ended too
+//! (`Finishing`), so the peer can go on sending after it read EOF. When a caller aborts (an
+//! error, or an end without GOAWAY), the other caller's call ends at once with status
+//! `Aborted`. Every frame is forwarded as it is, RST_STREAM and unknown types included, and
+//! forwarding goes on after them (as in Jumpstarter's Go router): what a RST_STREAM means is
+//! for the endpoints.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
-use futures_core::Stream;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
-use tonic::codec::Streaming;
+use tonic::codegen::http;
 use tonic::Status;
 
 use super::metrics::{CallResult, Direction, Metrics};
+use super::pairing::Pending;
+use super::wire::Parser;
 use super::{Inner, StreamTag};
-use crate::proto::{FrameType, StreamRequest, StreamResponse};
 
-/// How a caller's request stream ended.
+/// The two callers of a pair, in the order they came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Leg {
+    /// The caller that waited.
+    First = 0,
+    /// The caller that came second.
+    Second = 1,
+}
+
+impl Leg {
+    fn other(self) -> Leg {
+        match self {
+            Leg::First => Leg::Second,
+            Leg::Second => Leg::First,
+        }
+    }
+
+    /// The direction of the frames this leg's response carries (its peer's).
+    fn carries(self) -> Direction {
+        match self {
+            Leg::First => Direction::SecondToFirst,
+            Leg::Second => Direction::FirstToSecond,
+        }
+    }
+}
+
+// ===== the request body of one caller, as the router reads it =====
+
+/// What a caller's request body gave next.
+#[derive(Debug)]
+pub(super) enum Inbound {
+    /// Bytes to forward as they are: `goaway` when a GOAWAY message ended in them, `payload`
+    /// the payload bytes they held.
+    Data {
+        bytes: Bytes,
+        goaway: bool,
+        payload: u64,
+    },
+    /// The body ended after whole messages.
+    End,
+    /// The body failed, or stopped being a valid message stream.
+    Error(Status),
+}
+
+/// A caller's request body, with the parser that follows its messages.
+pub(super) struct RequestBody {
+    body: tonic::body::Body,
+    parser: Parser,
+    state: BodyState,
+}
+
+enum BodyState {
+    Open,
+    /// The valid part of a chunk was handed out; this error comes next.
+    Failing(Status),
+    /// `End` or `Error` was handed out: the body is never polled again.
+    Done,
+}
+
+impl RequestBody {
+    pub(super) fn new(body: tonic::body::Body, max_message_size: usize) -> Self {
+        RequestBody {
+            body,
+            parser: Parser::new(max_message_size),
+            state: BodyState::Open,
+        }
+    }
+
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        loop {
+            match std::mem::replace(&mut self.state, BodyState::Open) {
+                BodyState::Open => {}
+                BodyState::Failing(status) => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Inbound::Error(status));
+                }
+                BodyState::Done => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Inbound::End);
+                }
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(status)) => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Inbound::Error(status));
+                }
+                None => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(match self.parser.finish() {
+                        Ok(()) => Inbound::End,
+                        Err(e) => Inbound::Error(e.status()),
+                    });
+                }
+            };
+            // Trailers from a client are not part of the stream.
+            let Ok(mut bytes) = frame.into_data() else {
+                continue;
+            };
+            let scan = self.parser.scan(&bytes);
+            if let Some(e) = scan.error {
+                self.state = BodyState::Failing(e.status());
+                bytes.truncate(scan.valid);
+            }
+            if !bytes.is_empty() {
+                return Poll::Ready(Inbound::Data {
+                    bytes,
+                    goaway: scan.goaways > 0,
+                    payload: scan.payload,
+                });
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody").finish_non_exhaustive()
+    }
+}
+
+// ===== the pair =====
+
+/// How a caller's request body ended.
 #[derive(Clone, Debug)]
 enum End {
-    /// GOAWAY, then the end of the stream.
+    /// GOAWAY, then the end of the body.
     Clean,
     /// Anything else; the message says what.
     Abort(String),
 }
 
 #[derive(Default)]
-struct Leg {
-    /// How this caller's request stream ended (set by the peer's forwarder, which reads it).
+struct LegEnd {
+    /// How this caller's request body ended (set by the peer's forwarder, which reads it).
     end: Option<End>,
     /// The waker of this caller's own response, waiting for `end`.
     waiter: Option<Waker>,
@@ -50,10 +194,10 @@ struct Leg {
 
 /// State shared by the two forwarders of a pair.
 pub(super) struct Pair {
-    legs: Mutex<[Leg; 2]>,
+    legs: Mutex<[LegEnd; 2]>,
     /// Set with the first `End::Abort`: lets a busy forwarder notice it without the lock.
     aborted: AtomicBool,
-    /// Payload bytes each way, by [`Direction`]: added by each forwarder when it ends.
+    /// Payload bytes each way, by [`Direction`]: added by each forwarder when it stops.
     bytes: [AtomicU64; 2],
     metrics: Metrics,
     tag: StreamTag,
@@ -74,31 +218,32 @@ impl Pair {
         })
     }
 
-    /// Records how caller `who`'s request stream ended and wakes its response.
-    fn set_end(&self, who: usize, end: End) {
+    /// Records how caller `who`'s request body ended and wakes its response.
+    fn set_end(&self, who: Leg, end: End) {
         let waker = {
             let mut legs = self.legs.lock().unwrap_or_else(|e| e.into_inner());
-            let leg = &mut legs[who];
+            let leg = &mut legs[who as usize];
             if leg.end.is_some() {
                 return;
             }
             if let End::Abort(why) = &end {
-                tracing::debug!(stream = %self.tag, caller = who, reason = %why, "caller aborted");
+                tracing::debug!(stream = %self.tag, caller = ?who, reason = %why, "caller aborted");
                 self.metrics.aborts.inc();
                 self.aborted.store(true, Ordering::Release);
             }
             leg.end = Some(end);
             leg.waiter.take()
         };
+        // Woken outside the lock.
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// How caller `who`'s request stream ended; registers `cx` to be woken when it does.
-    fn poll_end(&self, who: usize, cx: &mut Context<'_>) -> Option<End> {
+    /// How caller `who`'s request body ended; registers `cx` to be woken when it does.
+    fn poll_end(&self, who: Leg, cx: &mut Context<'_>) -> Option<End> {
         let mut legs = self.legs.lock().unwrap_or_else(|e| e.into_inner());
-        let leg = &mut legs[who];
+        let leg = &mut legs[who as usize];
         if leg.end.is_none() {
             match &leg.waiter {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -106,6 +251,17 @@ impl Pair {
             }
         }
         leg.end.clone()
+    }
+
+    /// Our own caller aborted (the peer's forwarder saw it): why.
+    fn own_abort(&self, me: Leg, cx: &mut Context<'_>) -> Option<String> {
+        if !self.aborted.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.poll_end(me, cx) {
+            Some(End::Abort(why)) => Some(why),
+            _ => None,
+        }
     }
 }
 
@@ -135,23 +291,25 @@ impl Drop for Pair {
 
 /// What a waiting caller receives when its peer arrives.
 pub(super) struct Link {
-    pub(super) peer_inbound: Streaming<StreamRequest>,
+    pub(super) peer: RequestBody,
     pub(super) pair: Arc<Pair>,
 }
 
 impl Link {
-    /// The waiting caller (leg 0) left before it took this link: nobody will read the new
-    /// caller's frames, so the new caller's call ends with an abort rather than waiting for
-    /// ever (even if the waiter had finished cleanly, what the new caller sends is lost).
+    /// The waiting caller left before it took this link: nobody will read the second caller's
+    /// frames, so the second caller's call ends with an abort rather than waiting for ever
+    /// (even if the waiter had finished cleanly, what the second caller sends is lost).
     pub(super) fn abandon(self) {
         self.pair.set_end(
-            1,
+            Leg::Second,
             End::Abort("the waiting caller left while pairing".into()),
         );
     }
 }
 
-/// The response stream of one caller of the router.
+// ===== Forward =====
+
+/// The response body of one caller of the router: its peer's request body, forwarded.
 pub struct Forward {
     state: State,
     inner: Arc<Inner>,
@@ -159,52 +317,44 @@ pub struct Forward {
 
 enum State {
     /// The first caller of a stream id, waiting for the second.
-    Waiting {
-        stream: String,
-        tag: StreamTag,
-        caller: u64,
-        rx: oneshot::Receiver<Link>,
-        deadline: Option<(Pin<Box<tokio::time::Sleep>>, &'static str)>,
-    },
-    /// Forwarding the peer's frames. `me` is this caller's leg, the peer's is `1 - me`.
-    Forwarding {
-        peer_inbound: Streaming<StreamRequest>,
-        pair: Arc<Pair>,
-        me: usize,
-        peer_goaway: bool,
-        /// The router's counter of bytes in this direction, and this forwarder's own count.
-        counter: Counter,
-        forwarded: u64,
-    },
-    /// The peer finished cleanly; the response ends when this caller's request stream has.
+    Waiting(Waiting),
+    /// Forwarding the peer's request body.
+    Forwarding(Forwarding),
+    /// The peer sent GOAWAY: what follows is still forwarded, and the end of its body is a
+    /// clean finish.
+    Draining(Forwarding),
+    /// The peer finished cleanly; the response ends when this caller's request body has.
     Finishing {
         pair: Arc<Pair>,
-        me: usize,
+        me: Leg,
     },
+    /// The response's last frame: the call's status.
+    Trailers(http::HeaderMap),
     Done,
 }
 
-impl State {
-    fn forwarding(link: Link, me: usize) -> Self {
-        State::Forwarding {
-            counter: link.pair.metrics.bytes_counter(carried(me)),
-            peer_inbound: link.peer_inbound,
-            pair: link.pair,
-            me,
-            peer_goaway: false,
-            forwarded: 0,
-        }
-    }
+struct Waiting {
+    entry: Pending,
+    rx: oneshot::Receiver<Link>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    why: &'static str,
 }
 
-/// The direction of the frames leg `me`'s response carries: leg 0 waited, so its response
-/// carries the second caller's frames.
-fn carried(me: usize) -> Direction {
-    if me == 0 {
-        Direction::SecondToFirst
-    } else {
-        Direction::FirstToSecond
-    }
+struct Forwarding {
+    peer: RequestBody,
+    pair: Arc<Pair>,
+    me: Leg,
+    /// The router's counter of payload bytes in this direction, and this forwarder's own.
+    counter: Counter,
+    forwarded: u64,
+}
+
+/// What a forwarding state's poll decided.
+enum Forwarded {
+    /// Send these bytes; `goaway` when a GOAWAY message ended in them.
+    Send(Bytes, bool),
+    /// The forwarding is over: the next state.
+    Next(State),
 }
 
 // ===== impl Forward =====
@@ -212,226 +362,247 @@ fn carried(me: usize) -> Direction {
 impl Forward {
     pub(super) fn waiting(
         inner: Arc<Inner>,
-        stream: String,
-        tag: StreamTag,
-        caller: u64,
+        entry: Pending,
         rx: oneshot::Receiver<Link>,
-        deadline: Option<(tokio::time::Instant, &'static str)>,
+        deadline: (tokio::time::Instant, &'static str),
     ) -> Self {
+        let (at, why) = deadline;
         Forward {
-            state: State::Waiting {
-                stream,
-                tag,
-                caller,
+            state: State::Waiting(Waiting {
+                entry,
                 rx,
-                deadline: deadline.map(|(at, why)| (Box::pin(tokio::time::sleep_until(at)), why)),
-            },
+                deadline: Box::pin(tokio::time::sleep_until(at)),
+                why,
+            }),
             inner,
         }
     }
 
-    pub(super) fn forwarding(inner: Arc<Inner>, link: Link, me: usize) -> Self {
+    pub(super) fn forwarding(inner: Arc<Inner>, link: Link, me: Leg) -> Self {
         Forward {
-            state: State::forwarding(link, me),
+            state: State::Forwarding(Forwarding::new(link, me)),
             inner,
         }
-    }
-
-    /// The status that ends this caller's call when its peer aborted.
-    fn abort_status(why: &str) -> Status {
-        Status::aborted(format!("peer aborted the stream: {why}"))
-    }
-
-    /// The status that ends this caller's call when the caller itself aborted.
-    fn own_abort_status(why: &str) -> Status {
-        Status::aborted(format!("stream aborted: {why}"))
     }
 }
 
-impl Stream for Forward {
-    type Item = Result<StreamResponse, Status>;
+/// The end of a caller's call: counts it with `result`; its status goes out next.
+fn end(inner: &Inner, result: CallResult, status: Status) -> State {
+    inner.metrics.call(result);
+    let mut trailers = http::HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        // Only a message that is no header value fails; the code alone still says it.
+        let _ = Status::new(status.code(), "").add_header(&mut trailers);
+    }
+    State::Trailers(trailers)
+}
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                State::Waiting { rx, deadline, .. } => {
-                    // The peer first: a peer that arrived as the deadline passed is paired.
-                    let arrived = Pin::new(rx).poll(cx);
-                    if arrived.is_pending() {
-                        if let Some((sleep, why)) = deadline {
-                            if sleep.as_mut().poll(cx).is_ready() {
-                                let why = *why;
-                                this.leave_waiting(CallResult::TimedOut);
-                                return Poll::Ready(Some(Err(Status::deadline_exceeded(why))));
-                            }
-                        }
-                    }
-                    match std::task::ready!(arrived) {
-                        Ok(link) => this.state = State::forwarding(link, 0),
-                        Err(_) => {
-                            this.finish(CallResult::Aborted);
-                            return Poll::Ready(Some(Err(Status::unavailable(
-                                "router: stream closed before the peer arrived",
-                            ))));
-                        }
-                    }
-                }
-                State::Forwarding {
-                    peer_inbound,
-                    pair,
+/// The status that ends a caller's call when its peer aborted.
+fn peer_aborted(why: &str) -> Status {
+    Status::aborted(format!("peer aborted the stream: {why}"))
+}
+
+/// The status that ends a caller's call when the caller itself aborted.
+fn own_abort(why: &str) -> Status {
+    Status::aborted(format!("stream aborted: {why}"))
+}
+
+// ===== impl Waiting =====
+
+impl Waiting {
+    fn poll(&mut self, inner: &Inner, cx: &mut Context<'_>) -> Poll<State> {
+        // The peer first: a peer that arrived as the deadline passed is paired.
+        if let Poll::Ready(Ok(link)) = Pin::new(&mut self.rx).poll(cx) {
+            return Poll::Ready(State::Forwarding(Forwarding::new(link, Leg::First)));
+        }
+        // (The sender stays in the pending table until it sends or we remove it: no `Err`.)
+        ready!(self.deadline.as_mut().poll(cx));
+        self.leave(inner, CallResult::TimedOut);
+        Poll::Ready(end(
+            inner,
+            CallResult::TimedOut,
+            Status::deadline_exceeded(self.why),
+        ))
+    }
+
+    /// Leaves the pending table, and aborts a peer that was paired with us just now.
+    fn leave(&mut self, inner: &Inner, result: CallResult) {
+        tracing::debug!(stream = %self.entry.tag, result = result.as_str(), "stopped waiting for the peer");
+        inner.remove_pending(&self.entry);
+        if let Ok(link) = self.rx.try_recv() {
+            link.abandon();
+        }
+    }
+}
+
+// ===== impl Forwarding =====
+
+impl Forwarding {
+    fn new(link: Link, me: Leg) -> Self {
+        Forwarding {
+            counter: link.pair.metrics.bytes_counter(me.carries()),
+            peer: link.peer,
+            pair: link.pair,
+            me,
+            forwarded: 0,
+        }
+    }
+
+    /// Adds what this forwarder carried to its pair's count, as it stops.
+    fn stop(&mut self) {
+        let n = std::mem::take(&mut self.forwarded);
+        self.pair.bytes[self.me.carries() as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `draining`: the peer sent GOAWAY, so the end of its body is a clean finish.
+    fn poll(&mut self, inner: &Inner, draining: bool, cx: &mut Context<'_>) -> Poll<Forwarded> {
+        let (me, peer) = (self.me, self.me.other());
+        if let Some(why) = self.pair.own_abort(me, cx) {
+            self.stop();
+            return Poll::Ready(Forwarded::Next(end(
+                inner,
+                CallResult::Aborted,
+                own_abort(&why),
+            )));
+        }
+        let next = match self.peer.poll_next(cx) {
+            Poll::Ready(Inbound::Data {
+                bytes,
+                goaway,
+                payload,
+            }) => {
+                self.counter.inc_by(payload);
+                self.forwarded += payload;
+                return Poll::Ready(Forwarded::Send(bytes, goaway));
+            }
+            Poll::Ready(Inbound::Error(status))
+                if draining && matches!(self.pair.poll_end(me, cx), Some(End::Clean)) =>
+            {
+                // Both sides sent GOAWAY and our caller finished: a cancel of the peer's call
+                // now loses nothing.
+                tracing::trace!(code = ?status.code(), "router: error after both GOAWAYs");
+                self.pair.set_end(peer, End::Clean);
+                end(inner, CallResult::Finished, Status::ok(""))
+            }
+            Poll::Ready(Inbound::Error(status)) => {
+                let why = format!("{:?}: {}", status.code(), status.message());
+                self.pair.set_end(peer, End::Abort(why.clone()));
+                end(inner, CallResult::Aborted, peer_aborted(&why))
+            }
+            Poll::Ready(Inbound::End) if draining => {
+                self.pair.set_end(peer, End::Clean);
+                State::Finishing {
+                    pair: self.pair.clone(),
                     me,
-                    peer_goaway,
-                    counter,
-                    forwarded,
-                } => {
-                    let (me, peer) = (*me, 1 - *me);
-                    // Our own caller aborted (the peer's forwarder saw it): end now, even while
-                    // the peer keeps sending.
-                    if pair.aborted.load(Ordering::Acquire) {
-                        if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
-                            this.finish(CallResult::Aborted);
-                            return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
-                        }
-                    }
-                    match Pin::new(peer_inbound).poll_next(cx) {
-                        Poll::Ready(Some(Ok(req))) => {
-                            if req.frame_type == FrameType::Goaway as i32 {
-                                *peer_goaway = true;
-                            }
-                            let n = req.payload.len() as u64;
-                            counter.inc_by(n);
-                            *forwarded += n;
-                            return Poll::Ready(Some(Ok(StreamResponse {
-                                payload: req.payload,
-                                frame_type: req.frame_type,
-                            })));
-                        }
-                        Poll::Ready(Some(Err(status)))
-                            if *peer_goaway
-                                && matches!(pair.poll_end(me, cx), Some(End::Clean)) =>
-                        {
-                            // Both sides sent GOAWAY and our caller finished: a cancel of the
-                            // peer's call now loses nothing.
-                            tracing::trace!(code = ?status.code(), "router: error after both GOAWAYs");
-                            pair.set_end(peer, End::Clean);
-                            this.finish(CallResult::Finished);
-                            return Poll::Ready(None);
-                        }
-                        Poll::Ready(Some(Err(status))) => {
-                            let why = format!("{:?}: {}", status.code(), status.message());
-                            pair.set_end(peer, End::Abort(why.clone()));
-                            this.finish(CallResult::Aborted);
-                            return Poll::Ready(Some(Err(Self::abort_status(&why))));
-                        }
-                        Poll::Ready(None) if *peer_goaway => {
-                            pair.set_end(peer, End::Clean);
-                            let pair = pair.clone();
-                            this.count_forwarded();
-                            this.state = State::Finishing { pair, me };
-                        }
-                        Poll::Ready(None) => {
-                            let why = "ended its stream without GOAWAY";
-                            pair.set_end(peer, End::Abort(why.into()));
-                            this.finish(CallResult::Aborted);
-                            return Poll::Ready(Some(Err(Self::abort_status(why))));
-                        }
-                        Poll::Pending => {
-                            // Our own caller may have aborted (the peer's forwarder saw it).
-                            if let Some(End::Abort(why)) = pair.poll_end(me, cx) {
-                                this.finish(CallResult::Aborted);
-                                return Poll::Ready(Some(Err(Self::own_abort_status(&why))));
-                            }
-                            return Poll::Pending;
-                        }
-                    }
                 }
-                State::Finishing { pair, me } => {
-                    let end = std::task::ready!(match pair.poll_end(*me, cx) {
-                        Some(end) => Poll::Ready(end),
-                        None => Poll::Pending,
-                    });
-                    return Poll::Ready(match end {
-                        End::Clean => {
-                            this.finish(CallResult::Finished);
-                            None
+            }
+            Poll::Ready(Inbound::End) => {
+                let why = "ended its stream without GOAWAY";
+                self.pair.set_end(peer, End::Abort(why.into()));
+                end(inner, CallResult::Aborted, peer_aborted(why))
+            }
+            Poll::Pending => {
+                // Our own caller may have aborted meanwhile (the peer's forwarder saw it).
+                let Some(End::Abort(why)) = self.pair.poll_end(me, cx) else {
+                    return Poll::Pending;
+                };
+                end(inner, CallResult::Aborted, own_abort(&why))
+            }
+        };
+        self.stop();
+        Poll::Ready(Forwarded::Next(next))
+    }
+}
+
+fn poll_finishing(inner: &Inner, pair: &Pair, me: Leg, cx: &mut Context<'_>) -> Poll<State> {
+    let Some(end_of_ours) = pair.poll_end(me, cx) else {
+        return Poll::Pending;
+    };
+    Poll::Ready(match end_of_ours {
+        End::Clean => end(inner, CallResult::Finished, Status::ok("")),
+        End::Abort(why) => end(inner, CallResult::Aborted, own_abort(&why)),
+    })
+}
+
+// ===== impl Body for Forward =====
+
+impl Body for Forward {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        let inner = &*this.inner;
+        loop {
+            let next = match &mut this.state {
+                State::Waiting(w) => ready!(w.poll(inner, cx)),
+                State::Forwarding(f) => match ready!(f.poll(inner, false, cx)) {
+                    Forwarded::Send(bytes, goaway) => {
+                        if goaway {
+                            if let State::Forwarding(f) =
+                                std::mem::replace(&mut this.state, State::Done)
+                            {
+                                this.state = State::Draining(f);
+                            }
                         }
-                        End::Abort(why) => {
-                            this.finish(CallResult::Aborted);
-                            Some(Err(Self::own_abort_status(&why)))
-                        }
-                    });
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
+                    Forwarded::Next(next) => next,
+                },
+                State::Draining(f) => match ready!(f.poll(inner, true, cx)) {
+                    Forwarded::Send(bytes, _) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                    Forwarded::Next(next) => next,
+                },
+                State::Finishing { pair, me } => ready!(poll_finishing(inner, pair, *me, cx)),
+                State::Trailers(trailers) => {
+                    let trailers = std::mem::take(trailers);
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 State::Done => return Poll::Ready(None),
-            }
-        }
-    }
-}
-
-impl Forward {
-    /// Adds what this forwarder carried to its pair's count (once, as it stops forwarding).
-    fn count_forwarded(&mut self) {
-        if let State::Forwarding {
-            pair,
-            me,
-            forwarded,
-            ..
-        } = &mut self.state
-        {
-            pair.bytes[carried(*me) as usize]
-                .fetch_add(std::mem::take(forwarded), Ordering::Relaxed);
+            };
+            this.state = next;
         }
     }
 
-    /// The call's end: counts it with `result`; the state is `Done` from here on.
-    fn finish(&mut self, result: CallResult) {
-        self.count_forwarded();
-        self.state = State::Done;
-        self.inner.metrics.call(result);
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
     }
 
-    fn leave_waiting(&mut self, result: CallResult) {
-        if let State::Waiting {
-            stream,
-            tag,
-            caller,
-            mut rx,
-            ..
-        } = std::mem::replace(&mut self.state, State::Done)
-        {
-            tracing::debug!(stream = %tag, result = result.as_str(), "stopped waiting for the peer");
-            self.inner.metrics.call(result);
-            self.inner.remove_pending(&stream, caller);
-            // A peer may have been paired with us just now.
-            if let Ok(link) = rx.try_recv() {
-                link.abandon();
-            }
-        }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        match &self.state {
-            State::Waiting { .. } => self.leave_waiting(CallResult::Left),
-            State::Forwarding {
-                pair,
-                me,
-                peer_goaway,
-                ..
-            } => {
+        let inner = &*self.inner;
+        match &mut self.state {
+            State::Waiting(w) => {
+                w.leave(inner, CallResult::Left);
+                inner.metrics.call(CallResult::Left);
+            }
+            State::Forwarding(f) => {
                 // Our caller's call is gone, and with it the reader of the peer's frames.
-                let end = if *peer_goaway {
-                    End::Clean
-                } else {
-                    End::Abort("the other caller left before reading everything".into())
-                };
-                pair.set_end(1 - *me, end);
-                self.finish(CallResult::Aborted);
+                f.pair.set_end(
+                    f.me.other(),
+                    End::Abort("the other caller left before reading everything".into()),
+                );
+                f.stop();
+                inner.metrics.call(CallResult::Aborted);
+            }
+            State::Draining(f) => {
+                // The peer sent GOAWAY: what it sends now has nowhere to go, but it finished.
+                f.pair.set_end(f.me.other(), End::Clean);
+                f.stop();
+                inner.metrics.call(CallResult::Aborted);
             }
             // Dropped before its end: the call was cancelled.
-            State::Finishing { .. } => self.finish(CallResult::Aborted),
-            State::Done => {}
+            State::Finishing { .. } => inner.metrics.call(CallResult::Aborted),
+            State::Trailers(_) | State::Done => {}
         }
     }
 }
@@ -439,9 +610,11 @@ impl Drop for Forward {
 impl fmt::Debug for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Waiting { .. } => "Waiting",
-            State::Forwarding { .. } => "Forwarding",
+            State::Waiting(_) => "Waiting",
+            State::Forwarding(_) => "Forwarding",
+            State::Draining(_) => "Draining",
             State::Finishing { .. } => "Finishing",
+            State::Trailers(_) => "Trailers",
             State::Done => "Done",
         };
         f.debug_struct("Forward").field("state", &state).finish()

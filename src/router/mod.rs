@@ -34,18 +34,23 @@
 mod auth;
 mod forward;
 mod metrics;
+mod pairing;
 mod ping;
 mod serve;
+mod wire;
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tonic::codec::Streaming;
-use tonic::{Request, Response, Status};
+use http_body_util::BodyExt;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::Status;
 
 pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
 pub use forward::Forward;
@@ -54,9 +59,13 @@ pub use metrics::{CallResult, Direction, Metrics};
 pub use prometheus_client;
 pub use serve::{ServeConfig, ServerTls, TlsMode};
 
-use crate::proto::router_service_server::{RouterService, RouterServiceServer};
-use crate::proto::StreamRequest;
-use forward::{Link, Pair};
+use forward::RequestBody;
+
+/// The gRPC path of the one method the router serves.
+const STREAM_PATH: &str = "/jumpstarter.v1.RouterService/Stream";
+
+/// The largest message the router accepts by default (the Go router's 4 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// The router service. Cheap to clone; clones share the pending table and the counters.
 #[derive(Clone)]
@@ -82,45 +91,12 @@ pub struct RouterBuilder {
 
 pub(crate) struct Inner {
     auth: Auth,
-    pending: Mutex<HashMap<String, Waiter>>,
+    pending: Mutex<pairing::Table>,
     metrics: Metrics,
     health: tonic_health::server::HealthReporter,
     next_caller: AtomicU64,
     pairing_timeout: Option<Duration>,
     max_message_size: usize,
-}
-
-struct Waiter {
-    caller: u64,
-    inbound: Streaming<StreamRequest>,
-    tx: oneshot::Sender<Link>,
-    since: Instant,
-}
-
-/// What the logs say for a stream id: the first 8 bytes of its SHA-256, in hex. Stable across
-/// routers and restarts (an operator can compute it from a stream id), and never the token.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct StreamTag([u8; 8]);
-
-impl StreamTag {
-    pub(crate) fn of(stream: &str) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, stream.as_bytes());
-        let mut tag = [0u8; 8];
-        tag.copy_from_slice(&digest.as_ref()[..8]);
-        StreamTag(tag)
-    }
-}
-
-impl fmt::Display for StreamTag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for StreamTag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
 }
 
 /// A snapshot of a router's counters.
@@ -149,7 +125,8 @@ impl RouterBuilder {
         self
     }
 
-    /// The largest message the router decodes (default 4 MiB, like the Go router).
+    /// The largest message the router forwards (default [`DEFAULT_MAX_MESSAGE_SIZE`], as the
+    /// Go router). A larger one aborts both calls.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -160,7 +137,7 @@ impl RouterBuilder {
         Router {
             inner: Arc::new(Inner {
                 auth: self.auth,
-                pending: Mutex::new(HashMap::new()),
+                pending: Mutex::default(),
                 metrics: Metrics::new(),
                 health: tonic_health::server::HealthReporter::new(),
                 next_caller: AtomicU64::new(1),
@@ -179,7 +156,7 @@ impl Router {
         RouterBuilder {
             auth,
             pairing_timeout: None,
-            max_message_size: 4 * 1024 * 1024,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 
@@ -222,118 +199,77 @@ impl Router {
         } else {
             tonic_health::ServingStatus::NotServing
         };
-        for name in ["", RouterServiceServer::<Router>::NAME] {
+        for name in ["", RouterService::NAME] {
             self.inner.health.set_service_status(name, status).await;
         }
     }
 
-    /// The tonic service to mount in your own server.
-    pub fn into_service(self) -> RouterServiceServer<Router> {
-        let max = self.inner.max_message_size;
-        RouterServiceServer::new(self)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+    /// The service to mount in your own tonic server (`Server::builder().add_service(..)`)
+    /// or any tower stack: `jumpstarter.v1.RouterService`, on HTTP/2 requests.
+    pub fn into_service(self) -> RouterService {
+        RouterService { router: self }
     }
 
-    fn accept(&self, grant: Grant, inbound: Streaming<StreamRequest>) -> Forward {
+    /// Answers one HTTP/2 request.
+    async fn handle(
+        self,
+        req: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        if req.uri().path() != STREAM_PATH {
+            return Status::unimplemented(format!("no method {}", req.uri().path())).into_http();
+        }
+        let (parts, body) = req.into_parts();
+        let metadata = MetadataMap::from_headers(parts.headers);
         let inner = &self.inner;
-        let tag = StreamTag::of(&grant.stream);
-        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(waiter) = pending.remove(&grant.stream) {
-            drop(pending);
-            let m = &inner.metrics;
-            m.pending_callers.dec();
-            m.call(CallResult::Paired);
-            m.call(CallResult::Paired);
-            let waited = waiter.since.elapsed();
-            Metrics::observe(&m.pairing_wait, waited);
-            tracing::info!(stream = %tag, waited_ms = waited.as_millis() as u64, "paired");
-            let pair = Pair::new(m.clone(), tag);
-            let mine = Link {
-                peer_inbound: waiter.inbound,
-                pair: pair.clone(),
-            };
-            let theirs = Link {
-                peer_inbound: inbound,
-                pair,
-            };
-            if let Err(back) = waiter.tx.send(theirs) {
-                // The waiting caller left just now: nobody will read this caller's frames.
-                back.abandon();
+        match inner.auth.verify_metadata(&metadata) {
+            Ok(grant) => {
+                let body = RequestBody::new(body, inner.max_message_size);
+                let forward = inner.accept(grant, body);
+                let mut response = http::Response::new(tonic::body::Body::new(forward));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                response
             }
-            return Forward::forwarding(self.inner.clone(), mine, 1);
-        }
-        let caller = inner.next_caller.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        pending.insert(
-            grant.stream.clone(),
-            Waiter {
-                caller,
-                inbound,
-                tx,
-                since: Instant::now(),
-            },
-        );
-        drop(pending);
-        inner.metrics.pending_callers.inc();
-        tracing::info!(stream = %tag, "waiting for the peer");
-        let deadline = self.deadline(&grant);
-        Forward::waiting(self.inner.clone(), grant.stream, tag, caller, rx, deadline)
-    }
-
-    /// When a waiting caller gives up: its token's expiry or the pairing timeout.
-    fn deadline(&self, grant: &Grant) -> Option<(tokio::time::Instant, &'static str)> {
-        let now = tokio::time::Instant::now();
-        // Capped: a token may expire centuries from now, a timer cannot wait that long.
-        let until_exp = grant
-            .expires
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .min(Duration::from_secs(365 * 24 * 3600));
-        let exp = (now + until_exp, "token expired while waiting for the peer");
-        match self.inner.pairing_timeout {
-            Some(t) if now + t < exp.0 => {
-                Some((now + t, "no peer arrived within the pairing timeout"))
-            }
-            _ => Some(exp),
-        }
-    }
-}
-
-impl Inner {
-    fn remove_pending(&self, stream: &str, caller: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.get(stream).is_some_and(|w| w.caller == caller) {
-            pending.remove(stream);
-            drop(pending);
-            self.metrics.pending_callers.dec();
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl RouterService for Router {
-    type StreamStream = Forward;
-
-    async fn stream(
-        &self,
-        request: Request<Streaming<StreamRequest>>,
-    ) -> Result<Response<Forward>, Status> {
-        match self.inner.auth.verify_metadata(request.metadata()) {
-            Ok(grant) => Ok(Response::new(self.accept(grant, request.into_inner()))),
             Err(status) => {
-                self.inner.metrics.call(CallResult::Refused);
-                Err(refuse(request.into_inner(), status).await)
+                inner.metrics.call(CallResult::Refused);
+                refuse(body, status).await.into_http()
             }
         }
+    }
+}
+
+/// The router as a tower service: what [`Router::into_service`] returns.
+#[derive(Clone, Debug)]
+pub struct RouterService {
+    router: Router,
+}
+
+impl NamedService for RouterService {
+    const NAME: &'static str = "jumpstarter.v1.RouterService";
+}
+
+impl Service<http::Request<tonic::body::Body>> for RouterService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let router = self.router.clone();
+        Box::pin(async move { Ok(router.handle(req).await) })
     }
 }
 
 /// How long a refused caller's status waits for the caller's first message (or the end of
 /// its request stream).
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
-/// How long, and how many payload bytes, a refused caller's request stream is read and
-/// dropped after its status went out.
+/// How long, and how many bytes, a refused caller's request body is read and dropped after
+/// its status went out.
 const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 1024);
 
 /// Answers a refused caller so that it always learns why.
@@ -341,19 +277,21 @@ const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 102
 /// A status sent at once races the caller's first write: the HTTP/2 stream is reset
 /// (NO_ERROR) under the write as the request body is dropped, and grpc-core then fails the
 /// write and reports `INTERNAL` "Internal error from Core" instead of the status. So the status
-/// waits for the first message (or the end of the request, at most [`REFUSAL_WAIT`]), and the
-/// request body stays open and is read and dropped afterwards until the caller ends it, within
+/// waits for the first bytes of the body (or its end, at most [`REFUSAL_WAIT`]), and the body
+/// stays open and is read and dropped afterwards until the caller ends it, within
 /// [`REFUSAL_DRAIN`] (time and bytes): a refused caller holds no more than that.
-async fn refuse(mut inbound: Streaming<StreamRequest>, status: Status) -> Status {
+async fn refuse(mut body: tonic::body::Body, status: Status) -> Status {
     tracing::debug!(reason = %status.message(), "refused a caller");
+    let first = tokio::time::timeout(REFUSAL_WAIT, body.frame()).await;
     // Ended, failed, or silent for REFUSAL_WAIT: nothing is in flight, nothing to drain.
-    if let Ok(Ok(Some(first))) = tokio::time::timeout(REFUSAL_WAIT, inbound.message()).await {
+    if let Ok(Some(Ok(first))) = first {
         tokio::spawn(async move {
             let (time, bytes) = REFUSAL_DRAIN;
-            let mut budget = bytes.saturating_sub(first.payload.len());
+            let mut budget = bytes.saturating_sub(first.data_ref().map_or(0, |d| d.len()));
             let _ = tokio::time::timeout(time, async {
-                while let Ok(Some(m)) = inbound.message().await {
-                    budget = match budget.checked_sub(m.payload.len()) {
+                while let Some(Ok(frame)) = body.frame().await {
+                    let n = frame.data_ref().map_or(0, |d| d.len());
+                    budget = match budget.checked_sub(n) {
                         Some(b) => b,
                         None => break,
                     };
@@ -363,4 +301,30 @@ async fn refuse(mut inbound: Streaming<StreamRequest>, status: Status) -> Status
         });
     }
     status
+}
+
+/// What the logs say for a stream id: the first 8 bytes of its SHA-256, in hex. Stable across
+/// routers and restarts (an operator can compute it from a stream id), and never the token.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct StreamTag([u8; 8]);
+
+impl StreamTag {
+    pub(crate) fn of(stream: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, stream.as_bytes());
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&digest.as_ref()[..8]);
+        StreamTag(tag)
+    }
+}
+
+impl fmt::Display for StreamTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for StreamTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }

@@ -25,8 +25,6 @@ use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
-use crate::proto::router_service_server::RouterServiceServer;
-
 use super::ping::PingGuard;
 use super::Router;
 use crate::bulk::BulkRead;
@@ -214,7 +212,7 @@ const INITIAL_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
 #[derive(Clone)]
 struct WithHealth {
-    router: RouterServiceServer<Router>,
+    router: super::RouterService,
     health: HealthServer<HealthService>,
 }
 

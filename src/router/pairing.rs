@@ -1,0 +1,121 @@
+//! Pairing: the table of callers waiting for their peer.
+//!
+//! The first caller of a stream id goes into the table with its request body; the second takes
+//! it out, and each gets a [`Forward`] that reads the other's body. A caller that leaves,
+//! times out or whose token expires before its peer comes is removed (Jumpstarter's Go router
+//! once leaked these). Entries carry a caller number, so a caller only ever removes itself: a
+//! third caller of a stream id waits in the table on its own, it never joins a pair.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use super::forward::{Forward, Leg, Link, Pair, RequestBody};
+use super::metrics::{CallResult, Metrics};
+use super::{Grant, Inner, StreamTag};
+
+/// A caller waiting in the table.
+pub(super) struct Waiter {
+    caller: u64,
+    body: RequestBody,
+    tx: oneshot::Sender<Link>,
+    since: Instant,
+}
+
+/// A waiting caller's own handle on its table entry.
+#[derive(Debug)]
+pub(super) struct Pending {
+    stream: String,
+    caller: u64,
+    pub(super) tag: StreamTag,
+}
+
+/// The table: stream id -> the caller waiting for its peer.
+pub(super) type Table = HashMap<String, Waiter>;
+
+/// How long a timer may wait: a token may expire centuries from now.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Inner {
+    /// Pairs the caller with `grant` with the one waiting for the same stream id, or makes it
+    /// wait. `body` is the caller's request body.
+    pub(super) fn accept(self: &Arc<Self>, grant: Grant, body: RequestBody) -> Forward {
+        let tag = StreamTag::of(&grant.stream);
+        let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiter) = table.remove(&grant.stream) {
+            drop(table);
+            let m = &self.metrics;
+            m.pending_callers.dec();
+            m.call(CallResult::Paired);
+            m.call(CallResult::Paired);
+            let waited = waiter.since.elapsed();
+            Metrics::observe(&m.pairing_wait, waited);
+            tracing::info!(stream = %tag, waited_ms = waited.as_millis() as u64, "paired");
+            let pair = Pair::new(m.clone(), tag);
+            let mine = Link {
+                peer: waiter.body,
+                pair: pair.clone(),
+            };
+            let theirs = Link { peer: body, pair };
+            if let Err(back) = waiter.tx.send(theirs) {
+                // The waiting caller left just now: nobody will read this caller's frames.
+                back.abandon();
+            }
+            return Forward::forwarding(self.clone(), mine, Leg::Second);
+        }
+        let caller = self.next_caller.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        table.insert(
+            grant.stream.clone(),
+            Waiter {
+                caller,
+                body,
+                tx,
+                since: Instant::now(),
+            },
+        );
+        drop(table);
+        self.metrics.pending_callers.inc();
+        tracing::info!(stream = %tag, "waiting for the peer");
+        let deadline = self.deadline(&grant);
+        let entry = Pending {
+            stream: grant.stream,
+            caller,
+            tag,
+        };
+        Forward::waiting(self.clone(), entry, rx, deadline)
+    }
+
+    /// Removes a waiting caller's entry, if it is still its own.
+    pub(super) fn remove_pending(&self, entry: &Pending) {
+        let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if table
+            .get(&entry.stream)
+            .is_some_and(|w| w.caller == entry.caller)
+        {
+            let waiter = table.remove(&entry.stream);
+            drop(table);
+            // The request body is dropped outside the lock.
+            drop(waiter);
+            self.metrics.pending_callers.dec();
+        }
+    }
+
+    /// When a waiting caller gives up: its token's expiry or the pairing timeout.
+    fn deadline(&self, grant: &Grant) -> (tokio::time::Instant, &'static str) {
+        let now = tokio::time::Instant::now();
+        let until_exp = grant
+            .expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(LONGEST_WAIT);
+        let exp = (now + until_exp, "token expired while waiting for the peer");
+        match self.pairing_timeout {
+            Some(t) if now + t < exp.0 => (now + t, "no peer arrived within the pairing timeout"),
+            _ => exp,
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The router's view of a gRPC request body: message boundaries and frame types, nothing else.
+//!
+//! A `Stream` call's request body is a sequence of gRPC messages, each a 5-byte prefix (a
+//! compression flag and a big-endian length) and a protobuf `StreamRequest`. `StreamRequest`
+//! and `StreamResponse` are the same on the wire (field 1 `bytes payload`, field 2 `FrameType
+//! frame_type`), so the router forwards the received bytes as they are, as slices of the
+//! HTTP/2 DATA chunks, and this parser only follows along: where messages end, which of them
+//! is a GOAWAY, how many payload bytes went by, and where the stream stops being valid.
+//!
+//! It never buffers: each chunk is scanned byte by byte through a small state machine, and the
+//! result says how much of the chunk is valid. A stream is valid up to the first byte that no
+//! continuation could make right (a flag other than 0, a length over the limit, a malformed
+//! protobuf field); everything before that byte is forwarded, nothing after it. Unknown
+//! protobuf fields are forwarded unchanged (prost skips them as well), except groups
+//! (deprecated, never sent by Jumpstarter peers), which are refused.
+//!
+//! ```text
+//!            flag   len (4 bytes, big-endian)       len bytes of protobuf fields
+//!   ──► Prefix ──────────────────────────────► Message { Tag ─► Varint | Len ─► Skip | Fixed }
+//!         ▲                                       │ (left == 0)
+//!         └───────────────────────────────────────┘
+//! ```
+
+use tonic::Status;
+
+use crate::proto::FrameType;
+
+/// What one chunk held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Bytes of the chunk that are valid (all of it unless `error`).
+    pub(crate) valid: usize,
+    /// Messages that ended in the chunk.
+    pub(crate) messages: u64,
+    /// Of those, messages with frame type GOAWAY.
+    pub(crate) goaways: u64,
+    /// Payload bytes (field 1) seen in the chunk.
+    pub(crate) payload: u64,
+    /// Why the stream stops being valid at `valid`.
+    pub(crate) error: Option<StreamError>,
+}
+
+/// Why a request body is not a valid stream of `StreamRequest` messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StreamError {
+    /// A message with the compressed flag set (no `grpc-encoding` was negotiated).
+    Compressed,
+    /// A flag other than 0 or 1.
+    BadFlag(u8),
+    /// A message longer than the limit.
+    TooLarge {
+        /// At least this long (the length is known once its 4 bytes are in).
+        len: u64,
+        limit: usize,
+    },
+    /// Not a protobuf `StreamRequest`.
+    Malformed(&'static str),
+    /// The body ended inside a message.
+    Truncated,
+}
+
+impl StreamError {
+    /// The status for the caller that sent it, as tonic words its own decoding errors.
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            StreamError::Compressed => Status::internal(
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            ),
+            StreamError::BadFlag(f) => Status::internal(format!(
+                "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1)"
+            )),
+            StreamError::TooLarge { len, limit } => Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {limit} bytes"
+            )),
+            StreamError::Malformed(why) => {
+                Status::internal(format!("failed to decode Protobuf message: StreamRequest: {why}"))
+            }
+            StreamError::Truncated => Status::internal("Unexpected EOF decoding stream."),
+        }
+    }
+}
+
+/// The incremental parser of one request body.
+#[derive(Debug)]
+pub(crate) struct Parser {
+    limit: usize,
+    state: State,
+    /// The frame type of the message being read (proto3 default DATA; the last one wins).
+    frame_type: u64,
+    /// Bytes of the current message still to come.
+    left: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// `n` bytes of a prefix read; `len` holds the length bytes so far.
+    Prefix { n: u8, len: u64 },
+    /// Inside a message, at the start of a field's tag.
+    Tag { value: u64, shift: u32 },
+    /// A varint field's value (`field` 2 is the frame type).
+    Varint { field: u64, value: u64, shift: u32 },
+    /// A length-delimited field's length.
+    Len { field: u64, value: u64, shift: u32 },
+    /// Bytes to pass over: a field's contents.
+    Skip { n: u64 },
+    /// The stream is invalid; nothing more is read.
+    Failed,
+}
+
+const PREFIX_LEN: u8 = 5;
+
+impl Parser {
+    /// A parser for messages of at most `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Parser {
+            limit,
+            state: State::Prefix { n: 0, len: 0 },
+            frame_type: 0,
+            left: 0,
+        }
+    }
+
+    /// Follows the stream through `chunk`.
+    pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scan {
+        let mut scan = Scan::default();
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.state == State::Failed {
+                break;
+            }
+            // Contents to skip are passed over in one step (payloads are most of the bytes).
+            if let State::Skip { n } = self.state {
+                let take = n.min((chunk.len() - i) as u64);
+                i += take as usize;
+                self.left -= take;
+                self.state = if take == n {
+                    self.field_done(&mut scan)
+                } else {
+                    State::Skip { n: n - take }
+                };
+                continue;
+            }
+            match self.step(chunk[i], &mut scan) {
+                Ok(()) => i += 1,
+                Err(e) => {
+                    self.state = State::Failed;
+                    scan.error = Some(e);
+                    break;
+                }
+            }
+        }
+        scan.valid = i;
+        scan
+    }
+
+    /// The end of the body: an error if it ended inside a message.
+    pub(crate) fn finish(&self) -> Result<(), StreamError> {
+        match self.state {
+            State::Prefix { n: 0, .. } | State::Failed => Ok(()),
+            _ => Err(StreamError::Truncated),
+        }
+    }
+
+    /// One byte outside a skip.
+    fn step(&mut self, b: u8, scan: &mut Scan) -> Result<(), StreamError> {
+        self.state = match self.state {
+            State::Prefix { n: 0, .. } => match b {
+                0 => State::Prefix { n: 1, len: 0 },
+                1 => return Err(StreamError::Compressed),
+                f => return Err(StreamError::BadFlag(f)),
+            },
+            State::Prefix { n, len } => {
+                let len = len << 8 | u64::from(b);
+                let n = n + 1;
+                // The smallest length the remaining bytes could still make.
+                let least = len << (8 * u32::from(PREFIX_LEN - n));
+                if least > self.limit as u64 {
+                    return Err(StreamError::TooLarge {
+                        len: least,
+                        limit: self.limit,
+                    });
+                }
+                if n < PREFIX_LEN {
+                    State::Prefix { n, len }
+                } else {
+                    self.left = len;
+                    self.frame_type = FrameType::Data as u64;
+                    if len == 0 {
+                        self.message_done(scan)
+                    } else {
+                        State::Tag { value: 0, shift: 0 }
+                    }
+                }
+            }
+            State::Tag { value, shift } => {
+                self.left -= 1;
+                let value = varint_step(value, shift, b)?;
+                if b & 0x80 != 0 {
+                    self.more()?;
+                    State::Tag {
+                        value,
+                        shift: shift + 7,
+                    }
+                } else {
+                    self.field(value >> 3, (value & 7) as u8)?
+                }
+            }
+            State::Varint {
+                field,
+                value,
+                shift,
+            } => {
+                self.left -= 1;
+                let value = varint_step(value, shift, b)?;
+                if b & 0x80 != 0 {
+                    self.more()?;
+                    State::Varint {
+                        field,
+                        value,
+                        shift: shift + 7,
+                    }
+                } else {
+                    if field == 2 {
+                        self.frame_type = value;
+                    }
+                    self.field_done(scan)
+                }
+            }
+            State::Len {
+                field,
+                value,
+                shift,
+            } => {
+                self.left -= 1;
+                let value = varint_step(value, shift, b)?;
+                if b & 0x80 != 0 {
+                    self.more()?;
+                    State::Len {
+                        field,
+                        value,
+                        shift: shift + 7,
+                    }
+                } else {
+                    if value > self.left {
+                        return Err(StreamError::Malformed("a field is longer than its message"));
+                    }
+                    if field == 1 {
+                        scan.payload += value;
+                    }
+                    if value == 0 {
+                        self.field_done(scan)
+                    } else {
+                        State::Skip { n: value }
+                    }
+                }
+            }
+            State::Skip { .. } | State::Failed => unreachable!("handled by scan"),
+        };
+        Ok(())
+    }
+
+    /// A varint needs another byte: there must be one left in the message.
+    fn more(&self) -> Result<(), StreamError> {
+        if self.left == 0 {
+            return Err(StreamError::Malformed("a varint runs past its message"));
+        }
+        Ok(())
+    }
+
+    /// A tag was read: what its field's contents are.
+    fn field(&mut self, field: u64, wire: u8) -> Result<State, StreamError> {
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(StreamError::Malformed("invalid field number"));
+        }
+        let need = match (field, wire) {
+            (1, 2) | (2, 0) => 1,
+            (1 | 2, _) => return Err(StreamError::Malformed("invalid wire type")),
+            (_, 0 | 2) => 1,
+            (_, 1) => 8,
+            (_, 5) => 4,
+            (_, 3 | 4) => return Err(StreamError::Malformed("groups are not supported")),
+            _ => return Err(StreamError::Malformed("invalid wire type")),
+        };
+        if self.left < need {
+            return Err(StreamError::Malformed("a field runs past its message"));
+        }
+        Ok(match wire {
+            0 => State::Varint {
+                field,
+                value: 0,
+                shift: 0,
+            },
+            2 => State::Len {
+                field,
+                value: 0,
+                shift: 0,
+            },
+            _ => State::Skip { n: need },
+        })
+    }
+
+    /// A field ended: the next tag, or the end of the message.
+    fn field_done(&mut self, scan: &mut Scan) -> State {
+        if self.left == 0 {
+            self.message_done(scan)
+        } else {
+            State::Tag { value: 0, shift: 0 }
+        }
+    }
+
+    fn message_done(&mut self, scan: &mut Scan) -> State {
+        scan.messages += 1;
+        // prost reads an enum as int32: the low 32 bits.
+        if self.frame_type as u32 as i32 == FrameType::Goaway as i32 {
+            scan.goaways += 1;
+        }
+        State::Prefix { n: 0, len: 0 }
+    }
+}
+
+/// One byte of a varint (at most 10 bytes, the last at most 1, as prost reads them).
+fn varint_step(value: u64, shift: u32, b: u8) -> Result<u64, StreamError> {
+    if shift == 63 && b > 1 {
+        return Err(StreamError::Malformed("invalid varint"));
+    }
+    Ok(value | u64::from(b & 0x7f) << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn message(frame_type: i32, payload: &[u8]) -> Vec<u8> {
+        let m = crate::proto::StreamRequest {
+            payload: payload.to_vec().into(),
+            frame_type,
+        };
+        let body = m.encode_to_vec();
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn scan_all(p: &mut Parser, bytes: &[u8], chunk: usize) -> Scan {
+        let mut total = Scan::default();
+        for c in bytes.chunks(chunk.max(1)) {
+            let s = p.scan(c);
+            total.valid += s.valid;
+            total.messages += s.messages;
+            total.goaways += s.goaways;
+            total.payload += s.payload;
+            if s.error.is_some() {
+                total.error = s.error;
+                break;
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn frames_of_every_kind_at_every_split() {
+        let mut stream = Vec::new();
+        stream.extend(message(0, b"hello"));
+        stream.extend(message(0, b""));
+        stream.extend(message(6, b"p"));
+        stream.extend(message(9, b"xyz"));
+        stream.extend(message(3, b""));
+        stream.extend(message(7, b""));
+        stream.extend(message(0, &[5u8; 300]));
+        for chunk in 1..=stream.len() {
+            let mut p = Parser::new(1024);
+            let s = scan_all(&mut p, &stream, chunk);
+            assert_eq!(
+                s,
+                Scan {
+                    valid: stream.len(),
+                    messages: 7,
+                    goaways: 1,
+                    payload: 5 + 1 + 3 + 300,
+                    error: None,
+                },
+                "chunk {chunk}"
+            );
+            assert_eq!(p.finish(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn invalid_input_stops_at_the_first_bad_byte() {
+        let good = message(0, b"ok");
+        let cases: Vec<(Vec<u8>, usize, StreamError)> = vec![
+            (vec![1, 0, 0, 0, 0], 0, StreamError::Compressed),
+            (vec![2, 0, 0, 0, 0], 0, StreamError::BadFlag(2)),
+            // 4 GiB - 1: known too large at the first length byte.
+            (
+                vec![0, 0xff, 0xff, 0xff, 0xff],
+                1,
+                StreamError::TooLarge {
+                    len: 0xff00_0000,
+                    limit: 1024,
+                },
+            ),
+            // 1025 bytes: known at the last length byte.
+            (
+                vec![0, 0, 0, 0x04, 0x01],
+                4,
+                StreamError::TooLarge {
+                    len: 1025,
+                    limit: 1024,
+                },
+            ),
+            // Field 1 as a varint.
+            (
+                vec![0, 0, 0, 0, 2, 0x08, 0x01],
+                5,
+                StreamError::Malformed("invalid wire type"),
+            ),
+            // A payload longer than the message.
+            (
+                vec![0, 0, 0, 0, 2, 0x0a, 0x05],
+                6,
+                StreamError::Malformed("a field is longer than its message"),
+            ),
+            // A group.
+            (
+                vec![0, 0, 0, 0, 2, 0x1b, 0x1c],
+                5,
+                StreamError::Malformed("groups are not supported"),
+            ),
+        ];
+        for (bad, at, err) in cases {
+            let mut stream = good.clone();
+            stream.extend_from_slice(&bad);
+            for chunk in 1..=stream.len() {
+                let mut p = Parser::new(1024);
+                let s = scan_all(&mut p, &stream, chunk);
+                assert_eq!(s.valid, good.len() + at, "{bad:?} chunk {chunk}");
+                assert_eq!(s.error.as_ref(), Some(&err), "{bad:?} chunk {chunk}");
+                assert_eq!(s.messages, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_that_ends_inside_a_message_is_truncated() {
+        let m = message(0, b"hello");
+        for cut in 1..m.len() {
+            let mut p = Parser::new(1024);
+            assert_eq!(p.scan(&m[..cut]).error, None);
+            assert_eq!(p.finish(), Err(StreamError::Truncated), "cut {cut}");
+        }
+    }
+}
