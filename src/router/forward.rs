@@ -620,3 +620,203 @@ impl fmt::Debug for Forward {
         f.debug_struct("Forward").field("state", &state).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The forwarding state machine on its own: scripted request bodies (channels), polled by
+    //! hand with `tokio_test`, no server and no sleeps.
+
+    use std::time::{Duration, SystemTime};
+
+    use prost::Message;
+    use tokio::sync::mpsc;
+    use tokio_test::task::{spawn, Spawn};
+    use tokio_test::{assert_pending, assert_ready};
+
+    use super::*;
+    use crate::router::{Auth, Grant, Router};
+
+    type Item = Result<Frame<Bytes>, Status>;
+
+    /// A request body whose frames the test sends.
+    struct Script(mpsc::UnboundedReceiver<Item>);
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+            self.get_mut().0.poll_recv(cx)
+        }
+    }
+
+    fn script() -> (mpsc::UnboundedSender<Item>, RequestBody) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            tx,
+            RequestBody::new(tonic::body::Body::new(Script(rx)), 1024),
+        )
+    }
+
+    fn grant(stream: &str) -> Grant {
+        Grant {
+            stream: stream.into(),
+            expires: SystemTime::now() + Duration::from_secs(600),
+        }
+    }
+
+    /// A gRPC message: prefix and `StreamRequest`.
+    fn msg(frame_type: i32, payload: &[u8]) -> Bytes {
+        let body = crate::proto::StreamRequest {
+            payload: payload.to_vec().into(),
+            frame_type,
+        }
+        .encode_to_vec();
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out.into()
+    }
+
+    fn poll(f: &mut Spawn<Forward>) -> Poll<Option<Item>> {
+        f.enter(|cx, body| body.poll_frame(cx))
+    }
+
+    fn data(p: Poll<Option<Item>>) -> Bytes {
+        match assert_ready!(p) {
+            Some(Ok(frame)) => frame.into_data().expect("a data frame"),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    /// The status in the trailers (as tonic's client reads it), then the end of the body.
+    fn status(f: &mut Spawn<Forward>) -> (tonic::Code, String) {
+        let trailers = match assert_ready!(poll(f)) {
+            Some(Ok(frame)) => frame.into_trailers().expect("trailers"),
+            other => panic!("expected trailers, got {other:?}"),
+        };
+        assert!(assert_ready!(poll(f)).is_none());
+        assert!(f.is_end_stream());
+        let s = Status::from_header_map(&trailers).expect("grpc-status in the trailers");
+        (s.code(), s.message().to_string())
+    }
+
+    #[tokio::test]
+    async fn forwards_the_same_bytes_and_keeps_half_close() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (a_tx, a_body) = script();
+        let (b_tx, b_body) = script();
+        let mut a = spawn(inner.accept(grant("s"), a_body));
+        assert_pending!(poll(&mut a));
+        assert_eq!(router.stats().pending, 1);
+        let mut b = spawn(inner.accept(grant("s"), b_body));
+        assert!(a.is_woken(), "the waiting caller is woken by its peer");
+        assert_pending!(poll(&mut a));
+        assert_pending!(poll(&mut b));
+        let s = router.stats();
+        assert_eq!((s.pending, s.active), (0, 1));
+
+        // A's chunk reaches B as the very same bytes (no copy).
+        let chunk = msg(0, b"hello");
+        let at = chunk.as_ptr();
+        a_tx.send(Ok(Frame::data(chunk.clone()))).unwrap();
+        assert!(b.is_woken());
+        let got = data(poll(&mut b));
+        assert_eq!((got.as_ptr(), &got), (at, &chunk));
+
+        // A finishes: GOAWAY, end of body. B reads it, and its response waits for its own end.
+        a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        drop(a_tx);
+        assert_eq!(data(poll(&mut b)), msg(7, b""));
+        assert_pending!(poll(&mut b));
+        // B goes on sending after A's GOAWAY, then finishes too.
+        b_tx.send(Ok(Frame::data(msg(0, b"reply")))).unwrap();
+        b_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        drop(b_tx);
+        assert_eq!(data(poll(&mut a)), msg(0, b"reply"));
+        assert_eq!(data(poll(&mut a)), msg(7, b""));
+        assert_eq!(status(&mut a), (tonic::Code::Ok, String::new()));
+        assert!(b.is_woken());
+        assert_eq!(status(&mut b), (tonic::Code::Ok, String::new()));
+        drop((a, b));
+        let s = router.stats();
+        assert_eq!((s.active, s.aborts_total, s.bytes_forwarded), (0, 0, 10));
+        assert_eq!(router.metrics().calls(CallResult::Finished), 2);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_message_ends_both_calls_after_the_valid_bytes() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let mut a = spawn(inner.accept(grant("s"), a_body));
+        let mut b = spawn(inner.accept(grant("s"), b_body));
+        assert_pending!(poll(&mut a));
+        assert_pending!(poll(&mut b));
+        // One valid message, then a flag of 9, in one chunk.
+        let good = msg(0, b"ok");
+        let mut chunk = good.to_vec();
+        chunk.extend_from_slice(&[9, 0, 0, 0, 0]);
+        a_tx.send(Ok(Frame::data(Bytes::from(chunk)))).unwrap();
+        assert_eq!(data(poll(&mut b)), good);
+        let (code, message) = status(&mut b);
+        assert_eq!(code, tonic::Code::Aborted);
+        assert!(message.contains("invalid compression flag"), "{message}");
+        // A's own call ends as well, at once.
+        assert!(a.is_woken());
+        let (code, message) = status(&mut a);
+        assert_eq!(code, tonic::Code::Aborted);
+        assert!(message.contains("stream aborted"), "{message}");
+        drop((a, b));
+        assert_eq!(router.stats().active, 0);
+        assert_eq!(router.metrics().calls(CallResult::Aborted), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_mid_stream_aborts_its_peer() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (_a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let mut a = spawn(inner.accept(grant("s"), a_body));
+        let b = spawn(inner.accept(grant("s"), b_body));
+        assert_pending!(poll(&mut a));
+        // B's call is cancelled: its response body is dropped.
+        drop(b);
+        assert!(a.is_woken());
+        let (code, message) = status(&mut a);
+        assert_eq!(code, tonic::Code::Aborted);
+        assert!(
+            message.contains("left before reading everything"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_caller_times_out_and_leaves_the_table() {
+        let router = Router::builder(Auth::new(b"k"))
+            .pairing_timeout(Some(Duration::from_secs(5)))
+            .build();
+        let (_tx, body) = script();
+        let mut a = spawn(router.inner.accept(grant("s"), body));
+        assert_pending!(poll(&mut a));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_pending!(poll(&mut a));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(a.is_woken());
+        let (code, message) = status(&mut a);
+        assert_eq!(code, tonic::Code::DeadlineExceeded);
+        assert!(message.contains("pairing timeout"), "{message}");
+        assert_eq!(router.stats().pending, 0);
+        assert_eq!(router.metrics().calls(CallResult::TimedOut), 1);
+        // A caller that leaves while waiting is counted as such.
+        let (_tx, body) = script();
+        let b = spawn(router.inner.accept(grant("t"), body));
+        assert_eq!(router.stats().pending, 1);
+        drop(b);
+        assert_eq!(router.stats().pending, 0);
+        assert_eq!(router.metrics().calls(CallResult::Left), 1);
+    }
+}

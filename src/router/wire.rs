@@ -452,4 +452,187 @@ mod tests {
             assert_eq!(p.finish(), Err(StreamError::Truncated), "cut {cut}");
         }
     }
+
+    // ===== properties: any chunking, against prost as the reference decoder =====
+
+    use proptest::prelude::*;
+
+    /// A message as a test writes it: prost's encoding of a `StreamRequest`, then unknown
+    /// fields (wire types 0, 1, 2, 5) that prost skips.
+    fn encoded(frame_type: i32, payload: &[u8], unknown: &[(u32, u8, u64)]) -> Vec<u8> {
+        let mut body = crate::proto::StreamRequest {
+            payload: payload.to_vec().into(),
+            frame_type,
+        }
+        .encode_to_vec();
+        for &(field, wire, value) in unknown {
+            prost::encoding::encode_key(
+                field,
+                match wire {
+                    0 => prost::encoding::WireType::Varint,
+                    1 => prost::encoding::WireType::SixtyFourBit,
+                    2 => prost::encoding::WireType::LengthDelimited,
+                    _ => prost::encoding::WireType::ThirtyTwoBit,
+                },
+                &mut body,
+            );
+            match wire {
+                0 => prost::encoding::encode_varint(value, &mut body),
+                1 => body.extend_from_slice(&value.to_le_bytes()),
+                2 => {
+                    let n = (value % 40) as usize;
+                    prost::encoding::encode_varint(n as u64, &mut body);
+                    body.extend(std::iter::repeat_n(0xab, n));
+                }
+                _ => body.extend_from_slice(&(value as u32).to_le_bytes()),
+            }
+        }
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// What goes after the valid messages.
+    #[derive(Clone, Debug)]
+    enum Tail {
+        None,
+        BadFlag(u8),
+        /// A prefix whose length is over the limit.
+        Oversize(u32),
+        /// The stream stops `cut` bytes into one more valid message.
+        Truncated(usize),
+        /// A valid prefix, then bytes that may or may not be a protobuf message.
+        Garbage(Vec<u8>),
+    }
+
+    const LIMIT: usize = 4096;
+
+    fn tail() -> impl Strategy<Value = Tail> {
+        prop_oneof![
+            Just(Tail::None),
+            (1u8..=255).prop_map(Tail::BadFlag),
+            ((LIMIT as u32 + 1)..=u32::MAX).prop_map(Tail::Oversize),
+            (1usize..40).prop_map(Tail::Truncated),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Tail::Garbage),
+        ]
+    }
+
+    fn any_message() -> impl Strategy<Value = (i32, Vec<u8>, Vec<(u32, u8, u64)>)> {
+        (
+            prop_oneof![Just(0), Just(3), Just(6), Just(7), any::<i32>()],
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec((3u32..2000, 0u8..4, any::<u64>()), 0..3),
+        )
+    }
+
+    /// Scans `bytes` split at `cuts`; stops at the first error, as the router does.
+    fn scan_split(bytes: &[u8], cuts: &[usize]) -> (Scan, Result<(), StreamError>) {
+        let mut p = Parser::new(LIMIT);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(0);
+        points.push(bytes.len());
+        points.sort_unstable();
+        points.dedup();
+        let mut total = Scan::default();
+        for w in points.windows(2) {
+            let s = p.scan(&bytes[w[0]..w[1]]);
+            total.valid += s.valid;
+            total.messages += s.messages;
+            total.goaways += s.goaways;
+            total.payload += s.payload;
+            if s.error.is_some() {
+                total.error = s.error;
+                return (total, Ok(()));
+            }
+        }
+        (total, p.finish())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn forwards_exactly_the_valid_prefix_whatever_the_chunking(
+            messages in proptest::collection::vec(any_message(), 0..8),
+            tail in tail(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut stream = Vec::new();
+            let (mut goaways, mut payload) = (0, 0);
+            for (t, p, u) in &messages {
+                let m = encoded(*t, p, u);
+                // The reference: prost decodes the body the prefix frames.
+                let decoded = crate::proto::StreamRequest::decode(&m[5..]).unwrap();
+                goaways += u64::from(decoded.frame_type == 7);
+                payload += decoded.payload.len() as u64;
+                stream.extend(m);
+            }
+            let good = stream.len();
+            let mut tail_prost_ok = None;
+            match &tail {
+                Tail::None => {}
+                Tail::BadFlag(f) => stream.extend_from_slice(&[*f, 0, 0, 0, 0]),
+                Tail::Oversize(len) => {
+                    stream.push(0);
+                    stream.extend_from_slice(&len.to_be_bytes());
+                }
+                Tail::Truncated(cut) => {
+                    let m = encoded(0, &[1u8; 30], &[]);
+                    stream.extend_from_slice(&m[..(*cut).min(m.len() - 1)]);
+                }
+                Tail::Garbage(g) => {
+                    stream.push(0);
+                    stream.extend_from_slice(&(g.len() as u32).to_be_bytes());
+                    stream.extend_from_slice(g);
+                    tail_prost_ok = Some(crate::proto::StreamRequest::decode(&g[..]).is_ok());
+                }
+            }
+            // One chunk, and any chunking, give the same answer.
+            let whole = scan_split(&stream, &[]);
+            let split = scan_split(&stream, &cuts);
+            prop_assert_eq!(&whole, &split);
+            let (scan, finish) = whole;
+            prop_assert!(scan.valid <= stream.len());
+            match tail {
+                Tail::None => {
+                    prop_assert_eq!(scan.valid, good);
+                    prop_assert_eq!(scan.error, None);
+                    prop_assert_eq!(finish, Ok(()));
+                    prop_assert_eq!((scan.messages, scan.goaways, scan.payload), (messages.len() as u64, goaways, payload));
+                }
+                Tail::BadFlag(f) => {
+                    prop_assert_eq!(scan.valid, good);
+                    let want = if f == 1 { StreamError::Compressed } else { StreamError::BadFlag(f) };
+                    prop_assert_eq!(scan.error, Some(want));
+                }
+                Tail::Oversize(_) => {
+                    prop_assert!(scan.valid > good && scan.valid < good + 5, "{} {}", scan.valid, good);
+                    let too_large = matches!(scan.error, Some(StreamError::TooLarge { .. }));
+                    prop_assert!(too_large, "{:?}", scan.error);
+                }
+                Tail::Truncated(_) => {
+                    prop_assert_eq!(scan.valid, stream.len());
+                    prop_assert_eq!(scan.error, None);
+                    prop_assert_eq!(finish, Err(StreamError::Truncated));
+                }
+                Tail::Garbage(_) => {
+                    let prost_ok = tail_prost_ok.unwrap();
+                    match &scan.error {
+                        None => {
+                            // Accepted: prost accepts it too, and all of it is forwarded.
+                            prop_assert!(prost_ok, "we accepted what prost refuses");
+                            prop_assert_eq!(scan.valid, stream.len());
+                            prop_assert_eq!(scan.messages, messages.len() as u64 + 1);
+                        }
+                        Some(StreamError::Malformed("groups are not supported")) => {}
+                        Some(e) => {
+                            prop_assert!(!prost_ok, "we refused what prost accepts: {e:?}");
+                            prop_assert!(scan.valid >= good + 5, "the prefix was valid");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
