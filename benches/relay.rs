@@ -248,14 +248,37 @@ async fn plain_channel(addr: SocketAddr) -> Channel {
         .unwrap()
 }
 
-/// A raw tonic call on the plain relay: a sender of requests and the response messages.
+/// How a raw call names its stream: the plain relay's `stream` metadata, or our router's
+/// bearer token.
+#[derive(Clone)]
+enum Name {
+    Plain(String),
+    Token(String),
+}
+
+impl Name {
+    /// The name of stream `key` for the router at `v`.
+    fn of(v: Variant, key: String) -> Name {
+        match v {
+            Variant::Raw => Name::Token(token(&key)),
+            _ => Name::Plain(key),
+        }
+    }
+}
+
+/// A raw tonic call (one message per write): a sender of requests and the response messages.
 async fn plain_call(
     addr: SocketAddr,
-    stream: &str,
+    name: &Name,
 ) -> (mpsc::Sender<StreamRequest>, Streaming<StreamResponse>) {
     let (tx, rx) = mpsc::channel(16);
     let mut req = Request::new(Channeled(rx));
-    req.metadata_mut().insert("stream", stream.parse().unwrap());
+    match name {
+        Name::Plain(stream) => req.metadata_mut().insert("stream", stream.parse().unwrap()),
+        Name::Token(t) => req
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap()),
+    };
     let resp = RouterServiceClient::new(plain_channel(addr).await)
         .stream(req)
         .await
@@ -343,15 +366,46 @@ enum Variant {
     Ours,
     /// `RouterStream` -> our router -> `RouterStream`, no TCP legs: the relay's own layout.
     Streams,
+    /// The relay's raw tonic clients against our router: the routers alone compared.
+    Raw,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant::Tcp,
     Variant::Relay,
     Variant::Ours,
     Variant::Streams,
+    Variant::Raw,
 ];
-const NAMES: [&str; 4] = ["tcp", "relay", "ours", "streams"];
+const NAMES: [&str; 5] = ["tcp", "relay", "ours", "streams", "raw"];
+
+/// CPU seconds the router thread (both routers' runtime) has used: utime + stime of
+/// `/proc/self/task/<router>/stat`, in USER_HZ (100) ticks.
+fn router_cpu() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "router" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            break;
+        };
+        // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks = |i: usize| {
+            f.get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        return (ticks(11) + ticks(12)) / 100.0;
+    }
+    f64::NAN
+}
 
 /// Reads `total` bytes (in `buf`-sized reads) and drops them.
 async fn read_exactly<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8], total: usize) {
@@ -420,9 +474,13 @@ fn run_throughput(
                 .run(tcp_send(addr, slab.clone(), write, total, false));
             (start, done.blocking_recv().unwrap())
         }
-        Variant::Relay => {
-            let relay = roles.relay;
-            let key = format!("t{n}");
+        Variant::Relay | Variant::Raw => {
+            let relay = if v == Variant::Raw {
+                roles.ours
+            } else {
+                roles.relay
+            };
+            let key = Name::of(v, format!("t{n}"));
             let (rtx, rrx) = smpsc::channel();
             let k2 = key.clone();
             roles.receiver.handle.spawn(async move {
@@ -445,7 +503,12 @@ fn run_throughput(
                     tx.send(data(slab.slice(..n))).await.unwrap();
                     left -= n;
                 }
-                // Keep the call until the receiver is done and the relay ends it.
+                // A clean finish, then keep the call until the receiver is done.
+                let goaway = StreamRequest {
+                    payload: Bytes::new(),
+                    frame_type: FrameType::Goaway as i32,
+                };
+                let _ = tx.send(goaway).await;
                 drop(tx);
                 while let Ok(Some(_)) = inbound.message().await {}
             });
@@ -543,9 +606,13 @@ fn run_pings(v: Variant, roles: &Roles, pings: usize, n: u64) -> Vec<Duration> {
             let echo = roles.receiver.run(tcp_echo());
             roles.sender.run(tcp_pings(echo, pings))
         }
-        Variant::Relay => {
-            let relay = roles.relay;
-            let key = format!("p{n}");
+        Variant::Relay | Variant::Raw => {
+            let relay = if v == Variant::Raw {
+                roles.ours
+            } else {
+                roles.relay
+            };
+            let key = Name::of(v, format!("p{n}"));
             let k2 = key.clone();
             roles.receiver.handle.spawn(async move {
                 let (tx, mut inbound) = plain_call(relay, &k2).await;
@@ -648,6 +715,8 @@ fn throughput() {
     let wanted = std::env::var("RELAY_VARIANTS").unwrap_or_else(|_| NAMES.join(","));
     let on = |vi: usize| wanted.split(',').any(|w| w == NAMES[vi]);
     let mut tput: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    // Router CPU seconds per GiB forwarded.
+    let mut cpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut p50: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut p99: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut n = 0;
@@ -660,8 +729,13 @@ fn throughput() {
                     continue;
                 }
                 n += 1;
+                let before = router_cpu();
                 let r = run_throughput(v, &roles, &slab, w, total, n);
+                let used = router_cpu() - before;
                 tput.entry((w, vi)).or_default().push(r);
+                cpu.entry((w, vi))
+                    .or_default()
+                    .push(used / (total as f64 / (1024.0 * MIB as f64)));
             }
         }
         for (vi, &v) in VARIANTS.iter().enumerate() {
@@ -711,22 +785,48 @@ fn throughput() {
         );
     }
     println!();
-    println!("Ping-pong 64 B, microseconds, min/median/max of {runs} runs of {pings}");
-    println!("| | TCP | tonic relay | ours (TCP legs) | ours (streams) | ours / relay | streams / relay |");
+    println!("The routers alone: the relay's raw tonic clients (one message per write) against the tonic relay and against our router; router CPU (its thread) per GiB forwarded");
+    println!("| writes | tonic relay MiB/s | our router MiB/s | ours / relay | relay CPU s/GiB | ours CPU s/GiB | ours / relay CPU |");
     println!("|---|---|---|---|---|---|---|");
+    for &w in &sizes {
+        let run_ratio = |m: &HashMap<(usize, usize), Vec<f64>>| {
+            let r: Vec<f64> = m[&(w, 4)]
+                .iter()
+                .zip(&m[&(w, 1)])
+                .map(|(x, y)| x / y)
+                .collect();
+            min_med_max(r)
+        };
+        println!(
+            "| {} KiB | {} | {} | {} | {} | {} | {} |",
+            w / KIB,
+            fmt3(min_med_max(tput[&(w, 1)].clone()), 0),
+            fmt3(min_med_max(tput[&(w, 4)].clone()), 0),
+            fmt3(run_ratio(&tput), 2),
+            fmt3(min_med_max(cpu[&(w, 1)].clone()), 2),
+            fmt3(min_med_max(cpu[&(w, 4)].clone()), 2),
+            fmt3(run_ratio(&cpu), 2),
+        );
+    }
+    println!();
+    println!("Ping-pong 64 B, microseconds, min/median/max of {runs} runs of {pings}");
+    println!("| | TCP | tonic relay | ours (TCP legs) | ours (streams) | our router, raw clients | ours / relay | streams / relay | raw / relay |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, m) in [("p50", &p50), ("p99", &p99)] {
         let ratio = |a: usize| {
             let r: Vec<f64> = m[&a].iter().zip(&m[&1]).map(|(x, y)| x / y).collect();
             min_med_max(r)
         };
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt3(min_med_max(m[&0].clone()), 0),
             fmt3(min_med_max(m[&1].clone()), 0),
             fmt3(min_med_max(m[&2].clone()), 0),
             fmt3(min_med_max(m[&3].clone()), 0),
+            fmt3(min_med_max(m[&4].clone()), 0),
             fmt3(ratio(2), 2),
             fmt3(ratio(3), 2),
+            fmt3(ratio(4), 2),
         );
     }
 }

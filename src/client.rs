@@ -24,9 +24,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 use crate::bulk::BulkRead;
 use crate::proto::router_service_client::RouterServiceClient;
 use crate::{Error, RouterStream, StreamOptions};
-
-/// gRPC's default largest message a receiver decodes: 4 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
 
 /// Connects to a router and opens the stream named by `token`, with the defaults of
 /// [`ClientBuilder`].
@@ -178,8 +176,8 @@ impl ClientBuilder {
             trust: Trust::System,
             tls_server_name: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            stream_window: Some(4 * 1024 * 1024),
-            connection_window: Some(8 * 1024 * 1024),
+            stream_window: Some(STREAM_WINDOW),
+            connection_window: Some(CONNECTION_WINDOW),
             adaptive_window: false,
             keepalive_interval: Some(Duration::from_secs(20)),
             keepalive_timeout: Duration::from_secs(180),

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use super::ConfigError;
+
 /// The `iss` claim of router tokens.
 pub const ISSUER: &str = "https://jumpstarter.dev/stream";
 /// The `aud` claim of router tokens.
@@ -126,12 +128,10 @@ impl Auth {
     /// # Errors
     ///
     /// When the variable is unset or empty.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         match std::env::var("ROUTER_KEY") {
             Ok(k) if !k.is_empty() => Ok(Auth::new(k.as_bytes())),
-            _ => Err(
-                "ROUTER_KEY is not set: the router needs the key that signs stream tokens".into(),
-            ),
+            _ => Err(ConfigError::NoKey),
         }
     }
 
@@ -210,7 +210,7 @@ impl Auth {
     /// # Errors
     ///
     /// Only if signing fails.
-    pub fn mint(&self, stream: &str, ttl: Duration) -> Result<String, String> {
+    pub fn mint(&self, stream: &str, ttl: Duration) -> Result<String, ConfigError> {
         let now = unix_now();
         let claims = Claims {
             iss: ISSUER.into(),
@@ -219,10 +219,10 @@ impl Auth {
             exp: now.saturating_add(ttl.as_secs().max(1)).into(),
             iat: Some(now.into()),
             nbf: Some(now.into()),
-            jti: Some(random_id().map_err(|e| format!("cannot make a token id: {e}"))?),
+            jti: Some(random_id().map_err(|_| ConfigError::Random)?),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| format!("cannot sign token: {e}"))
+            .map_err(|e| ConfigError::Sign(e.to_string()))
     }
 }
 

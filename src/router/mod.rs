@@ -32,6 +32,7 @@
 //!   status rather than a failed write.
 
 mod auth;
+mod error;
 mod forward;
 mod metrics;
 mod pairing;
@@ -53,6 +54,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
+pub use error::ConfigError;
 pub use forward::Forward;
 pub use metrics::{CallResult, Direction, Metrics};
 /// The `prometheus-client` this crate's [`Metrics`] are made with, for [`Metrics::register`].
@@ -63,9 +65,6 @@ use forward::RequestBody;
 
 /// The gRPC path of the one method the router serves.
 const STREAM_PATH: &str = "/jumpstarter.v1.RouterService/Stream";
-
-/// The largest message the router accepts by default (the Go router's 4 MiB).
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// The router service. Cheap to clone; clones share the pending table and the counters.
 #[derive(Clone)]
@@ -125,8 +124,9 @@ impl RouterBuilder {
         self
     }
 
-    /// The largest message the router forwards (default [`DEFAULT_MAX_MESSAGE_SIZE`], as the
-    /// Go router). A larger one aborts both calls.
+    /// The largest message the router forwards (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE), as the Go router). A
+    /// larger one aborts both calls.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -156,7 +156,7 @@ impl Router {
         RouterBuilder {
             auth,
             pairing_timeout: None,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 

@@ -26,7 +26,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
 use super::ping::PingGuard;
-use super::Router;
+use super::{ConfigError, Router};
 use crate::bulk::BulkRead;
 
 /// How long a client may take for its TLS handshake.
@@ -48,7 +48,11 @@ impl ServerTls {
     /// # Errors
     ///
     /// When the PEM holds no certificate or no key, or rustls rejects them.
-    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self, String> {
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self, ConfigError> {
+        Self::from_pem_inner(cert, key).map_err(ConfigError::Tls)
+    }
+
+    fn from_pem_inner(cert: &[u8], key: &[u8]) -> Result<Self, String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs = CertificateDer::pem_slice_iter(cert)
@@ -75,9 +79,12 @@ impl ServerTls {
     /// # Errors
     ///
     /// When the certificate cannot be made.
-    pub fn self_signed(host: &str) -> Result<Self, String> {
-        let ck = rcgen::generate_simple_self_signed(vec![host.to_string()])
-            .map_err(|e| format!("cannot make a self-signed certificate for {host}: {e}"))?;
+    pub fn self_signed(host: &str) -> Result<Self, ConfigError> {
+        let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
+            ConfigError::Tls(format!(
+                "cannot make a self-signed certificate for {host}: {e}"
+            ))
+        })?;
         Self::from_pem(
             ck.cert.pem().as_bytes(),
             ck.signing_key.serialize_pem().as_bytes(),
@@ -177,12 +184,15 @@ impl ServeConfig {
     /// # Errors
     ///
     /// When a certificate file cannot be read or a self-signed certificate cannot be made.
-    pub fn tls_config(&self) -> Result<Option<ServerTls>, String> {
+    pub fn tls_config(&self) -> Result<Option<ServerTls>, ConfigError> {
         match &self.tls {
             TlsMode::Plaintext => Ok(None),
             TlsMode::Files { cert, key } => {
                 let read = |p: &PathBuf| {
-                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                    std::fs::read(p).map_err(|source| ConfigError::Read {
+                        path: p.clone(),
+                        source,
+                    })
                 };
                 ServerTls::from_pem(&read(cert)?, &read(key)?).map(Some)
             }
@@ -203,10 +213,6 @@ fn endpoint_host(endpoint: &str) -> &str {
         _ => e,
     }
 }
-
-/// The HTTP/2 windows the router's server grants (4 MiB per stream, 8 MiB per connection).
-const INITIAL_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const INITIAL_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// The router's service and its health service on one port, dispatched by path. (tonic's
 /// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
@@ -286,8 +292,8 @@ impl Router {
             self.set_serving(false).await;
         };
         Server::builder()
-            .initial_stream_window_size(INITIAL_STREAM_WINDOW)
-            .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
+            .initial_stream_window_size(crate::STREAM_WINDOW)
+            .initial_connection_window_size(crate::CONNECTION_WINDOW)
             .tcp_nodelay(true)
             .serve_with_incoming_shutdown(svc, incoming, shutdown)
             .await
@@ -299,14 +305,13 @@ impl Router {
     /// # Errors
     ///
     /// A message for the operator: the address cannot be bound, TLS cannot be set up, ...
-    pub async fn run(self, config: ServeConfig) -> Result<(), String> {
+    pub async fn run(self, config: ServeConfig) -> Result<(), ConfigError> {
         let tls = config.tls_config()?;
         let bind = |addr: SocketAddr| async move {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let local = l.local_addr().map_err(|e| e.to_string())?;
-            Ok::<_, String>((l, local))
+            let listen = |source| ConfigError::Listen { addr, source };
+            let l = TcpListener::bind(addr).await.map_err(listen)?;
+            let local = l.local_addr().map_err(listen)?;
+            Ok::<_, ConfigError>((l, local))
         };
         let (listener, addr) = bind(config.listen).await?;
         self.set_serving(true).await;
@@ -460,11 +465,11 @@ impl Router {
 
 fn flatten(
     r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     match r {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("router failed: {e}")),
-        Err(e) => Err(format!("router task failed: {e}")),
+        Ok(Err(e)) => Err(ConfigError::Serve(e.to_string())),
+        Err(e) => Err(ConfigError::Serve(format!("the router task failed: {e}"))),
     }
 }
 

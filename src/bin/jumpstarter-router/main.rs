@@ -171,7 +171,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             metrics_listen,
             health_listen,
         } => {
-            let auth = Auth::from_env()?;
+            let auth = Auth::from_env().map_err(|e| e.to_string())?;
             let mut config = ServeConfig::from_env();
             config.listen = listen;
             config.grace = Duration::from_secs(grace);
@@ -185,9 +185,12 @@ async fn run(cmd: Command) -> Result<(), String> {
                 .build()
                 .run(config)
                 .await
+                .map_err(|e| e.to_string())
         }
         Command::Token { subject, ttl } => {
-            let token = Auth::from_env()?.mint(&subject, Duration::from_secs(ttl))?;
+            let token = Auth::from_env()
+                .and_then(|auth| auth.mint(&subject, Duration::from_secs(ttl)))
+                .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
         }
