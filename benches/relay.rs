@@ -784,29 +784,32 @@ fn throughput() {
             fmt3(ratio(2, 0), 2),
         );
     }
-    println!();
-    println!("The routers alone: the relay's raw tonic clients (one message per write) against the tonic relay and against our router; router CPU (its thread) per GiB forwarded");
-    println!("| writes | tonic relay MiB/s | our router MiB/s | ours / relay | relay CPU s/GiB | ours CPU s/GiB | ours / relay CPU |");
-    println!("|---|---|---|---|---|---|---|");
-    for &w in &sizes {
-        let run_ratio = |m: &HashMap<(usize, usize), Vec<f64>>| {
-            let r: Vec<f64> = m[&(w, 4)]
-                .iter()
-                .zip(&m[&(w, 1)])
-                .map(|(x, y)| x / y)
-                .collect();
-            min_med_max(r)
-        };
-        println!(
-            "| {} KiB | {} | {} | {} | {} | {} | {} |",
-            w / KIB,
-            fmt3(min_med_max(tput[&(w, 1)].clone()), 0),
-            fmt3(min_med_max(tput[&(w, 4)].clone()), 0),
-            fmt3(run_ratio(&tput), 2),
-            fmt3(min_med_max(cpu[&(w, 1)].clone()), 2),
-            fmt3(min_med_max(cpu[&(w, 4)].clone()), 2),
-            fmt3(run_ratio(&cpu), 2),
-        );
+    // The routers alone (needs both `relay` and `raw`).
+    if on(1) && on(4) {
+        println!();
+        println!("The routers alone: the relay's raw tonic clients (one message per write) against the tonic relay and against our router; router CPU (its thread) per GiB forwarded");
+        println!("| writes | tonic relay MiB/s | our router MiB/s | ours / relay | relay CPU s/GiB | ours CPU s/GiB | ours / relay CPU |");
+        println!("|---|---|---|---|---|---|---|");
+        for &w in &sizes {
+            let run_ratio = |m: &HashMap<(usize, usize), Vec<f64>>| {
+                let r: Vec<f64> = m[&(w, 4)]
+                    .iter()
+                    .zip(&m[&(w, 1)])
+                    .map(|(x, y)| x / y)
+                    .collect();
+                min_med_max(r)
+            };
+            println!(
+                "| {} KiB | {} | {} | {} | {} | {} | {} |",
+                w / KIB,
+                fmt3(min_med_max(tput[&(w, 1)].clone()), 0),
+                fmt3(min_med_max(tput[&(w, 4)].clone()), 0),
+                fmt3(run_ratio(&tput), 2),
+                fmt3(min_med_max(cpu[&(w, 1)].clone()), 2),
+                fmt3(min_med_max(cpu[&(w, 4)].clone()), 2),
+                fmt3(run_ratio(&cpu), 2),
+            );
+        }
     }
     println!();
     println!("Ping-pong 64 B, microseconds, min/median/max of {runs} runs of {pings}");

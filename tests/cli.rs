@@ -335,10 +335,11 @@ async fn connect_progress_shows_live_bytes_while_the_tunnel_runs() {
         }
     });
     // 1 MiB in, 1 MiB echoed back; stdin stays open, so the tunnel runs on.
-    {
+    let stdin = std::thread::spawn(move || {
         use std::io::Write;
         stdin.write_all(&vec![7u8; MIB as usize]).unwrap();
-    }
+        stdin
+    });
     let echoed = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; MIB as usize];
         stdout.read_exact(&mut buf).map(|_| (buf, stdout))
@@ -356,9 +357,13 @@ async fn connect_progress_shows_live_bytes_while_the_tunnel_runs() {
     .await;
     assert!(live.contains("MiB/s"), "{live}");
     // EOF on stdin: the tunnel half-closes and ends; the summary follows.
-    drop(stdin);
-    let mut rest = Vec::new();
-    stdout.read_to_end(&mut rest).unwrap();
+    drop(stdin.join().unwrap());
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).map(|_| rest)
+    });
+    let rest = within(20, "stdout to end", rest).await.unwrap().unwrap();
+    assert!(rest.is_empty());
     let summary = within(20, "the summary", async {
         loop {
             let line = lines.recv().await.expect("no summary line");

@@ -68,7 +68,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
         "--metrics-listen",
         "127.0.0.1:0",
         "--pairing-timeout",
-        "1",
+        "3",
     ])
     .await;
     let metrics = serve.metrics.expect("the metrics address in the log");
@@ -188,7 +188,9 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
         .await
         .unwrap();
     let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
+    within(10, "the 404 response", tcp.read_to_string(&mut response))
+        .await
+        .unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
 

@@ -11,18 +11,22 @@
 //! The states of one [`Forward`] (one caller's response body):
 //!
 //! ```text
-//!              peer arrives                  peer's GOAWAY
-//!   Waiting ───────────────► Forwarding ───────────────────► Draining
-//!      │                        │   │                        │   │
-//!      │ deadline               │   │ peer aborts, or our    │   │ peer's body ends
-//!      │                        │   │ own caller aborted     │   ▼
-//!      │                        │   ▼                        │ Finishing ── our caller's
-//!      │                        │ Trailers(ABORTED) ◄────────┘   │         body ends
-//!      │ peer's body ends       │                                ▼
-//!      │ without GOAWAY ────────┘                           Trailers(OK or ABORTED)
-//!      ▼                                                         │
-//!   Trailers(DEADLINE_EXCEEDED) ─────────────────────────────────┴──► Done
+//!   Waiting ──(peer arrives)──► Forwarding ──(peer's GOAWAY)──► Draining
+//!      │                          │                              │    │
+//!      │ (deadline)               │ (peer's body fails, or       │    │ (peer's body ends)
+//!      │                          │  ends without GOAWAY;        │    ▼
+//!      │                          │  or our caller aborted)      │  Finishing
+//!      │                          ▼                              │    │ (our caller's
+//!      │                    Trailers(ABORTED) ◄──(as Forwarding)─┘    │  body ends)
+//!      ▼                          │                 (a failure after  ▼
+//!   Trailers(DEADLINE_EXCEEDED)   │                  our clean end) Trailers(OK, or ABORTED
+//!      │                          │                      │          if our caller aborted)
+//!      └──────────────────────────┴──────────► Done ◄────┴──────────────┘
 //! ```
+//!
+//! Draining ends like Forwarding, except that the end of the peer's body is a clean finish
+//! (`Finishing`), and a failure of the peer's call once our own caller finished cleanly loses
+//! nothing (`Trailers(OK)`): both sides sent GOAWAY.
 //!
 //! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
 //! body), its peer's response ends only once the peer's own request body has ended too
@@ -36,10 +40,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
@@ -167,6 +172,21 @@ impl RequestBody {
     }
 }
 
+impl Drop for RequestBody {
+    /// A body dropped while its caller may still be sending (its call was answered, or its
+    /// peer is gone) is read and dropped for a moment: a reset under the caller's writes would
+    /// make a grpc-core client report `INTERNAL` instead of the status it was sent.
+    fn drop(&mut self) {
+        if matches!(self.state, BodyState::Done) || self.body.is_end_stream() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let body = std::mem::replace(&mut self.body, tonic::body::Body::empty());
+            rt.spawn(super::drain(body));
+        }
+    }
+}
+
 impl fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBody").finish_non_exhaustive()
@@ -186,15 +206,15 @@ enum End {
 
 #[derive(Default)]
 struct LegEnd {
-    /// How this caller's request body ended (set by the peer's forwarder, which reads it).
-    end: Option<End>,
+    /// How this caller's request body ended (set once, by the peer's forwarder, which reads it).
+    end: OnceLock<End>,
     /// The waker of this caller's own response, waiting for `end`.
-    waiter: Option<Waker>,
+    waker: AtomicWaker,
 }
 
 /// State shared by the two forwarders of a pair.
 pub(super) struct Pair {
-    legs: Mutex<[LegEnd; 2]>,
+    legs: [LegEnd; 2],
     /// Set with the first `End::Abort`: lets a busy forwarder notice it without the lock.
     aborted: AtomicBool,
     /// Payload bytes each way, by [`Direction`]: added by each forwarder when it stops.
@@ -218,39 +238,34 @@ impl Pair {
         })
     }
 
-    /// Records how caller `who`'s request body ended and wakes its response.
+    /// Records how caller `who`'s request body ended (the first word counts) and wakes its
+    /// response.
     fn set_end(&self, who: Leg, end: End) {
-        let waker = {
-            let mut legs = self.legs.lock().unwrap_or_else(|e| e.into_inner());
-            let leg = &mut legs[who as usize];
-            if leg.end.is_some() {
-                return;
-            }
-            if let End::Abort(why) = &end {
-                tracing::debug!(stream = %self.tag, caller = ?who, reason = %why, "caller aborted");
-                self.metrics.aborts.inc();
-                self.aborted.store(true, Ordering::Release);
-            }
-            leg.end = Some(end);
-            leg.waiter.take()
+        let leg = &self.legs[who as usize];
+        let abort = match &end {
+            End::Abort(why) => Some(why.clone()),
+            End::Clean => None,
         };
-        // Woken outside the lock.
-        if let Some(w) = waker {
-            w.wake();
+        if leg.end.set(end).is_err() {
+            return;
         }
+        if let Some(why) = abort {
+            tracing::debug!(stream = %self.tag, caller = ?who, reason = %why, "caller aborted");
+            self.metrics.aborts.inc();
+            self.aborted.store(true, Ordering::Release);
+        }
+        leg.waker.wake();
     }
 
-    /// How caller `who`'s request body ended; registers `cx` to be woken when it does.
-    fn poll_end(&self, who: Leg, cx: &mut Context<'_>) -> Option<End> {
-        let mut legs = self.legs.lock().unwrap_or_else(|e| e.into_inner());
-        let leg = &mut legs[who as usize];
-        if leg.end.is_none() {
-            match &leg.waiter {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => leg.waiter = Some(cx.waker().clone()),
-            }
+    /// How caller `who`'s request body ended; registers `cx` to be woken when it does. No
+    /// lock: an atomic waker, then the end checked again.
+    fn poll_end(&self, who: Leg, cx: &mut Context<'_>) -> Option<&End> {
+        let leg = &self.legs[who as usize];
+        if let Some(end) = leg.end.get() {
+            return Some(end);
         }
-        leg.end.clone()
+        leg.waker.register(cx.waker());
+        leg.end.get()
     }
 
     /// Our own caller aborted (the peer's forwarder saw it): why.
@@ -259,7 +274,7 @@ impl Pair {
             return None;
         }
         match self.poll_end(me, cx) {
-            Some(End::Abort(why)) => Some(why),
+            Some(End::Abort(why)) => Some(why.clone()),
             _ => None,
         }
     }
@@ -413,6 +428,7 @@ impl Waiting {
     fn poll(&mut self, inner: &Inner, cx: &mut Context<'_>) -> Poll<State> {
         // The peer first: a peer that arrived as the deadline passed is paired.
         if let Poll::Ready(Ok(link)) = Pin::new(&mut self.rx).poll(cx) {
+            inner.metrics.call(CallResult::Paired);
             return Poll::Ready(State::Forwarding(Forwarding::new(link, Leg::First)));
         }
         // (The sender stays in the pending table until it sends or we remove it: no `Err`.)
@@ -429,6 +445,9 @@ impl Waiting {
     fn leave(&mut self, inner: &Inner, result: CallResult) {
         tracing::debug!(stream = %self.entry.tag, result = result.as_str(), "stopped waiting for the peer");
         inner.remove_pending(&self.entry);
+        // Closed first: a peer pairing with us from now on fails to send and aborts itself;
+        // one that sent already is found here.
+        self.rx.close();
         if let Ok(link) = self.rx.try_recv() {
             link.abandon();
         }
@@ -506,6 +525,7 @@ impl Forwarding {
                 let Some(End::Abort(why)) = self.pair.poll_end(me, cx) else {
                     return Poll::Pending;
                 };
+                let why = why.clone();
                 end(inner, CallResult::Aborted, own_abort(&why))
             }
         };
@@ -520,7 +540,7 @@ fn poll_finishing(inner: &Inner, pair: &Pair, me: Leg, cx: &mut Context<'_>) -> 
     };
     Poll::Ready(match end_of_ours {
         End::Clean => end(inner, CallResult::Finished, Status::ok("")),
-        End::Abort(why) => end(inner, CallResult::Aborted, own_abort(&why)),
+        End::Abort(why) => end(inner, CallResult::Aborted, own_abort(why)),
     })
 }
 

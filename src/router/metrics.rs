@@ -2,9 +2,9 @@
 //!
 //! One set of counters serves [`Router::stats`](super::Router::stats), the `/metrics`
 //! endpoint of `serve --metrics-listen`, and an embedding program's own registry
-//! ([`Metrics::register`]). The hot path touches one atomic counter per forwarded frame (a
-//! handle taken out of its family once, so no lock); gauges, outcome counters and histograms
-//! change once per call.
+//! ([`Metrics::register`]). The forwarding path touches one atomic counter per forwarded chunk
+//! (a handle taken out of its family once, so no lock); gauges, outcome counters and
+//! histograms change once per call.
 //!
 //! | metric | type | what |
 //! |---|---|---|

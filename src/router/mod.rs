@@ -29,7 +29,10 @@
 //!   goes on after them; a pair ends only when a call ends or fails.
 //! - A refused caller gets its `Unauthenticated` status after its first message (or at most
 //!   1 s), and its request stays open a little longer, so that a grpc-core client sees the
-//!   status rather than a failed write.
+//!   status rather than a failed write. Every request body the router stops reading while
+//!   its caller may still send is read and dropped that way for up to 5 s (or 4 MiB).
+//! - Compressed messages (`grpc-encoding` other than `identity`) are refused with
+//!   `Unimplemented`: the router forwards messages as they are and reads their frame types.
 
 mod auth;
 mod error;
@@ -216,7 +219,26 @@ impl Router {
         req: http::Request<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
         if req.uri().path() != STREAM_PATH {
-            return Status::unimplemented(format!("no method {}", req.uri().path())).into_http();
+            let status = Status::unimplemented(format!("no method {}", req.uri().path()));
+            tokio::spawn(drain(req.into_body()));
+            return status.into_http();
+        }
+        // Messages are forwarded as they are: nothing compressed (tonic's answer to an
+        // encoding it does not take).
+        if let Some(enc) = req.headers().get("grpc-encoding") {
+            if enc.as_bytes() != b"identity" {
+                let status = Status::unimplemented(format!(
+                    "Content is compressed with `{}` which isn't supported",
+                    String::from_utf8_lossy(enc.as_bytes())
+                ));
+                self.inner.metrics.call(CallResult::Refused);
+                let mut response = refuse(req.into_body(), status).await.into_http();
+                response.headers_mut().insert(
+                    "grpc-accept-encoding",
+                    http::HeaderValue::from_static("identity"),
+                );
+                return response;
+            }
         }
         let (parts, body) = req.into_parts();
         let metadata = MetadataMap::from_headers(parts.headers);
@@ -268,9 +290,9 @@ impl Service<http::Request<tonic::body::Body>> for RouterService {
 /// How long a refused caller's status waits for the caller's first message (or the end of
 /// its request stream).
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
-/// How long, and how many bytes, a refused caller's request body is read and dropped after
-/// its status went out.
-const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 1024);
+/// How long, and how many bytes, a request body that is no longer wanted is still read and
+/// dropped (see [`drain`]).
+const DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 1024);
 
 /// Answers a refused caller so that it always learns why.
 ///
@@ -278,29 +300,33 @@ const REFUSAL_DRAIN: (Duration, usize) = (Duration::from_secs(5), 4 * 1024 * 102
 /// (NO_ERROR) under the write as the request body is dropped, and grpc-core then fails the
 /// write and reports `INTERNAL` "Internal error from Core" instead of the status. So the status
 /// waits for the first bytes of the body (or its end, at most [`REFUSAL_WAIT`]), and the body
-/// stays open and is read and dropped afterwards until the caller ends it, within
-/// [`REFUSAL_DRAIN`] (time and bytes): a refused caller holds no more than that.
+/// is then [drained](drain).
 async fn refuse(mut body: tonic::body::Body, status: Status) -> Status {
     tracing::debug!(reason = %status.message(), "refused a caller");
     let first = tokio::time::timeout(REFUSAL_WAIT, body.frame()).await;
     // Ended, failed, or silent for REFUSAL_WAIT: nothing is in flight, nothing to drain.
-    if let Ok(Some(Ok(first))) = first {
-        tokio::spawn(async move {
-            let (time, bytes) = REFUSAL_DRAIN;
-            let mut budget = bytes.saturating_sub(first.data_ref().map_or(0, |d| d.len()));
-            let _ = tokio::time::timeout(time, async {
-                while let Some(Ok(frame)) = body.frame().await {
-                    let n = frame.data_ref().map_or(0, |d| d.len());
-                    budget = match budget.checked_sub(n) {
-                        Some(b) => b,
-                        None => break,
-                    };
-                }
-            })
-            .await;
-        });
+    if let Ok(Some(Ok(_))) = first {
+        tokio::spawn(drain(body));
     }
     status
+}
+
+/// Reads and drops what a caller still sends after its call was answered, until it ends its
+/// request, within [`DRAIN`] (time and bytes): the caller's writes do not fail under a reset
+/// before its client has read the status, and a caller holds no more than that.
+async fn drain(mut body: tonic::body::Body) {
+    let (time, bytes) = DRAIN;
+    let mut budget = bytes;
+    let _ = tokio::time::timeout(time, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            budget = match budget.checked_sub(n) {
+                Some(b) => b,
+                None => break,
+            };
+        }
+    })
+    .await;
 }
 
 /// What the logs say for a stream id: the first 8 bytes of its SHA-256, in hex. Stable across

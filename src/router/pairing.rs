@@ -49,7 +49,7 @@ impl Inner {
             drop(table);
             let m = &self.metrics;
             m.pending_callers.dec();
-            m.call(CallResult::Paired);
+            // This caller; the waiting one counts itself when it takes the link.
             m.call(CallResult::Paired);
             let waited = waiter.since.elapsed();
             Metrics::observe(&m.pairing_wait, waited);
@@ -68,6 +68,8 @@ impl Inner {
         }
         let caller = self.next_caller.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        // Under the lock, so that a pairer's decrement never comes first.
+        self.metrics.pending_callers.inc();
         table.insert(
             grant.stream.clone(),
             Waiter {
@@ -78,7 +80,6 @@ impl Inner {
             },
         );
         drop(table);
-        self.metrics.pending_callers.inc();
         tracing::info!(stream = %tag, "waiting for the peer");
         let deadline = self.deadline(&grant);
         let entry = Pending {

@@ -282,6 +282,10 @@ impl Router {
     /// client never holds up the others); it ends, closing the listener, when `shutdown`
     /// completes. Each connection's inbound HTTP/2 frames go through the keepalive policy
     /// of the Go router (PINGs at most once a second, also with no call open).
+    ///
+    /// This accept loop is ours rather than tonic's because that policy must see the
+    /// decrypted HTTP/2 bytes, under TLS too: tonic's own TLS layer hands the server a stream
+    /// with no place to put a wrapper between TLS and HTTP/2.
     pub async fn serve_listener(
         self,
         listener: TcpListener,

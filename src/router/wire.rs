@@ -7,18 +7,21 @@
 //! HTTP/2 DATA chunks, and this parser only follows along: where messages end, which of them
 //! is a GOAWAY, how many payload bytes went by, and where the stream stops being valid.
 //!
-//! It never buffers: each chunk is scanned byte by byte through a small state machine, and the
-//! result says how much of the chunk is valid. A stream is valid up to the first byte that no
-//! continuation could make right (a flag other than 0, a length over the limit, a malformed
-//! protobuf field); everything before that byte is forwarded, nothing after it. Unknown
-//! protobuf fields are forwarded unchanged (prost skips them as well), except groups
-//! (deprecated, never sent by Jumpstarter peers), which are refused.
+//! It never buffers: each chunk is scanned through a small state machine, and the result says
+//! how much of the chunk to forward. A stream goes bad at the first byte that no continuation
+//! could make right (a flag other than 0, a length over the limit, a malformed protobuf
+//! field); the chunk is then forwarded up to the start of the message that went bad, so the
+//! peer gets whole messages and then the abort (only bytes of that message that went out in
+//! earlier chunks are gone already). Unknown protobuf fields are forwarded unchanged (prost
+//! skips them as well), except groups (deprecated, never sent by Jumpstarter peers), which are
+//! refused.
 //!
 //! ```text
-//!            flag   len (4 bytes, big-endian)       len bytes of protobuf fields
-//!   ──► Prefix ──────────────────────────────► Message { Tag ─► Varint | Len ─► Skip | Fixed }
-//!         ▲                                       │ (left == 0)
-//!         └───────────────────────────────────────┘
+//!            flag, len (4 bytes, big-endian)       len bytes of protobuf fields
+//!   ──► Prefix ─────────────────────────────► Tag ─┬─► Varint ──────────┬─► Tag ...
+//!         ▲                                        ├─► Len ──► Skip ────┤
+//!         │                                        └─► Skip (fixed) ────┤
+//!         └──────────────────── the message's last byte ◄───────────────┘
 //! ```
 
 use tonic::Status;
@@ -28,13 +31,15 @@ use crate::proto::FrameType;
 /// What one chunk held.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Scan {
-    /// Bytes of the chunk that are valid (all of it unless `error`).
+    /// Bytes of the chunk to forward: all of it, or with `error` up to the start of the
+    /// message that went bad.
     pub(crate) valid: usize,
     /// Messages that ended in the chunk.
     pub(crate) messages: u64,
     /// Of those, messages with frame type GOAWAY.
     pub(crate) goaways: u64,
-    /// Payload bytes (field 1) seen in the chunk.
+    /// Payload bytes (field 1, the last one of each message, as prost reads it) of the
+    /// messages that ended in the chunk.
     pub(crate) payload: u64,
     /// Why the stream stops being valid at `valid`.
     pub(crate) error: Option<StreamError>,
@@ -89,6 +94,8 @@ pub(crate) struct Parser {
     frame_type: u64,
     /// Bytes of the current message still to come.
     left: u64,
+    /// The payload length of the current message (its last field 1).
+    payload: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +124,7 @@ impl Parser {
             state: State::Prefix { n: 0, len: 0 },
             frame_type: 0,
             left: 0,
+            payload: 0,
         }
     }
 
@@ -124,9 +132,14 @@ impl Parser {
     pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scan {
         let mut scan = Scan::default();
         let mut i = 0;
+        // Where the current message starts in this chunk (0: in an earlier one).
+        let mut start = 0;
         while i < chunk.len() {
             if self.state == State::Failed {
                 break;
+            }
+            if let State::Prefix { n: 0, .. } = self.state {
+                start = i;
             }
             // Contents to skip are passed over in one step (payloads are most of the bytes).
             if let State::Skip { n } = self.state {
@@ -145,7 +158,8 @@ impl Parser {
                 Err(e) => {
                     self.state = State::Failed;
                     scan.error = Some(e);
-                    break;
+                    scan.valid = start;
+                    return scan;
                 }
             }
         }
@@ -245,7 +259,7 @@ impl Parser {
                         return Err(StreamError::Malformed("a field is longer than its message"));
                     }
                     if field == 1 {
-                        scan.payload += value;
+                        self.payload = value;
                     }
                     if value == 0 {
                         self.field_done(scan)
@@ -310,6 +324,7 @@ impl Parser {
 
     fn message_done(&mut self, scan: &mut Scan) -> State {
         scan.messages += 1;
+        scan.payload += std::mem::take(&mut self.payload);
         // prost reads an enum as int32: the low 32 bits.
         if self.frame_type as u32 as i32 == FrameType::Goaway as i32 {
             scan.goaways += 1;
@@ -387,8 +402,10 @@ mod tests {
         }
     }
 
+    /// The stream goes bad at the first bad byte (`at`, within the second message); what is
+    /// forwarded ends before that message, less what of it went out in earlier chunks.
     #[test]
-    fn invalid_input_stops_at_the_first_bad_byte() {
+    fn invalid_input_ends_the_stream_before_its_message() {
         let good = message(0, b"ok");
         let cases: Vec<(Vec<u8>, usize, StreamError)> = vec![
             (vec![1, 0, 0, 0, 0], 0, StreamError::Compressed),
@@ -436,7 +453,15 @@ mod tests {
             for chunk in 1..=stream.len() {
                 let mut p = Parser::new(1024);
                 let s = scan_all(&mut p, &stream, chunk);
-                assert_eq!(s.valid, good.len() + at, "{bad:?} chunk {chunk}");
+                if chunk >= stream.len() {
+                    assert_eq!(s.valid, good.len(), "{bad:?} in one chunk");
+                }
+                let sent_before = (good.len() + at) / chunk * chunk;
+                assert_eq!(
+                    s.valid,
+                    good.len().max(sent_before.min(good.len() + at)),
+                    "{bad:?} chunk {chunk}"
+                );
                 assert_eq!(s.error.as_ref(), Some(&err), "{bad:?} chunk {chunk}");
                 assert_eq!(s.messages, 1);
             }
@@ -588,10 +613,20 @@ mod tests {
                     tail_prost_ok = Some(crate::proto::StreamRequest::decode(&g[..]).is_ok());
                 }
             }
-            // One chunk, and any chunking, give the same answer.
+            // One chunk, and any chunking, give the same answer (but for the bytes of a bad
+            // message that went out in earlier chunks).
             let whole = scan_split(&stream, &[]);
             let split = scan_split(&stream, &cuts);
-            prop_assert_eq!(&whole, &split);
+            prop_assert_eq!(&whole.0.error, &split.0.error);
+            prop_assert_eq!(&whole.1, &split.1);
+            prop_assert_eq!(
+                (whole.0.messages, whole.0.goaways, whole.0.payload),
+                (split.0.messages, split.0.goaways, split.0.payload)
+            );
+            prop_assert!(split.0.valid >= whole.0.valid && split.0.valid <= stream.len());
+            if whole.0.error.is_none() {
+                prop_assert_eq!(split.0.valid, whole.0.valid);
+            }
             let (scan, finish) = whole;
             prop_assert!(scan.valid <= stream.len());
             match tail {
@@ -607,7 +642,7 @@ mod tests {
                     prop_assert_eq!(scan.error, Some(want));
                 }
                 Tail::Oversize(_) => {
-                    prop_assert!(scan.valid > good && scan.valid < good + 5, "{} {}", scan.valid, good);
+                    prop_assert_eq!(scan.valid, good);
                     let too_large = matches!(scan.error, Some(StreamError::TooLarge { .. }));
                     prop_assert!(too_large, "{:?}", scan.error);
                 }
@@ -628,7 +663,7 @@ mod tests {
                         Some(StreamError::Malformed("groups are not supported")) => {}
                         Some(e) => {
                             prop_assert!(!prost_ok, "we refused what prost accepts: {e:?}");
-                            prop_assert!(scan.valid >= good + 5, "the prefix was valid");
+                            prop_assert_eq!(scan.valid, good, "whole messages only");
                         }
                     }
                 }

@@ -68,13 +68,8 @@ impl Serve {
 
     /// [`Serve::start`] with more environment variables (e.g. `RUST_LOG`).
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = cmd(&["--log-format", "json", "serve", "--listen", &listen])
+        // Port 0: the address comes from its "router listening" line.
+        let mut child = cmd(&["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -100,7 +95,7 @@ impl Serve {
         let proc = Proc(child);
         let (mut metrics, mut health) = (None, None);
         let addr = |v: &Value| v["addr"].as_str().and_then(|a| a.parse().ok());
-        tokio::time::timeout(Duration::from_secs(20), async {
+        let listen = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 let v = logs.recv().await.expect("serve exited before listening");
                 let msg = v["message"].as_str().unwrap_or_default();
@@ -109,7 +104,7 @@ impl Serve {
                 } else if msg.starts_with("health listening") {
                     health = addr(&v);
                 } else if msg == "router listening" {
-                    return;
+                    return addr(&v).expect("the router's address in its log line");
                 }
             }
         })
@@ -117,7 +112,7 @@ impl Serve {
         .unwrap_or_else(|_| panic!("serve did not start: {}", raw.lock().unwrap()));
         Serve {
             proc,
-            listen: listen.parse().unwrap(),
+            listen,
             metrics,
             health,
             logs,
