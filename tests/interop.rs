@@ -685,6 +685,28 @@ async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
 
+/// A grpc-core client with gzip compression on is refused before pairing, with
+/// `UNIMPLEMENTED` (the router forwards messages as they are), and learns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressing_python_client_is_refused_as_unimplemented() {
+    let Some(py) = python() else { return };
+    let r = TestRouter::start().await;
+    let ep = r.addr.to_string();
+    let args = [
+        "compressed",
+        "--endpoint",
+        &ep,
+        "--key",
+        key_arg(),
+        "--stream",
+        "gzip",
+    ];
+    let v = Py::spawn(py, &args).next(&["status", "error"], 60).await;
+    assert_eq!(v["code"], "UNIMPLEMENTED", "{v}");
+    assert!(v["details"].as_str().unwrap().contains("gzip"), "{v}");
+    assert_eq!(r.router.stats().pending, 0);
+}
+
 // ===== TLS, as real deployments run it: `serve` with cert files or self-signed =====
 
 #[cfg(feature = "cli")]

@@ -12,6 +12,7 @@ Subcommands:
   router      a router assembled from RouterStream + forward_stream (pairs callers by token subject)
   raw-client  writes a given list of frames on a Stream call and prints what comes back
   bad-tokens  calls with each kind of bad token, N times each, and counts the status codes
+  compressed  a call with gzip compression: the status it gets
   token       prints a controller-form token
   certs       writes a CA and a server certificate for localhost (RSA or ECDSA) to a folder
 """
@@ -348,6 +349,16 @@ async def bad_tokens(args):
     await channel.close()
 
 
+async def compressed(args):
+    """A call with gzip compression on (grpc-encoding: gzip), a valid token: the status."""
+    channel = grpc.aio.insecure_channel(endpoint_target(args.endpoint), compression=grpc.Compression.Gzip)
+    stub = router_pb2_grpc.RouterServiceStub(channel)
+    metadata = (("authorization", f"Bearer {mint(args.key, args.stream)}"),)
+    code, details = await asyncio.wait_for(refused_status(stub, metadata), 30)
+    emit("status", code=code, details=details)
+    await channel.close()
+
+
 # ===== token, certs =====
 
 
@@ -458,6 +469,11 @@ def main():
     tls_args(b)
     b.add_argument("--rounds", type=int, default=20)
 
+    z = sub.add_parser("compressed")
+    z.add_argument("--endpoint", required=True)
+    z.add_argument("--key", required=True)
+    z.add_argument("--stream", required=True)
+
     t = sub.add_parser("token")
     t.add_argument("--key", required=True)
     t.add_argument("--stream", required=True)
@@ -472,6 +488,7 @@ def main():
         "router": router,
         "raw-client": raw_client,
         "bad-tokens": bad_tokens,
+        "compressed": compressed,
         "token": token,
         "certs": certs,
     }[args.cmd]
