@@ -50,6 +50,10 @@ mod client;
 #[cfg(feature = "router")]
 pub mod router;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz;
+
 /// The generated protobuf messages and tonic client and server for
 /// `jumpstarter.v1.RouterService` (`proto/jumpstarter/v1/router.proto`).
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

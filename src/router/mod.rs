@@ -41,7 +41,7 @@ mod metrics;
 mod pairing;
 mod ping;
 mod serve;
-mod wire;
+pub(crate) mod wire;
 
 use std::convert::Infallible;
 use std::fmt;
