@@ -57,10 +57,18 @@ fn token(data: &[u8]) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        assert!(claims["exp"].as_f64().is_some_and(|exp| exp > now), "accepted exp {}", claims["exp"]);
+        assert!(
+            claims["exp"].as_f64().is_some_and(|exp| exp > now),
+            "accepted exp {}",
+            claims["exp"]
+        );
         for k in ["nbf", "iat"] {
             if !claims[k].is_null() {
-                assert!(claims[k].as_f64().is_some_and(|t| t <= now), "accepted {k} {}", claims[k]);
+                assert!(
+                    claims[k].as_f64().is_some_and(|t| t <= now),
+                    "accepted {k} {}",
+                    claims[k]
+                );
             }
         }
     }
