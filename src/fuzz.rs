@@ -34,7 +34,10 @@ pub fn router_body(data: &[u8]) {
             let chunk = &stream[w[0]..w[1]];
             let s = p.scan(chunk);
             assert!(s.valid <= chunk.len(), "forwards more than it got");
-            assert!(s.error.is_some() || s.valid == chunk.len(), "drops bytes without an error");
+            assert!(
+                s.error.is_some() || s.valid == chunk.len(),
+                "drops bytes without an error"
+            );
             total.valid += s.valid;
             total.messages += s.messages;
             total.goaways += s.goaways;
@@ -43,7 +46,11 @@ pub fn router_body(data: &[u8]) {
                 total.error = s.error;
                 // Nothing more is read after an error.
                 let after = p.scan(&stream[w[1]..]);
-                assert_eq!((after.valid, after.messages), (0, 0), "reads after an error");
+                assert_eq!(
+                    (after.valid, after.messages),
+                    (0, 0),
+                    "reads after an error"
+                );
                 return (total, Ok(()));
             }
         }
