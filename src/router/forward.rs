@@ -678,11 +678,13 @@ mod tests {
         )
     }
 
-    fn grant(stream: &str) -> Grant {
-        Grant {
+    fn accept(inner: &Arc<Inner>, stream: &str, body: RequestBody) -> Forward {
+        let grant = Grant {
             stream: stream.into(),
             expires: SystemTime::now() + Duration::from_secs(600),
-        }
+        };
+        let conn = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+        inner.accept(grant, body, conn).map_err(|(s, _)| s).unwrap()
     }
 
     /// A gRPC message: prefix and `StreamRequest`.
@@ -727,10 +729,10 @@ mod tests {
         let inner = router.inner.clone();
         let (a_tx, a_body) = script();
         let (b_tx, b_body) = script();
-        let mut a = spawn(inner.accept(grant("s"), a_body));
+        let mut a = spawn(accept(&inner, "s", a_body));
         assert_pending!(poll(&mut a));
         assert_eq!(router.stats().pending, 1);
-        let mut b = spawn(inner.accept(grant("s"), b_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
         assert!(a.is_woken(), "the waiting caller is woken by its peer");
         assert_pending!(poll(&mut a));
         assert_pending!(poll(&mut b));
@@ -771,8 +773,8 @@ mod tests {
         let inner = router.inner.clone();
         let (a_tx, a_body) = script();
         let (_b_tx, b_body) = script();
-        let mut a = spawn(inner.accept(grant("s"), a_body));
-        let mut b = spawn(inner.accept(grant("s"), b_body));
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
         assert_pending!(poll(&mut a));
         assert_pending!(poll(&mut b));
         // One valid message, then a flag of 9, in one chunk.
@@ -800,8 +802,8 @@ mod tests {
         let inner = router.inner.clone();
         let (_a_tx, a_body) = script();
         let (_b_tx, b_body) = script();
-        let mut a = spawn(inner.accept(grant("s"), a_body));
-        let b = spawn(inner.accept(grant("s"), b_body));
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let b = spawn(accept(&inner, "s", b_body));
         assert_pending!(poll(&mut a));
         // B's call is cancelled: its response body is dropped.
         drop(b);
@@ -820,7 +822,7 @@ mod tests {
             .pairing_timeout(Some(Duration::from_secs(5)))
             .build();
         let (_tx, body) = script();
-        let mut a = spawn(router.inner.accept(grant("s"), body));
+        let mut a = spawn(accept(&router.inner, "s", body));
         assert_pending!(poll(&mut a));
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_pending!(poll(&mut a));
@@ -833,7 +835,7 @@ mod tests {
         assert_eq!(router.metrics().calls(CallResult::TimedOut), 1);
         // A caller that leaves while waiting is counted as such.
         let (_tx, body) = script();
-        let b = spawn(router.inner.accept(grant("t"), body));
+        let b = spawn(accept(&router.inner, "t", body));
         assert_eq!(router.stats().pending, 1);
         drop(b);
         assert_eq!(router.stats().pending, 0);

@@ -89,6 +89,7 @@ pub struct RouterBuilder {
     auth: Auth,
     pairing_timeout: Option<Duration>,
     max_message_size: usize,
+    caps: pairing::Caps,
 }
 
 pub(crate) struct Inner {
@@ -99,6 +100,7 @@ pub(crate) struct Inner {
     next_caller: AtomicU64,
     pairing_timeout: Option<Duration>,
     max_message_size: usize,
+    caps: pairing::Caps,
 }
 
 /// A snapshot of a router's counters.
@@ -135,6 +137,21 @@ impl RouterBuilder {
         self
     }
 
+    /// At most this many callers wait for their peer at once (default: no cap); past it, a
+    /// caller that would wait gets `RESOURCE_EXHAUSTED`. A caller whose peer waits always
+    /// pairs.
+    pub fn max_pending(mut self, callers: Option<usize>) -> Self {
+        self.caps.total = callers;
+        self
+    }
+
+    /// At most this many callers of one client connection wait at once (default: no cap,
+    /// beyond HTTP/2's limit on concurrent streams); past it, `RESOURCE_EXHAUSTED`.
+    pub fn max_pending_per_connection(mut self, callers: Option<usize>) -> Self {
+        self.caps.per_connection = callers;
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router {
         Router {
@@ -146,6 +163,7 @@ impl RouterBuilder {
                 next_caller: AtomicU64::new(1),
                 pairing_timeout: self.pairing_timeout,
                 max_message_size: self.max_message_size,
+                caps: self.caps,
             }),
         }
     }
@@ -160,6 +178,7 @@ impl Router {
             auth,
             pairing_timeout: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            caps: pairing::Caps::default(),
         }
     }
 
@@ -240,13 +259,25 @@ impl Router {
                 return response;
             }
         }
+        let conn = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|c| c.remote_addr());
         let (parts, body) = req.into_parts();
         let metadata = MetadataMap::from_headers(parts.headers);
         let inner = &self.inner;
         match inner.auth.verify_metadata(&metadata) {
             Ok(grant) => {
                 let body = RequestBody::new(body, inner.max_message_size);
-                let forward = inner.accept(grant, body);
+                let forward = match inner.accept(grant, body, conn) {
+                    Ok(forward) => forward,
+                    Err((status, body)) => {
+                        inner.metrics.call(CallResult::Refused);
+                        // Dropped: drained, so the caller reads the status.
+                        drop(body);
+                        return status.into_http();
+                    }
+                };
                 let mut response = http::Response::new(tonic::body::Body::new(forward));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,

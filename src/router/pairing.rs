@@ -7,11 +7,13 @@
 //! third caller of a stream id waits in the table on its own, it never joins a pair.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
+use tonic::Status;
 
 use super::forward::{Forward, Leg, Link, Pair, RequestBody};
 use super::metrics::{CallResult, Metrics};
@@ -23,6 +25,8 @@ pub(super) struct Waiter {
     body: RequestBody,
     tx: oneshot::Sender<Link>,
     since: Instant,
+    /// The connection it came on (for the per-connection cap).
+    conn: Option<SocketAddr>,
 }
 
 /// A waiting caller's own handle on its table entry.
@@ -33,16 +37,53 @@ pub(super) struct Pending {
     pub(super) tag: StreamTag,
 }
 
-/// The table: stream id -> the caller waiting for its peer.
-pub(super) type Table = HashMap<String, Waiter>;
+/// The table: stream id -> the caller waiting for its peer, and how many wait per connection.
+#[derive(Default)]
+pub(super) struct Table {
+    waiters: HashMap<String, Waiter>,
+    per_conn: HashMap<SocketAddr, usize>,
+}
+
+impl Table {
+    fn remove(&mut self, stream: &str) -> Option<Waiter> {
+        let w = self.waiters.remove(stream)?;
+        if let Some(conn) = w.conn {
+            if let Some(n) = self.per_conn.get_mut(&conn) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_conn.remove(&conn);
+                }
+            }
+        }
+        Some(w)
+    }
+}
+
+/// Caps on waiting callers: past them a caller that would wait is refused with
+/// `RESOURCE_EXHAUSTED`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Caps {
+    pub(super) total: Option<usize>,
+    pub(super) per_connection: Option<usize>,
+}
 
 /// How long a timer may wait: a token may expire centuries from now.
 const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Inner {
     /// Pairs the caller with `grant` with the one waiting for the same stream id, or makes it
-    /// wait. `body` is the caller's request body.
-    pub(super) fn accept(self: &Arc<Self>, grant: Grant, body: RequestBody) -> Forward {
+    /// wait. `body` is the caller's request body, `conn` the connection it came on.
+    ///
+    /// # Errors
+    ///
+    /// `ResourceExhausted` when the caller would wait and a cap on waiting callers is reached
+    /// (the body is handed back, to be drained).
+    pub(super) fn accept(
+        self: &Arc<Self>,
+        grant: Grant,
+        body: RequestBody,
+        conn: Option<SocketAddr>,
+    ) -> Result<Forward, (Status, RequestBody)> {
         let tag = StreamTag::of(&grant.stream);
         let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiter) = table.remove(&grant.stream) {
@@ -64,19 +105,41 @@ impl Inner {
                 // The waiting caller left just now: nobody will read this caller's frames.
                 back.abandon();
             }
-            return Forward::forwarding(self.clone(), mine, Leg::Second);
+            return Ok(Forward::forwarding(self.clone(), mine, Leg::Second));
+        }
+        let caps = self.caps;
+        let on_conn = conn.map_or(0, |c| table.per_conn.get(&c).copied().unwrap_or(0));
+        let full = if let Some(max) = caps.total.filter(|&m| table.waiters.len() >= m) {
+            Some(format!(
+                "too many callers waiting for their peer on this router (limit {max})"
+            ))
+        } else if let Some(max) = caps.per_connection.filter(|&m| on_conn >= m) {
+            Some(format!(
+                "too many callers waiting for their peer on this connection (limit {max})"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = full {
+            drop(table);
+            tracing::debug!(stream = %tag, "{why}");
+            return Err((Status::resource_exhausted(why), body));
+        }
+        if let Some(c) = conn {
+            *table.per_conn.entry(c).or_default() += 1;
         }
         let caller = self.next_caller.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         // Under the lock, so that a pairer's decrement never comes first.
         self.metrics.pending_callers.inc();
-        table.insert(
+        table.waiters.insert(
             grant.stream.clone(),
             Waiter {
                 caller,
                 body,
                 tx,
                 since: Instant::now(),
+                conn,
             },
         );
         drop(table);
@@ -87,13 +150,14 @@ impl Inner {
             caller,
             tag,
         };
-        Forward::waiting(self.clone(), entry, rx, deadline)
+        Ok(Forward::waiting(self.clone(), entry, rx, deadline))
     }
 
     /// Removes a waiting caller's entry, if it is still its own.
     pub(super) fn remove_pending(&self, entry: &Pending) {
         let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if table
+            .waiters
             .get(&entry.stream)
             .is_some_and(|w| w.caller == entry.caller)
         {

@@ -55,6 +55,13 @@ enum Command {
         /// token expires).
         #[arg(long)]
         pairing_timeout: Option<u64>,
+        /// At most this many callers wait for their peer at once; past it, a caller that would
+        /// wait gets RESOURCE_EXHAUSTED (default: no cap).
+        #[arg(long, value_name = "CALLERS")]
+        max_pending: Option<usize>,
+        /// At most this many callers of one client connection wait at once (default: no cap).
+        #[arg(long, value_name = "CALLERS")]
+        max_pending_per_connection: Option<usize>,
         /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
@@ -168,6 +175,8 @@ async fn run(cmd: Command) -> Result<(), String> {
             plaintext,
             grace,
             pairing_timeout,
+            max_pending,
+            max_pending_per_connection,
             metrics_listen,
             health_listen,
         } => {
@@ -182,6 +191,8 @@ async fn run(cmd: Command) -> Result<(), String> {
             }
             Router::builder(auth)
                 .pairing_timeout(pairing_timeout.map(Duration::from_secs))
+                .max_pending(max_pending)
+                .max_pending_per_connection(max_pending_per_connection)
                 .build()
                 .run(config)
                 .await
