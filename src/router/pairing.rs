@@ -109,16 +109,14 @@ impl Inner {
         }
         let caps = self.caps;
         let on_conn = conn.map_or(0, |c| table.per_conn.get(&c).copied().unwrap_or(0));
-        let full = if let Some(max) = caps.total.filter(|&m| table.waiters.len() >= m) {
-            Some(format!(
+        let full = match (caps.total, caps.per_connection) {
+            (Some(max), _) if table.waiters.len() >= max => Some(format!(
                 "too many callers waiting for their peer on this router (limit {max})"
-            ))
-        } else if let Some(max) = caps.per_connection.filter(|&m| on_conn >= m) {
-            Some(format!(
+            )),
+            (_, Some(max)) if on_conn >= max => Some(format!(
                 "too many callers waiting for their peer on this connection (limit {max})"
-            ))
-        } else {
-            None
+            )),
+            _ => None,
         };
         if let Some(why) = full {
             drop(table);
