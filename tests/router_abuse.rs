@@ -142,3 +142,48 @@ async fn waiting_callers_per_connection_are_capped() {
     let _c = open(&two, "c").await.unwrap();
     r.wait_for("three waiting", |s| s.pending == 3).await;
 }
+
+/// Connections that never finish their handshake: 300 that send nothing and 300 that stop
+/// inside the HTTP/2 preface, on a router with a 1 s handshake timeout. Honest callers pair
+/// meanwhile, and every stalled connection is closed by the router within the timeout + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_the_handshake_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = TestRouter::with(
+        Router::builder(Auth::new(KEY))
+            .handshake_timeout(Duration::from_secs(1))
+            .build(),
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..600 {
+        let mut tcp = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+        if i % 2 == 1 {
+            tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        stalled.push(tcp);
+    }
+    // Honest callers connect and pair while those hang.
+    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+    send_and_finish(&mut a, &mut b, b"bye").await;
+    // Each stalled connection is closed by the router: EOF or a reset, never a hang.
+    for mut tcp in stalled {
+        let mut buf = [0u8; 64];
+        let closed = within(5, "the handshake timeout", async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    // The server's own preface and settings: keep reading.
+                    Ok(_) => {}
+                }
+            }
+        });
+        closed.await;
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    // And the router still serves.
+    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
+    send_and_finish(&mut a, &mut b, b"bye").await;
+}

@@ -66,6 +66,9 @@ pub use serve::{ServeConfig, ServerTls, TlsMode};
 
 use forward::RequestBody;
 
+/// How long a new connection may take for its TLS handshake and HTTP/2 preface by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The gRPC path of the one method the router serves.
 const STREAM_PATH: &str = "/jumpstarter.v1.RouterService/Stream";
 
@@ -90,6 +93,7 @@ pub struct RouterBuilder {
     pairing_timeout: Option<Duration>,
     max_message_size: usize,
     caps: pairing::Caps,
+    handshake_timeout: Duration,
 }
 
 pub(crate) struct Inner {
@@ -101,6 +105,7 @@ pub(crate) struct Inner {
     pairing_timeout: Option<Duration>,
     max_message_size: usize,
     caps: pairing::Caps,
+    handshake_timeout: Duration,
 }
 
 /// A snapshot of a router's counters.
@@ -152,6 +157,14 @@ impl RouterBuilder {
         self
     }
 
+    /// How long a new connection may take for its TLS handshake and its HTTP/2 preface
+    /// together (default [`DEFAULT_HANDSHAKE_TIMEOUT`]); a connection that takes longer is
+    /// closed. Applies to the serve functions' own listener.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router {
         Router {
@@ -164,6 +177,7 @@ impl RouterBuilder {
                 pairing_timeout: self.pairing_timeout,
                 max_message_size: self.max_message_size,
                 caps: self.caps,
+                handshake_timeout: self.handshake_timeout,
             }),
         }
     }
@@ -179,6 +193,7 @@ impl Router {
             pairing_timeout: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             caps: pairing::Caps::default(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 

@@ -13,6 +13,7 @@
 //! HTTP/2 frame headers of the decrypted bytes both ways. It costs a few comparisons per frame
 //! and copies nothing.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -167,19 +168,24 @@ impl PingPolicy {
     }
 }
 
-/// A server connection whose inbound bytes go through a [`PingPolicy`].
+/// A server connection whose inbound bytes go through a [`PingPolicy`], and that fails when
+/// the client's HTTP/2 preface does not arrive in time (hyper would wait for it for ever).
 pub(crate) struct PingGuard<IO> {
     io: IO,
     policy: PingPolicy,
     info: TcpConnectInfo,
+    /// Until the preface is in: the deadline, and the bytes seen so far.
+    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl<IO> PingGuard<IO> {
-    pub(crate) fn new(io: IO, info: TcpConnectInfo) -> Self {
+    /// `deadline`: when the connection fails if the preface is not in.
+    pub(crate) fn new(io: IO, info: TcpConnectInfo, deadline: tokio::time::Instant) -> Self {
         PingGuard {
             io,
             policy: PingPolicy::new(),
             info,
+            preface: Some((Box::pin(tokio::time::sleep_until(deadline)), 0)),
         }
     }
 }
@@ -192,7 +198,25 @@ impl<IO: AsyncRead + Unpin> AsyncRead for PingGuard<IO> {
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         let before = buf.filled().len();
-        std::task::ready!(Pin::new(&mut me.io).poll_read(cx, buf))?;
+        let read = Pin::new(&mut me.io).poll_read(cx, buf);
+        if let Some((deadline, seen)) = &mut me.preface {
+            match &read {
+                Poll::Ready(Ok(())) => {
+                    *seen += buf.filled().len() - before;
+                    if *seen >= PREFACE_LEN {
+                        me.preface = None;
+                    }
+                }
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the handshake timeout",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        std::task::ready!(read)?;
         me.policy.feed(&buf.filled()[before..], Instant::now())?;
         Poll::Ready(Ok(()))
     }

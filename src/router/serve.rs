@@ -29,9 +29,6 @@ use super::ping::PingGuard;
 use super::{ConfigError, Router};
 use crate::bulk::BulkRead;
 
-/// How long a client may take for its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
 #[derive(Clone)]
 pub struct ServerTls(Arc<rustls::ServerConfig>);
@@ -292,7 +289,8 @@ impl Router {
         tls: Option<ServerTls>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        let incoming = Incoming::spawn(listener, tls.map(|t| TlsAcceptor::from(t.0)));
+        let handshake = self.inner.handshake_timeout;
+        let incoming = Incoming::spawn(listener, tls.map(|t| TlsAcceptor::from(t.0)), handshake);
         self.set_serving(true).await;
         let svc = WithHealth {
             health: self.health_service(),
@@ -382,7 +380,7 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+    fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, handshake: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Conn>(64);
         tokio::spawn(async move {
             loop {
@@ -400,6 +398,8 @@ impl Incoming {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
+                // The TLS handshake and the HTTP/2 preface, together, within `handshake`.
+                let deadline = tokio::time::Instant::now() + handshake;
                 let tcp = BulkRead::new(tcp);
                 let info = TcpConnectInfo {
                     local_addr: tcp.get_ref().local_addr().ok(),
@@ -408,7 +408,7 @@ impl Incoming {
                 match &tls {
                     None => {
                         if tx
-                            .send(PingGuard::new(Either::Left(tcp), info))
+                            .send(PingGuard::new(Either::Left(tcp), info, deadline))
                             .await
                             .is_err()
                         {
@@ -418,11 +418,10 @@ impl Incoming {
                     Some(acceptor) => {
                         let (acceptor, tx) = (acceptor.clone(), tx.clone());
                         tokio::spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                                .await
-                            {
+                            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                                 Ok(Ok(tls)) => {
-                                    let _ = tx.send(PingGuard::new(Either::Right(tls), info)).await;
+                                    let guard = PingGuard::new(Either::Right(tls), info, deadline);
+                                    let _ = tx.send(guard).await;
                                 }
                                 Ok(Err(e)) => {
                                     tracing::debug!(%remote, error = %e, "router: TLS handshake failed")

@@ -55,6 +55,9 @@ enum Command {
         /// token expires).
         #[arg(long)]
         pairing_timeout: Option<u64>,
+        /// Seconds a new connection may take for its TLS handshake and HTTP/2 preface.
+        #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
+        handshake_timeout: u64,
         /// At most this many callers wait for their peer at once; past it, a caller that would
         /// wait gets RESOURCE_EXHAUSTED (default: no cap).
         #[arg(long, value_name = "CALLERS")]
@@ -175,6 +178,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             plaintext,
             grace,
             pairing_timeout,
+            handshake_timeout,
             max_pending,
             max_pending_per_connection,
             metrics_listen,
@@ -191,6 +195,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             }
             Router::builder(auth)
                 .pairing_timeout(pairing_timeout.map(Duration::from_secs))
+                .handshake_timeout(Duration::from_secs(handshake_timeout))
                 .max_pending(max_pending)
                 .max_pending_per_connection(max_pending_per_connection)
                 .build()
