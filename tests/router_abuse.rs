@@ -187,3 +187,109 @@ async fn connections_that_never_finish_the_handshake_time_out() {
     let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): connections that open `Stream` calls (valid and bad
+/// tokens) and reset them at once, as fast as they can, through an honest transfer and 1 s
+/// more. The router stays up, its
+/// pending table and memory stay bounded, and an honest pair moves 32 MiB meanwhile (its
+/// throughput against an undisturbed run is printed, not asserted: speed is for benches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_leaves_the_router_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MIB: u64 = 1024 * 1024;
+    let r = TestRouter::start().await;
+
+    async fn honest(r: &TestRouter, name: &str) -> Duration {
+        let (mut a, mut b) = pair_up(&r.endpoint(), &r.token(name), b"hello").await;
+        let t = std::time::Instant::now();
+        let sent = tokio::spawn(async move {
+            let sha = send_pattern(&mut a, 32 * MIB, 5, 64 * 1024).await.unwrap();
+            a.shutdown().await.unwrap();
+            (a, sha)
+        });
+        let got = within(60, "32 MiB", recv_all(&mut b)).await.unwrap();
+        let (mut a, sha) = sent.await.unwrap();
+        assert_eq!(got, (32 * MIB, sha));
+        let took = t.elapsed();
+        b.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).await.unwrap();
+        took
+    }
+    let undisturbed = honest(&r, "before").await;
+    let before = rss_kib();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = r.addr;
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        let good = Auth::new(KEY)
+            .mint("reset", Duration::from_secs(600))
+            .unwrap();
+        attackers.push(tokio::spawn(async move {
+            let (mut opened, mut connections) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let Ok((mut client, conn)) = h2::client::handshake(tcp).await else {
+                    continue;
+                };
+                connections += 1;
+                tokio::spawn(conn);
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let bearer = if opened % 2 == 0 {
+                        format!("Bearer {good}")
+                    } else {
+                        "Bearer bad".to_string()
+                    };
+                    let req = tonic::codegen::http::Request::builder()
+                        .method("POST")
+                        .uri(format!("http://{addr}/jumpstarter.v1.RouterService/Stream"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .header("authorization", bearer)
+                        .body(())
+                        .unwrap();
+                    client = match client.ready().await {
+                        Ok(c) => c,
+                        Err(_) => break, // the router closed this connection: a new one
+                    };
+                    let Ok((_response, mut stream)) = client.send_request(req, false) else {
+                        break;
+                    };
+                    stream.send_reset(h2::Reason::CANCEL);
+                    opened += 1;
+                    if opened % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            (opened, connections)
+        }));
+    }
+    let during = honest(&r, "during").await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the attack's length, not a sync
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut opened, mut connections) = (0, 0);
+    for a in attackers {
+        let (o, c) = within(10, "the attackers to stop", a).await.unwrap();
+        opened += o;
+        connections += c;
+    }
+    let grown = rss_kib().saturating_sub(before);
+    eprintln!(
+        "rapid reset: {opened} streams opened and reset on {connections} connections; honest 32 MiB in {during:?} (undisturbed {undisturbed:?}, {:.2}x the throughput); RSS +{grown} KiB",
+        undisturbed.as_secs_f64() / during.as_secs_f64()
+    );
+    assert!(opened > 1000, "the attack did not run: {opened}");
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB");
+    // Nothing is left behind, and the router still pairs.
+    r.wait_for("no waiting caller left", |s| s.pending == 0)
+        .await;
+    let _ = honest(&r, "after").await;
+}
