@@ -242,6 +242,12 @@ async fn a_router_that_dies_is_an_error_on_both_sides_never_eof() {
     );
     // Writes fail too, and the error stays.
     assert!(a.write_all(b"more").await.is_err() || a.flush().await.is_err());
+    // A new router on the same address: new sessions pair on it.
+    let listen = router.listen.to_string();
+    drop(router);
+    let again = Serve::start_on(&listen, &["--plaintext"], &[]).await;
+    let (mut a, mut b) = pair_up(&again.endpoint(), &token("cli-router-again"), b"hello").await;
+    send_and_finish(&mut a, &mut b, b"after the restart").await;
 }
 
 #[tokio::test]

@@ -69,6 +69,10 @@ use forward::RequestBody;
 /// How long a new connection may take for its TLS handshake and HTTP/2 preface by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The router's HTTP/2 keepalive by default: a PING every 60 s, 20 s for the answer.
+pub const DEFAULT_KEEPALIVE: (Option<Duration>, Duration) =
+    (Some(Duration::from_secs(60)), Duration::from_secs(20));
+
 /// The gRPC path of the one method the router serves.
 const STREAM_PATH: &str = "/jumpstarter.v1.RouterService/Stream";
 
@@ -94,6 +98,7 @@ pub struct RouterBuilder {
     max_message_size: usize,
     caps: pairing::Caps,
     handshake_timeout: Duration,
+    keepalive: (Option<Duration>, Duration),
 }
 
 pub(crate) struct Inner {
@@ -106,6 +111,7 @@ pub(crate) struct Inner {
     max_message_size: usize,
     caps: pairing::Caps,
     handshake_timeout: Duration,
+    keepalive: (Option<Duration>, Duration),
 }
 
 /// A snapshot of a router's counters.
@@ -165,6 +171,15 @@ impl RouterBuilder {
         self
     }
 
+    /// HTTP/2 keepalive from the router: a PING to each client connection every `interval`
+    /// (`None`: never), and the connection closed, with every call on it, when no answer comes
+    /// within `timeout` (default [`DEFAULT_KEEPALIVE`]: 60 s and 20 s, so a client that
+    /// vanished without a FIN or RST is noticed within 80 s and its peer's call aborted).
+    pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.keepalive = (interval, timeout);
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router {
         Router {
@@ -178,6 +193,7 @@ impl RouterBuilder {
                 max_message_size: self.max_message_size,
                 caps: self.caps,
                 handshake_timeout: self.handshake_timeout,
+                keepalive: self.keepalive,
             }),
         }
     }
@@ -194,6 +210,7 @@ impl Router {
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             caps: pairing::Caps::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            keepalive: DEFAULT_KEEPALIVE,
         }
     }
 

@@ -290,6 +290,7 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let handshake = self.inner.handshake_timeout;
+        let (interval, timeout) = self.inner.keepalive;
         let incoming = Incoming::spawn(listener, tls.map(|t| TlsAcceptor::from(t.0)), handshake);
         self.set_serving(true).await;
         let svc = WithHealth {
@@ -301,6 +302,8 @@ impl Router {
             self.set_serving(false).await;
         };
         Server::builder()
+            .http2_keepalive_interval(interval)
+            .http2_keepalive_timeout(Some(timeout))
             .max_frame_size(MAX_FRAME_SIZE)
             .initial_stream_window_size(crate::STREAM_WINDOW)
             .initial_connection_window_size(crate::CONNECTION_WINDOW)

@@ -69,7 +69,12 @@ impl Serve {
     /// [`Serve::start`] with more environment variables (e.g. `RUST_LOG`).
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
         // Port 0: the address comes from its "router listening" line.
-        let mut child = cmd(&["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        Self::start_on("127.0.0.1:0", args, env).await
+    }
+
+    /// [`Serve::start_with_env`] on the address `listen`.
+    pub async fn start_on(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut child = cmd(&["--log-format", "json", "serve", "--listen", listen])
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

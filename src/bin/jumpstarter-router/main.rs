@@ -58,6 +58,13 @@ enum Command {
         /// Seconds a new connection may take for its TLS handshake and HTTP/2 preface.
         #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
         handshake_timeout: u64,
+        /// Seconds between the router's HTTP/2 keepalive PINGs to each client connection (0:
+        /// none).
+        #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_KEEPALIVE.0.map_or(0, |d| d.as_secs()))]
+        keepalive_interval: u64,
+        /// Seconds a client has to answer a keepalive PING before its connection is closed.
+        #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_KEEPALIVE.1.as_secs())]
+        keepalive_timeout: u64,
         /// At most this many callers wait for their peer at once; past it, a caller that would
         /// wait gets RESOURCE_EXHAUSTED (default: no cap).
         #[arg(long, value_name = "CALLERS")]
@@ -179,6 +186,8 @@ async fn run(cmd: Command) -> Result<(), String> {
             grace,
             pairing_timeout,
             handshake_timeout,
+            keepalive_interval,
+            keepalive_timeout,
             max_pending,
             max_pending_per_connection,
             metrics_listen,
@@ -196,6 +205,10 @@ async fn run(cmd: Command) -> Result<(), String> {
             Router::builder(auth)
                 .pairing_timeout(pairing_timeout.map(Duration::from_secs))
                 .handshake_timeout(Duration::from_secs(handshake_timeout))
+                .keepalive(
+                    (keepalive_interval > 0).then(|| Duration::from_secs(keepalive_interval)),
+                    Duration::from_secs(keepalive_timeout),
+                )
                 .max_pending(max_pending)
                 .max_pending_per_connection(max_pending_per_connection)
                 .build()
