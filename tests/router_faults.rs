@@ -41,6 +41,11 @@ async fn proxy(to: SocketAddr) -> (SocketAddr, watch::Sender<Fault>) {
     (addr, tx)
 }
 
+/// The fault now (the guard is not held across an await).
+fn fault_now(fault: &watch::Receiver<Fault>) -> Fault {
+    *fault.borrow()
+}
+
 async fn pipe(a: TcpStream, b: TcpStream, mut fault: watch::Receiver<Fault>) {
     let _ = (a.set_nodelay(true), b.set_nodelay(true));
     let (mut ar, mut aw) = a.into_split();
@@ -49,7 +54,7 @@ async fn pipe(a: TcpStream, b: TcpStream, mut fault: watch::Receiver<Fault>) {
     let mut bbuf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {
-            _ = fault.changed() => match { let f = *fault.borrow(); f } {
+            _ = fault.changed() => match fault_now(&fault) {
                 Fault::None => {}
                 Fault::Blackhole => {
                     // Hold the sockets, move nothing, until the ends give up.
