@@ -18,10 +18,10 @@
 //!
 //! ```text
 //!            flag, len (4 bytes, big-endian)       len bytes of protobuf fields
-//!   ──► Prefix ─────────────────────────────► Tag ─┬─► Varint ──────────┬─► Tag ...
-//!         ▲                                        ├─► Len ──► Skip ────┤
-//!         │                                        └─► Skip (fixed) ────┤
-//!         └──────────────────── the message's last byte ◄───────────────┘
+//!   ──► Prefix ───────────────────────► Varint(Tag) ─┬─► Varint(Value) ──────┬─► Varint(Tag)
+//!         ▲                                         ├─► Varint(Len) ► Skip ─┤
+//!         │                                         └─► Skip (fixed) ───────┤
+//!         └────────────────────── the message's last byte ◄─────────────────┘
 //! ```
 
 use tonic::Status;
@@ -102,16 +102,35 @@ pub(crate) struct Parser {
 enum State {
     /// `n` bytes of a prefix read; `len` holds the length bytes so far.
     Prefix { n: u8, len: u64 },
-    /// Inside a message, at the start of a field's tag.
-    Tag { value: u64, shift: u32 },
-    /// A varint field's value (`field` 2 is the frame type).
-    Varint { field: u64, value: u64, shift: u32 },
-    /// A length-delimited field's length.
-    Len { field: u64, value: u64, shift: u32 },
+    /// Inside a message, reading a varint: what it is, its value so far, its next shift.
+    Varint {
+        of: VarintOf,
+        value: u64,
+        shift: u32,
+    },
     /// Bytes to pass over: a field's contents.
     Skip { n: u64 },
     /// The stream is invalid; nothing more is read.
     Failed,
+}
+
+/// What a varint inside a message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VarintOf {
+    /// A field's tag (the start of a field).
+    Tag,
+    /// A varint field's value (`field` 2 is the frame type).
+    Value { field: u64 },
+    /// A length-delimited field's length.
+    Len { field: u64 },
+}
+
+impl State {
+    const TAG: State = State::Varint {
+        of: VarintOf::Tag,
+        value: 0,
+        shift: 0,
+    };
 }
 
 const PREFIX_LEN: u8 = 5;
@@ -202,75 +221,58 @@ impl Parser {
                     if len == 0 {
                         self.message_done(scan)
                     } else {
-                        State::Tag { value: 0, shift: 0 }
+                        State::TAG
                     }
                 }
             }
-            State::Tag { value, shift } => {
-                self.left -= 1;
-                let value = varint_step(value, shift, b)?;
-                if b & 0x80 != 0 {
-                    self.more()?;
-                    State::Tag {
-                        value,
-                        shift: shift + 7,
-                    }
-                } else {
-                    self.field(value >> 3, (value & 7) as u8)?
-                }
-            }
-            State::Varint {
-                field,
-                value,
-                shift,
-            } => {
+            State::Varint { of, value, shift } => {
                 self.left -= 1;
                 let value = varint_step(value, shift, b)?;
                 if b & 0x80 != 0 {
                     self.more()?;
                     State::Varint {
-                        field,
+                        of,
                         value,
                         shift: shift + 7,
                     }
                 } else {
-                    if field == 2 {
-                        self.frame_type = value;
-                    }
-                    self.field_done(scan)
-                }
-            }
-            State::Len {
-                field,
-                value,
-                shift,
-            } => {
-                self.left -= 1;
-                let value = varint_step(value, shift, b)?;
-                if b & 0x80 != 0 {
-                    self.more()?;
-                    State::Len {
-                        field,
-                        value,
-                        shift: shift + 7,
-                    }
-                } else {
-                    if value > self.left {
-                        return Err(StreamError::Malformed("a field is longer than its message"));
-                    }
-                    if field == 1 {
-                        self.payload = value;
-                    }
-                    if value == 0 {
-                        self.field_done(scan)
-                    } else {
-                        State::Skip { n: value }
-                    }
+                    self.varint_done(of, value, scan)?
                 }
             }
             State::Skip { .. } | State::Failed => unreachable!("handled by scan"),
         };
         Ok(())
+    }
+
+    /// A varint ended with `value`: what follows it.
+    fn varint_done(
+        &mut self,
+        of: VarintOf,
+        value: u64,
+        scan: &mut Scan,
+    ) -> Result<State, StreamError> {
+        Ok(match of {
+            VarintOf::Tag => self.field(value >> 3, (value & 7) as u8)?,
+            VarintOf::Value { field } => {
+                if field == 2 {
+                    self.frame_type = value;
+                }
+                self.field_done(scan)
+            }
+            VarintOf::Len { field } => {
+                if value > self.left {
+                    return Err(StreamError::Malformed("a field is longer than its message"));
+                }
+                if field == 1 {
+                    self.payload = value;
+                }
+                if value == 0 {
+                    self.field_done(scan)
+                } else {
+                    State::Skip { n: value }
+                }
+            }
+        })
     }
 
     /// A varint needs another byte: there must be one left in the message.
@@ -298,17 +300,14 @@ impl Parser {
         if self.left < need {
             return Err(StreamError::Malformed("a field runs past its message"));
         }
+        let varint = |of| State::Varint {
+            of,
+            value: 0,
+            shift: 0,
+        };
         Ok(match wire {
-            0 => State::Varint {
-                field,
-                value: 0,
-                shift: 0,
-            },
-            2 => State::Len {
-                field,
-                value: 0,
-                shift: 0,
-            },
+            0 => varint(VarintOf::Value { field }),
+            2 => varint(VarintOf::Len { field }),
             _ => State::Skip { n: need },
         })
     }
@@ -318,7 +317,7 @@ impl Parser {
         if self.left == 0 {
             self.message_done(scan)
         } else {
-            State::Tag { value: 0, shift: 0 }
+            State::TAG
         }
     }
 
@@ -331,6 +330,67 @@ impl Parser {
         }
         State::Prefix { n: 0, len: 0 }
     }
+}
+
+/// Scans `stream` cut at `points` (sorted, from 0 to its length) as the router does, stopping
+/// at the first error: the totals, and the verdict at the end. Checks on the way that no
+/// chunk forwards more than it held, that only an error drops bytes, and that nothing is read
+/// after an error. For the tests and the fuzz target.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn scan_split(
+    limit: usize,
+    stream: &[u8],
+    points: &[usize],
+) -> (Scan, Result<(), StreamError>) {
+    let mut p = Parser::new(limit);
+    let mut total = Scan::default();
+    for w in points.windows(2) {
+        let chunk = &stream[w[0]..w[1]];
+        let s = p.scan(chunk);
+        assert!(s.valid <= chunk.len(), "forwards more than it got");
+        assert!(
+            s.error.is_some() || s.valid == chunk.len(),
+            "drops bytes without an error"
+        );
+        total.valid += s.valid;
+        total.messages += s.messages;
+        total.goaways += s.goaways;
+        total.payload += s.payload;
+        if s.error.is_some() {
+            total.error = s.error;
+            let after = p.scan(&stream[w[1]..]);
+            assert_eq!(
+                (after.valid, after.messages),
+                (0, 0),
+                "reads after an error"
+            );
+            return (total, Ok(()));
+        }
+    }
+    (total, p.finish())
+}
+
+/// Scans `stream` whole and cut at `points`, and checks that both give the same answer (but
+/// for bytes of a bad message that went out in earlier chunks). Returns the whole scan.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn check_chunking(
+    limit: usize,
+    stream: &[u8],
+    points: &[usize],
+) -> (Scan, Result<(), StreamError>) {
+    let whole = scan_split(limit, stream, &[0, stream.len()]);
+    let split = scan_split(limit, stream, points);
+    assert_eq!(whole.0.error, split.0.error);
+    assert_eq!(whole.1, split.1);
+    assert_eq!(
+        (whole.0.messages, whole.0.goaways, whole.0.payload),
+        (split.0.messages, split.0.goaways, split.0.payload)
+    );
+    assert!(split.0.valid >= whole.0.valid && split.0.valid <= stream.len());
+    if whole.0.error.is_none() {
+        assert_eq!(split.0.valid, whole.0.valid);
+    }
+    whole
 }
 
 /// One byte of a varint (at most 10 bytes, the last at most 1, as prost reads them).
@@ -358,20 +418,11 @@ mod tests {
         out
     }
 
-    fn scan_all(p: &mut Parser, bytes: &[u8], chunk: usize) -> Scan {
-        let mut total = Scan::default();
-        for c in bytes.chunks(chunk.max(1)) {
-            let s = p.scan(c);
-            total.valid += s.valid;
-            total.messages += s.messages;
-            total.goaways += s.goaways;
-            total.payload += s.payload;
-            if s.error.is_some() {
-                total.error = s.error;
-                break;
-            }
-        }
-        total
+    /// `bytes` in chunks of `chunk` bytes.
+    fn scan_all(bytes: &[u8], chunk: usize) -> (Scan, Result<(), StreamError>) {
+        let mut points: Vec<usize> = (0..bytes.len()).step_by(chunk.max(1)).collect();
+        points.push(bytes.len());
+        scan_split(1024, bytes, &points)
     }
 
     #[test]
@@ -385,8 +436,7 @@ mod tests {
         stream.extend(message(7, b""));
         stream.extend(message(0, &[5u8; 300]));
         for chunk in 1..=stream.len() {
-            let mut p = Parser::new(1024);
-            let s = scan_all(&mut p, &stream, chunk);
+            let (s, finish) = scan_all(&stream, chunk);
             assert_eq!(
                 s,
                 Scan {
@@ -398,7 +448,7 @@ mod tests {
                 },
                 "chunk {chunk}"
             );
-            assert_eq!(p.finish(), Ok(()));
+            assert_eq!(finish, Ok(()));
         }
     }
 
@@ -451,8 +501,7 @@ mod tests {
             let mut stream = good.clone();
             stream.extend_from_slice(&bad);
             for chunk in 1..=stream.len() {
-                let mut p = Parser::new(1024);
-                let s = scan_all(&mut p, &stream, chunk);
+                let (s, _) = scan_all(&stream, chunk);
                 if chunk >= stream.len() {
                     assert_eq!(s.valid, good.len(), "{bad:?} in one chunk");
                 }
@@ -551,27 +600,13 @@ mod tests {
         )
     }
 
-    /// Scans `bytes` split at `cuts`; stops at the first error, as the router does.
-    fn scan_split(bytes: &[u8], cuts: &[usize]) -> (Scan, Result<(), StreamError>) {
-        let mut p = Parser::new(LIMIT);
+    /// `bytes` cut at `cuts` (any values), checked against `bytes` whole.
+    fn scan_cut(bytes: &[u8], cuts: &[usize]) -> (Scan, Result<(), StreamError>) {
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-        points.push(0);
-        points.push(bytes.len());
+        points.extend([0, bytes.len()]);
         points.sort_unstable();
         points.dedup();
-        let mut total = Scan::default();
-        for w in points.windows(2) {
-            let s = p.scan(&bytes[w[0]..w[1]]);
-            total.valid += s.valid;
-            total.messages += s.messages;
-            total.goaways += s.goaways;
-            total.payload += s.payload;
-            if s.error.is_some() {
-                total.error = s.error;
-                return (total, Ok(()));
-            }
-        }
-        (total, p.finish())
+        check_chunking(LIMIT, bytes, &points)
     }
 
     proptest! {
@@ -613,21 +648,8 @@ mod tests {
                     tail_prost_ok = Some(crate::proto::StreamRequest::decode(&g[..]).is_ok());
                 }
             }
-            // One chunk, and any chunking, give the same answer (but for the bytes of a bad
-            // message that went out in earlier chunks).
-            let whole = scan_split(&stream, &[]);
-            let split = scan_split(&stream, &cuts);
-            prop_assert_eq!(&whole.0.error, &split.0.error);
-            prop_assert_eq!(&whole.1, &split.1);
-            prop_assert_eq!(
-                (whole.0.messages, whole.0.goaways, whole.0.payload),
-                (split.0.messages, split.0.goaways, split.0.payload)
-            );
-            prop_assert!(split.0.valid >= whole.0.valid && split.0.valid <= stream.len());
-            if whole.0.error.is_none() {
-                prop_assert_eq!(split.0.valid, whole.0.valid);
-            }
-            let (scan, finish) = whole;
+            // One chunk, and any chunking, give the same answer (checked in `check_chunking`).
+            let (scan, finish) = scan_cut(&stream, &cuts);
             prop_assert!(scan.valid <= stream.len());
             match tail {
                 Tail::None => {
