@@ -5,12 +5,8 @@ use jumpstarter_router::proto::router_service_server::{RouterService, RouterServ
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{ResponseStream, RouterStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream_shim::TcpIncoming;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
-
-mod tokio_stream_shim {
-    pub use tonic::transport::server::TcpIncoming;
-}
 
 struct Echo;
 

@@ -511,6 +511,7 @@ async fn vectored_writes_arrive_in_order() {
     s.shutdown().await.unwrap();
     let frames = call.frames_to_end().await;
     assert_eq!(data_then_one_go_away(&frames), expected);
+    assert!(frames.len() > 1, "{}", describe(&frames));
     assert!(frames.iter().all(|f| f.payload().len() <= 1000));
 }
 
@@ -606,8 +607,8 @@ async fn client_drop_without_shutdown_cancels_the_call_and_never_looks_finished(
     for read_first in [false, true] {
         let (after, call) = drop_client_stream(read_first).await;
         assert!(
-            after.iter().all(|f| matches!(f, Frame::RstStream(_))),
-            "a dropped stream sent more than RST_STREAM: {}",
+            !after.is_empty() && after.iter().all(|f| matches!(f, Frame::RstStream(_))),
+            "a dropped stream must send RST_STREAM and nothing else: {}",
             describe(&after)
         );
         // The call is cancelled: tonic drops the response stream.
@@ -1168,6 +1169,7 @@ async fn opt_in_pings_are_sent_while_an_idle_stream_is_read() {
         "{}",
         describe(&frames)
     );
+    // The two PINGs read above came before these; none need follow.
     let _inbound = call.end();
     within(5, "close", s.close()).await.unwrap();
 }
