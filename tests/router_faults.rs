@@ -19,6 +19,11 @@ use tokio::sync::watch;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     None,
+    /// Every byte arrives this much later, at most this many bytes a second each way.
+    Slow {
+        delay: Duration,
+        bytes_per_sec: u64,
+    },
     /// Stop moving bytes, keep both sockets open.
     Blackhole,
     /// Close both sockets with RST.
@@ -48,6 +53,19 @@ fn fault_now(fault: &watch::Receiver<Fault>) -> Fault {
 
 async fn pipe(a: TcpStream, b: TcpStream, mut fault: watch::Receiver<Fault>) {
     let _ = (a.set_nodelay(true), b.set_nodelay(true));
+    if let Fault::Slow {
+        delay,
+        bytes_per_sec,
+    } = fault_now(&fault)
+    {
+        let (ar, aw) = a.into_split();
+        let (br, bw) = b.into_split();
+        tokio::join!(
+            slow(ar, bw, delay, bytes_per_sec),
+            slow(br, aw, delay, bytes_per_sec)
+        );
+        return;
+    }
     let (mut ar, mut aw) = a.into_split();
     let (mut br, mut bw) = b.into_split();
     let mut abuf = vec![0u8; 64 * 1024];
@@ -55,7 +73,8 @@ async fn pipe(a: TcpStream, b: TcpStream, mut fault: watch::Receiver<Fault>) {
     loop {
         tokio::select! {
             _ = fault.changed() => match fault_now(&fault) {
-                Fault::None => {}
+                // A slow link is set before the connection is made.
+                Fault::None | Fault::Slow { .. } => {}
                 Fault::Blackhole => {
                     // Hold the sockets, move nothing, until the ends give up.
                     let _keep = (ar, aw, br, bw);
@@ -79,6 +98,50 @@ async fn pipe(a: TcpStream, b: TcpStream, mut fault: watch::Receiver<Fault>) {
             },
         }
     }
+}
+
+/// One direction of a slow link: each chunk read is held until `delay` after it was read,
+/// and the link moves at most `rate` bytes a second (a reader task and a writer task joined by
+/// a queue, so the delay is latency, not a stall).
+async fn slow(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    rate: u64,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut next = tokio::time::Instant::now();
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    // The bandwidth: this chunk takes n / rate seconds on the wire (a timer
+                    // that wakes late is caught up, unless the link was idle).
+                    let now = tokio::time::Instant::now();
+                    if next + Duration::from_millis(100) < now {
+                        next = now;
+                    }
+                    next += Duration::from_secs_f64(n as f64 / rate as f64);
+                    tokio::time::sleep_until(next).await;
+                    if tx.send((next + delay, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 /// A through the proxy, B direct; both with 1 s keepalive pings and a 2 s timeout, as the
@@ -162,4 +225,50 @@ async fn a_reset_mid_stream_fails_both_ends() {
     let ea = ra.expect_err("A's 1 GiB write must fail after the reset");
     eprintln!("reset: A {:?}, B {:?}", ea.kind(), eb.kind());
     r.wait_for("the pair to end", |s| s.active == 0).await;
+}
+
+/// 50 ms of added latency each way and 10 MiB/s between A and the router: 64 MiB arrive
+/// intact. With the default 4 MiB stream window the bandwidth-delay product (10 MiB/s x 0.1 s
+/// = 1 MiB) fits, so the link is filled; the throughput is printed against the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_delivers_every_byte() {
+    const MIB: u64 = 1024 * 1024;
+    let r = TestRouter::start().await;
+    let (via, fault) = proxy(r.addr).await;
+    fault
+        .send(Fault::Slow {
+            delay: Duration::from_millis(50),
+            bytes_per_sec: 10 * MIB,
+        })
+        .unwrap();
+    let tok = r.token("slow");
+    let mut a = ClientBuilder::new(format!("http://{via}"))
+        .connect(&tok)
+        .await
+        .unwrap();
+    let mut b = ClientBuilder::new(r.endpoint())
+        .connect(&tok)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        let sha = send_pattern(&mut a, 64 * MIB, 3, 64 * 1024).await.unwrap();
+        a.shutdown().await.unwrap();
+        (a, sha)
+    });
+    let got = within(60, "64 MiB over the slow link", recv_all(&mut b))
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let (mut a, sha) = sender.await.unwrap();
+    assert_eq!(got, (64 * MIB, sha));
+    b.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within(10, "A's end", a.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    eprintln!(
+        "slow link: 64 MiB in {secs:.1} s = {:.1} MiB/s over a 10 MiB/s, 100 ms round-trip link",
+        64.0 / secs
+    );
 }
