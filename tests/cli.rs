@@ -296,13 +296,7 @@ async fn sigterm_stops_accepting_and_lets_active_streams_finish() {
     b.close().await.unwrap();
     drop((a, b));
     // The router exits on its own once the streams are done, well within the grace period.
-    let status = within(15, "router exits", async {
-        let mut proc = router.proc;
-        tokio::task::spawn_blocking(move || proc.0.wait().unwrap())
-            .await
-            .unwrap()
-    })
-    .await;
+    let status = router.exit_status(15).await;
     assert!(status.success(), "{status:?}");
 }
 

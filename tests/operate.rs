@@ -279,13 +279,7 @@ async fn health_is_serving_then_not_serving_from_the_start_of_a_graceful_shutdow
     send_and_finish(&mut b, &mut a, b"reply").await;
     a.close().await.unwrap();
     b.close().await.unwrap();
-    let mut proc = serve.proc;
-    let status = within(15, "serve exits", async {
-        tokio::task::spawn_blocking(move || proc.0.wait().unwrap())
-            .await
-            .unwrap()
-    })
-    .await;
+    let status = serve.exit_status(15).await;
     assert!(status.success(), "{status:?}");
 }
 

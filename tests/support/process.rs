@@ -150,6 +150,16 @@ impl Serve {
         self.raw.lock().unwrap().clone()
     }
 
+    /// Waits, at most `secs`, for the process to exit on its own; its exit status.
+    pub async fn exit_status(self, secs: u64) -> std::process::ExitStatus {
+        let mut proc = self.proc;
+        let wait = tokio::task::spawn_blocking(move || proc.0.wait().unwrap());
+        tokio::time::timeout(Duration::from_secs(secs), wait)
+            .await
+            .unwrap_or_else(|_| panic!("serve did not exit within {secs} s"))
+            .unwrap()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = self.proc.0.id().to_string();
