@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .bytes(".")
         // prost with smaller per-call buffers (src/codec.rs).
-        .codec_path("crate::codec::RouterCodec")
+        .codec_path("crate::prost_codec::RouterCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use tonic::codegen::Service;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
-use crate::bulk::BulkRead;
+use crate::h2io::BatchedRead;
 use crate::proto::router_service_client::RouterServiceClient;
 use crate::{Error, RouterStream, StreamOptions};
 use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
@@ -353,22 +353,18 @@ impl ClientBuilder {
         let channel = self.channel().await?;
         let mut stream = open_with(channel, token, &self.options, self.max_message_size)?;
         // Send the request now, so the router sees this caller even before the first write.
-        std::future::poll_fn(|cx| {
-            let _ = stream.drive_call(cx);
-            std::task::Poll::Ready(())
-        })
-        .await;
+        stream.start_call();
         Ok(stream)
     }
 }
 
-/// hyper's TCP connector with [`BulkRead`] under HTTP/2 (and under TLS, which tonic adds on
+/// hyper's TCP connector with [`BatchedRead`] under HTTP/2 (and under TLS, which tonic adds on
 /// top for `https`).
 #[derive(Clone, Debug)]
 struct BulkConnector(HttpConnector);
 
 impl Service<Uri> for BulkConnector {
-    type Response = TokioIo<BulkRead<TcpStream>>;
+    type Response = TokioIo<BatchedRead<TcpStream>>;
     type Error = <HttpConnector as Service<Uri>>::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -380,7 +376,7 @@ impl Service<Uri> for BulkConnector {
         let connecting = self.0.call(uri);
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(BulkRead::new(tcp)))
+            Ok(TokioIo::new(BatchedRead::new(tcp)))
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The router frame codec: [`Frame`] <-> [`StreamRequest`] / [`StreamResponse`].
+//! The router frame: [`Frame`], and its lossless conversions from and to the messages that
+//! carry it, [`StreamRequest`] and [`StreamResponse`].
 //!
 //! Every message of a router stream carries a frame type and a payload. This module turns
 //! the two generated message types into one enum and back, losslessly: the payload of every

@@ -31,17 +31,18 @@
 //! - `cli`: the `jumpstarter-router` binary.
 //!
 //! With no features, the crate is the bare adapter: [`RouterStream`] over calls you make
-//! ([`RouterStream::from_call`]) or receive ([`RouterStream::accept`]), and the [`Frame`] codec.
+//! ([`RouterStream::from_call`]) or receive ([`RouterStream::accept`]), or over any frame
+//! transport ([`RouterStream::from_frames`]), and the [`Frame`] type.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod bridge;
-#[cfg(any(feature = "client", feature = "router"))]
-mod bulk;
-mod codec;
 mod error;
 mod frame;
+#[cfg(any(feature = "client", feature = "router"))]
+mod h2io;
+mod prost_codec;
 mod stream;
 
 #[cfg(feature = "client")]
@@ -76,8 +77,8 @@ pub use bridge::bridge;
 pub use error::Error;
 pub use frame::Frame;
 pub use stream::{
-    RequestStream, ResponseStream, RouterStream, StreamOptions, DEFAULT_MAX_PAYLOAD,
-    MAX_PAYLOAD_LIMIT,
+    CallFrames, RequestStream, ResponseStream, RouterStream, SentFrames, StreamOptions,
+    DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT,
 };
 
 #[cfg(feature = "client")]

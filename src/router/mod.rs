@@ -39,7 +39,6 @@ mod error;
 mod forward;
 mod metrics;
 mod pairing;
-mod ping;
 mod serve;
 pub(crate) mod wire;
 

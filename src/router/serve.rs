@@ -25,9 +25,9 @@ use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
-use super::ping::PingGuard;
+use crate::h2io::KeepalivePolicy;
 use super::{ConfigError, Router};
-use crate::bulk::BulkRead;
+use crate::h2io::BatchedRead;
 
 /// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
 #[derive(Clone)]
@@ -375,7 +375,7 @@ impl Router {
     }
 }
 
-type Conn = PingGuard<Either<BulkRead<TcpStream>, TlsStream<BulkRead<TcpStream>>>>;
+type Conn = KeepalivePolicy<Either<BatchedRead<TcpStream>, TlsStream<BatchedRead<TcpStream>>>>;
 
 /// Accepted (and TLS-terminated) connections, from the acceptor task.
 struct Incoming {
@@ -403,7 +403,7 @@ impl Incoming {
                 let _ = tcp.set_nodelay(true);
                 // The TLS handshake and the HTTP/2 preface, together, within `handshake`.
                 let deadline = tokio::time::Instant::now() + handshake;
-                let tcp = BulkRead::new(tcp);
+                let tcp = BatchedRead::new(tcp);
                 let info = TcpConnectInfo {
                     local_addr: tcp.get_ref().local_addr().ok(),
                     remote_addr: Some(remote),
@@ -411,7 +411,7 @@ impl Incoming {
                 match &tls {
                     None => {
                         if tx
-                            .send(PingGuard::new(Either::Left(tcp), info, deadline))
+                            .send(KeepalivePolicy::new(Either::Left(tcp), info, deadline))
                             .await
                             .is_err()
                         {
@@ -423,7 +423,7 @@ impl Incoming {
                         tokio::spawn(async move {
                             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                                 Ok(Ok(tls)) => {
-                                    let guard = PingGuard::new(Either::Right(tls), info, deadline);
+                                    let guard = KeepalivePolicy::new(Either::Right(tls), info, deadline);
                                     let _ = tx.send(guard).await;
                                 }
                                 Ok(Err(e)) => {

@@ -1,4 +1,4 @@
-//! [`BulkRead`]: large socket reads under HTTP/2.
+//! [`BatchedRead`]: large socket reads under HTTP/2.
 //!
 //! h2 reads its connection through an 8 KiB buffer, so a stream moving hundreds of MiB/s
 //! costs one `recvfrom` per 8 KiB. Under load this wrapper reads up to [`BULK`] bytes per
@@ -19,15 +19,15 @@ pub(crate) const BULK: usize = 256 * 1024;
 
 /// An I/O object whose reads are batched under load. Writes pass through.
 #[derive(Debug)]
-pub(crate) struct BulkRead<IO> {
+pub(crate) struct BatchedRead<IO> {
     io: IO,
     buf: BytesMut,
     bulk: bool,
 }
 
-impl<IO> BulkRead<IO> {
+impl<IO> BatchedRead<IO> {
     pub(crate) fn new(io: IO) -> Self {
-        BulkRead {
+        BatchedRead {
             io,
             buf: BytesMut::new(),
             bulk: false,
@@ -40,7 +40,7 @@ impl<IO> BulkRead<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for BulkRead<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for BatchedRead<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -83,7 +83,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for BulkRead<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for BulkRead<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for BatchedRead<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -138,7 +138,7 @@ mod tests {
             s.write_all(&sent[2_000_100..]).await.unwrap();
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut r = BulkRead::new(tcp);
+        let mut r = BatchedRead::new(tcp);
         let mut got = Vec::new();
         let mut chunk = vec![0u8; 8192];
         let mut saw_bulk = false;

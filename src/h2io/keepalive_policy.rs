@@ -170,7 +170,7 @@ impl PingPolicy {
 
 /// A server connection whose inbound bytes go through a [`PingPolicy`], and that fails when
 /// the client's HTTP/2 preface does not arrive in time (hyper would wait for it for ever).
-pub(crate) struct PingGuard<IO> {
+pub(crate) struct KeepalivePolicy<IO> {
     io: IO,
     policy: PingPolicy,
     info: TcpConnectInfo,
@@ -178,10 +178,10 @@ pub(crate) struct PingGuard<IO> {
     preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
-impl<IO> PingGuard<IO> {
+impl<IO> KeepalivePolicy<IO> {
     /// `deadline`: when the connection fails if the preface is not in.
     pub(crate) fn new(io: IO, info: TcpConnectInfo, deadline: tokio::time::Instant) -> Self {
-        PingGuard {
+        KeepalivePolicy {
             io,
             policy: PingPolicy::new(),
             info,
@@ -190,7 +190,7 @@ impl<IO> PingGuard<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for PingGuard<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for KeepalivePolicy<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -222,7 +222,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for PingGuard<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for PingGuard<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for KeepalivePolicy<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -258,7 +258,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for PingGuard<IO> {
     }
 }
 
-impl<IO> Connected for PingGuard<IO> {
+impl<IO> Connected for KeepalivePolicy<IO> {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {

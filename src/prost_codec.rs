@@ -1,4 +1,6 @@
-//! The codec of `RouterService` calls: prost, with smaller per-call buffers than tonic's.
+//! The prost codec of `RouterService` calls, with smaller per-call buffers than tonic's
+//! (the message codec under the generated client and server; [`Frame`](crate::Frame) is the
+//! router frame those messages carry).
 //!
 //! tonic allocates an 8 KiB encode buffer and an 8 KiB decode buffer for every call up front.
 //! A router holds two calls per stream, most of them idle for hours (an SSH session, a

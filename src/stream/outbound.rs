@@ -1,0 +1,204 @@
+//! The frames a [`RouterStream`](crate::RouterStream) sends, as the message streams tonic
+//! encodes: [`RequestStream`] (client), [`ResponseStream`] (servicer), and [`SentFrames`]
+//! (any other transport, see [`RouterStream::from_frames`](crate::RouterStream::from_frames)).
+//!
+//! The writer and its outbound stream share a bounded channel of [`CHANNEL_FRAMES`] frames,
+//! an abort flag set when the writer is dropped without shutdown, and a oneshot that tells the
+//! writer when the outbound stream is gone (every frame was handed to HTTP/2).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::proto::{StreamRequest, StreamResponse};
+use crate::{Error, Frame};
+
+/// Frames queued between the writer and tonic's encoder; together with
+/// [`StreamOptions::max_payload`](crate::StreamOptions::max_payload) this bounds the memory a
+/// stalled peer can hold.
+const CHANNEL_FRAMES: usize = 2;
+
+/// How long a dropped client stream's request stays open after its RST_STREAM frame, so h2
+/// sends the frame before the stream is released. Then the request ends without GOAWAY,
+/// which a router takes for an abort (the peer has read the RST_STREAM by then); a server
+/// that ends the call sooner ends the wait.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The writer's ends of an outbound stream.
+pub(super) struct Handle {
+    pub(super) tx: mpsc::Sender<Frame>,
+    /// Set when the writer is dropped without shutdown.
+    pub(super) abort: Arc<AtomicBool>,
+    /// Resolves (with an error) once the outbound stream is dropped.
+    pub(super) done: oneshot::Receiver<()>,
+}
+
+/// The outbound stream's side: what it yields next.
+pub(super) struct Outbound {
+    rx: mpsc::Receiver<Frame>,
+    abort: Arc<AtomicBool>,
+    state: State,
+    /// Dropped with the outbound stream: tells [`RouterStream::close`](crate::RouterStream::close)
+    /// that tonic is done.
+    _done: oneshot::Sender<()>,
+}
+
+enum State {
+    Frames,
+    /// Dropped without shutdown: RST_STREAM handed out, the abort comes next.
+    Aborting,
+    Done,
+}
+
+/// What the outbound stream yields next.
+enum Next {
+    Frame(Frame),
+    Abort,
+    End,
+}
+
+impl Outbound {
+    pub(super) fn channel() -> (Handle, Outbound) {
+        let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+        let abort = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = oneshot::channel();
+        let outbound = Outbound {
+            rx,
+            abort: abort.clone(),
+            state: State::Frames,
+            _done: done_tx,
+        };
+        (Handle { tx, abort, done }, outbound)
+    }
+
+    fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        let (next, state) = match self.state {
+            State::Frames => match ready!(self.rx.poll_recv(cx)) {
+                Some(frame) => (Next::Frame(frame), State::Frames),
+                None if self.abort.load(Ordering::Acquire) => {
+                    (Next::Frame(Frame::rst_stream()), State::Aborting)
+                }
+                None => (Next::End, State::Done),
+            },
+            State::Aborting => (Next::Abort, State::Done),
+            State::Done => (Next::End, State::Done),
+        };
+        self.state = state;
+        Poll::Ready(next)
+    }
+}
+
+/// The request stream of a client call: the frames the [`RouterStream`](crate::RouterStream)
+/// writes.
+///
+/// Made by the client constructors and passed to tonic; you only see it when you make the call
+/// yourself with [`RouterStream::from_call`](crate::RouterStream::from_call).
+pub struct RequestStream {
+    outbound: Outbound,
+    /// After an abort: how long the request may stay open to get RST_STREAM out.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl RequestStream {
+    pub(super) fn new(outbound: Outbound) -> Self {
+        RequestStream {
+            outbound,
+            linger: None,
+        }
+    }
+
+    /// After RST_STREAM: keeps the request open for [`LINGER`] (hyper holds the HTTP/2
+    /// stream while it polls the request), then ends it. hyper stops polling sooner when the
+    /// server resets the stream after ending the call.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
+        let deadline = self
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(None)
+    }
+}
+
+impl Stream for RequestStream {
+    type Item = StreamRequest;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
+        let me = self.get_mut();
+        if me.linger.is_some() {
+            return me.poll_linger(cx);
+        }
+        match ready!(me.outbound.poll_next_frame(cx)) {
+            Next::Frame(f) => Poll::Ready(Some(f.into())),
+            // RST_STREAM was handed over: keep the request open a moment, then end it.
+            Next::Abort => me.poll_linger(cx),
+            Next::End => Poll::Ready(None),
+        }
+    }
+}
+
+impl fmt::Debug for RequestStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestStream").finish_non_exhaustive()
+    }
+}
+
+/// The response stream of a servicer's `Stream` call, made by
+/// [`RouterStream::accept`](crate::RouterStream::accept): return it from your
+/// `RouterService::stream` in a `tonic::Response`.
+///
+/// It ends (status OK) once the [`RouterStream`](crate::RouterStream) was shut down and its
+/// read half is done, or the stream was dropped after shutdown. A stream dropped without
+/// shutdown ends it with RST_STREAM and then status `Cancelled`.
+pub struct ResponseStream(pub(super) Outbound);
+
+impl Stream for ResponseStream {
+    type Item = Result<StreamResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match ready!(self.get_mut().0.poll_next_frame(cx)) {
+            Next::Frame(f) => Poll::Ready(Some(Ok(f.into()))),
+            Next::Abort => Poll::Ready(Some(Err(Error::Dropped.into()))),
+            Next::End => Poll::Ready(None),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseStream").finish_non_exhaustive()
+    }
+}
+
+/// The frames a [`RouterStream`](crate::RouterStream) made by
+/// [`from_frames`](crate::RouterStream::from_frames) sends: hand each to your transport.
+///
+/// Like [`ResponseStream`]: it ends once the stream was shut down and its read half is done
+/// (or the stream was dropped after shutdown); a stream dropped without shutdown yields
+/// RST_STREAM and then `Err(`[`Error::Dropped`]`)`.
+pub struct SentFrames(pub(super) Outbound);
+
+impl Stream for SentFrames {
+    type Item = Result<Frame, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match ready!(self.get_mut().0.poll_next_frame(cx)) {
+            Next::Frame(f) => Poll::Ready(Some(Ok(f))),
+            Next::Abort => Poll::Ready(Some(Err(Error::Dropped))),
+            Next::End => Poll::Ready(None),
+        }
+    }
+}
+
+impl fmt::Debug for SentFrames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentFrames").finish_non_exhaustive()
+    }
+}
