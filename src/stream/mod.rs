@@ -818,3 +818,6 @@ impl Wake for ConnectWakers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
