@@ -25,14 +25,11 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc as smpsc, Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_core::Stream;
 use jumpstarter_router::proto::router_service_client::RouterServiceClient;
 use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
 use jumpstarter_router::proto::{FrameType, StreamRequest, StreamResponse};
@@ -44,6 +41,10 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
+
+#[path = "../tests/support/rx_stream.rs"]
+mod rx_stream;
+use rx_stream::RxStream;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -153,16 +154,6 @@ impl Roles {
 
 // ===== the plain tonic relay =====
 
-/// An mpsc receiver as a `Stream`.
-struct Channeled<T>(mpsc::Receiver<T>);
-
-impl<T> Stream for Channeled<T> {
-    type Item = T;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.get_mut().0.poll_recv(cx)
-    }
-}
 
 type Replies = mpsc::Sender<Result<StreamResponse, Status>>;
 
@@ -187,7 +178,7 @@ async fn forward(mut inbound: Streaming<StreamRequest>, to: Replies) {
 
 #[tonic::async_trait]
 impl RouterService for PlainRelay {
-    type StreamStream = Channeled<Result<StreamResponse, Status>>;
+    type StreamStream = RxStream<Result<StreamResponse, Status>>;
 
     async fn stream(
         &self,
@@ -217,7 +208,7 @@ impl RouterService for PlainRelay {
                 });
             }
         }
-        Ok(Response::new(Channeled(rx)))
+        Ok(Response::new(RxStream(rx)))
     }
 }
 
@@ -272,7 +263,7 @@ async fn plain_call(
     name: &Name,
 ) -> (mpsc::Sender<StreamRequest>, Streaming<StreamResponse>) {
     let (tx, rx) = mpsc::channel(16);
-    let mut req = Request::new(Channeled(rx));
+    let mut req = Request::new(RxStream(rx));
     match name {
         Name::Plain(stream) => req.metadata_mut().insert("stream", stream.parse().unwrap()),
         Name::Token(t) => req

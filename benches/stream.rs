@@ -18,7 +18,6 @@
 //!   this chooses [`DEFAULT_MAX_PAYLOAD`](jumpstarter_router::DEFAULT_MAX_PAYLOAD).
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +32,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
+
+#[path = "../tests/support/rx_stream.rs"]
+mod rx_stream;
+use rx_stream::RxStream;
 
 /// Bytes per iteration.
 const BATCH: usize = 8 << 20;
@@ -97,20 +100,10 @@ impl RouterService for Bench {
                 }
             }
         });
-        Ok(Response::new(Box::pin(Channeled(rx))))
+        Ok(Response::new(Box::pin(RxStream(rx))))
     }
 }
 
-/// An mpsc receiver as a `Stream`.
-struct Channeled<T>(mpsc::Receiver<T>);
-
-impl<T> Stream for Channeled<T> {
-    type Item = T;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.get_mut().0.poll_recv(cx)
-    }
-}
 
 struct Setup {
     rt: Runtime,
@@ -159,7 +152,7 @@ struct Raw {
 
 async fn raw(channel: &Channel, frame: usize) -> Raw {
     let (tx, rx) = mpsc::channel(4);
-    let mut req = Request::new(Channeled(rx));
+    let mut req = Request::new(RxStream(rx));
     req.metadata_mut()
         .insert("frame", frame.to_string().parse().unwrap());
     let rx = RouterServiceClient::new(channel.clone())

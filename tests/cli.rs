@@ -3,8 +3,7 @@
 //! mid-transfer; clear one-line errors.
 #![cfg(feature = "cli")]
 
-#[path = "support/process.rs"]
-mod process;
+use support::process;
 mod support;
 
 use std::io::{BufRead, BufReader, Read};

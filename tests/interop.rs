@@ -11,8 +11,7 @@
 #![cfg(all(feature = "router", feature = "client"))]
 
 #[cfg(feature = "cli")]
-#[path = "support/process.rs"]
-mod process;
+use support::process;
 mod support;
 
 use std::io::{BufRead, BufReader};

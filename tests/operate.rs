@@ -3,8 +3,7 @@
 //! one JSON log line per pairing and per session end (with a stream id hash, never a token).
 #![cfg(feature = "cli")]
 
-#[path = "support/process.rs"]
-mod process;
+use support::process;
 mod support;
 
 use std::collections::HashMap;

@@ -1,8 +1,7 @@
 //! The router service: pairing, forwarding, half-close and aborts, over loopback.
 #![cfg(all(feature = "router", feature = "client"))]
 
-#[path = "support/raw.rs"]
-mod raw;
+use support::raw;
 mod support;
 
 use std::io::ErrorKind;

@@ -6,8 +6,9 @@
 //! after a wake-up, so a missing waker registration fails the test (by its deadline) instead
 //! of being papered over by busy polling.
 
-#[path = "support/raw.rs"]
-mod raw;
+mod support;
+use support::raw;
+use support::test_bytes;
 
 use std::io::{self, ErrorKind};
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use jumpstarter_router::{connect, Frame, RouterStream};
-use raw::{data_of, describe, test_bytes, PeerServer};
+use raw::{data_of, describe, PeerServer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_test::task::Spawn;

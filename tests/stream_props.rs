@@ -5,13 +5,14 @@
 //! peer (with empty DATA, PING and unknown frames among them), read with arbitrary buffer sizes
 //! or `read_chunk`, deliver the same bytes and then EOF.
 
-#[path = "support/raw.rs"]
-mod raw;
+mod support;
+use support::raw;
+use support::test_bytes;
 
 use bytes::Bytes;
 use jumpstarter_router::{ClientBuilder, Frame, StreamOptions};
 use proptest::prelude::*;
-use raw::{describe, test_bytes, within, AcceptingServer, PeerServer, RawCall};
+use raw::{describe, within, AcceptingServer, PeerServer, RawCall};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// At most this many DATA frames per case, so that a `max_payload` of a few bytes stays fast.

@@ -1,23 +1,36 @@
-//! Shared helpers of the router, CLI and interop tests: an in-process router on loopback,
-//! tokens, and deterministic data with checksums.
+//! Shared helpers of the integration tests, one copy each: an in-process router on loopback
+//! and its tokens (feature `router`), deterministic data with checksums, deadlines.
+//!
+//! - [`raw`]: a scripted `RouterService` peer and raw tonic clients;
+//! - [`process`]: processes of the `jumpstarter-router` binary (feature `cli`).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod raw;
+mod rx_stream;
+#[cfg(feature = "cli")]
+pub mod process;
+
+#[cfg(feature = "router")]
 use std::net::SocketAddr;
 use std::time::Duration;
 
+#[cfg(feature = "router")]
 use jumpstarter_router::router::{Auth, Router};
+pub use rx_stream::RxStream;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const KEY: &[u8] = b"test-router-key";
 
 /// A router on 127.0.0.1 with [`KEY`], plaintext; stops when the returned guard drops.
+#[cfg(feature = "router")]
 pub struct TestRouter {
     pub addr: SocketAddr,
     pub router: Router,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+#[cfg(feature = "router")]
 impl TestRouter {
     pub async fn start() -> Self {
         Self::with(Router::builder(Auth::new(KEY)).build()).await
@@ -67,6 +80,7 @@ impl TestRouter {
     }
 }
 
+#[cfg(feature = "router")]
 impl Drop for TestRouter {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
@@ -81,6 +95,13 @@ pub fn pattern_byte(i: u64, seed: u64) -> u8 {
         .wrapping_add(seed * 7)
         .wrapping_add(i >> 12)
         & 0xFF) as u8
+}
+
+/// `len` pattern bytes from offset 0.
+pub fn test_bytes(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = vec![0; len];
+    fill_pattern(&mut v, 0, u64::from(seed));
+    v
 }
 
 /// Fills `buf` with the pattern starting at offset `at`.

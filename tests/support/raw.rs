@@ -3,11 +3,8 @@
 //! client, and small polling helpers.
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -20,16 +17,7 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-/// A `Stream` over an mpsc receiver (no tokio-stream dependency).
-pub struct RxStream<T>(pub mpsc::Receiver<T>);
-
-impl<T> Stream for RxStream<T> {
-    type Item = T;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.get_mut().0.poll_recv(cx)
-    }
-}
+pub use super::{within, RxStream};
 
 pub type BoxResponses = Pin<Box<dyn Stream<Item = Result<StreamResponse, Status>> + Send>>;
 
@@ -276,26 +264,6 @@ pub fn describe(frames: &[Frame]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Deterministic test bytes: byte `i` of stream `seed`.
-pub fn test_bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u32)
-                .wrapping_mul(2_654_435_761)
-                .rotate_left(seed as u32 % 32) as u8
-                ^ seed
-        })
-        .collect()
-}
-
-/// Fails the test instead of hanging.
-pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {secs} s: {what}"),
-    }
 }
 
 /// Serves `svc` on 127.0.0.1; stops when the returned sender is dropped.
