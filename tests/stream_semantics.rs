@@ -148,8 +148,8 @@ async fn go_away_after_buffered_data_delivers_everything_then_eof_and_write_half
         .await
         .unwrap();
     assert_eq!(&first[..], &payload[..10]);
-    // Let the GOAWAY arrive while the rest of the payload is still buffered.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // (With the GOAWAY queued behind the buffered rest, exactly: the scripted unit test
+    // `goaway_is_eof_that_stays_and_the_write_half_goes_on` in src/stream/tests.rs.)
 
     let mut rest = Vec::new();
     let mut buf = [0u8; 97];
@@ -968,9 +968,10 @@ struct Waiting {
 
 /// Pairs two callers by their authorization header, like Jumpstarter's Go router, and
 /// returns each caller's response (headers) only once the other caller's first frame arrived.
-#[derive(Default)]
 struct HoldingRouter {
     pending: Arc<Mutex<HashMap<String, Waiting>>>,
+    /// Each caller that starts waiting for its peer.
+    arrivals: mpsc::UnboundedSender<String>,
 }
 
 /// Forwards `from` to `to`; the first frame releases the receiver's headers. `to` ends (OK)
@@ -1033,7 +1034,8 @@ impl RouterService for HoldingRouter {
             match pending.remove(&id) {
                 Some(peer) => Some((peer, me)),
                 None => {
-                    pending.insert(id, me);
+                    pending.insert(id.clone(), me);
+                    let _ = self.arrivals.send(id);
                     None
                 }
             }
@@ -1057,8 +1059,11 @@ impl RouterService for HoldingRouter {
 
 #[tokio::test]
 async fn connect_does_not_wait_for_headers_held_until_the_peer_speaks() {
-    let router = HoldingRouter::default();
-    let pending = router.pending.clone();
+    let (arrivals, mut arrived) = mpsc::unbounded_channel();
+    let router = HoldingRouter {
+        pending: Arc::default(),
+        arrivals,
+    };
     let (addr, _stop) = serve(router).await;
     let endpoint = format!("http://{addr}");
 
@@ -1066,11 +1071,8 @@ async fn connect_does_not_wait_for_headers_held_until_the_peer_speaks() {
     let mut a = within(5, "connect A", connect(&endpoint, "pair-15"))
         .await
         .expect("connect() must not wait for response headers");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !pending.lock().unwrap().contains_key("Bearer pair-15") {
-        assert!(tokio::time::Instant::now() < deadline, "A never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let first = within(5, "A waits at the router", arrived.recv()).await;
+    assert_eq!(first.as_deref(), Some("Bearer pair-15"));
     let a_side = tokio::spawn(async move {
         let mut req = [0u8; 12];
         a.read_exact(&mut req).await?;
@@ -1118,17 +1120,15 @@ async fn writes_go_out_while_response_headers_are_held() {
         call.next_frame().await.unwrap(),
         Some(Frame::Data(Bytes::from_static(b"early")))
     );
-    // A read waits for the headers, and gets the data once they come.
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).await.map(|_| (s, got))
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!reader.is_finished());
+    // A read waits for the headers (the server holds them: nothing can come before), and
+    // gets the data once they come.
+    let mut got = Vec::new();
+    let mut reader = tokio_test::task::spawn(s.read_to_end(&mut got));
+    tokio_test::assert_pending!(reader.poll());
     call.release.take().unwrap().send(()).unwrap();
     call.send_data(b"late answer").await;
     call.send(Frame::go_away()).await;
-    let (mut s, got) = within(5, "reader", reader).await.unwrap().unwrap();
+    within(5, "reader", reader).await.unwrap();
     assert_eq!(got, b"late answer");
     s.shutdown().await.unwrap();
     assert_eq!(call.frames_to_end().await, vec![Frame::go_away()]);
