@@ -17,7 +17,10 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: paused time drives the policy in tests.
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -340,6 +343,56 @@ mod tests {
             struck,
             "rapid pings between inbound DATA must be struck out"
         );
+    }
+
+    /// The policy in its I/O wrapper, on a scripted connection and paused time: a client
+    /// that pings once a second is served, a flood fails the connection, and a preface that
+    /// does not come fails it at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn the_wrapper_passes_pings_a_second_apart_and_fails_a_flood() {
+        use tokio::io::AsyncReadExt;
+        let ping = frame(TYPE_PING, 0, &[0; 8]);
+        let mut script = tokio_test::io::Builder::new();
+        script.read(PREFACE);
+        for _ in 0..4 {
+            script.wait(Duration::from_millis(1050)).read(&ping);
+        }
+        for _ in 0..=MAX_PING_STRIKES {
+            script.read(&ping);
+        }
+        let info = TcpConnectInfo {
+            local_addr: None,
+            remote_addr: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut io = KeepalivePolicy::new(script.build(), info, deadline);
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), PREFACE.len());
+        for _ in 0..4 {
+            assert_eq!(io.read(&mut buf).await.unwrap(), ping.len());
+        }
+        // The last spaced ping and MAX_PING_STRIKES - 1 more pass; then one too many.
+        for _ in 0..MAX_PING_STRIKES {
+            assert_eq!(io.read(&mut buf).await.unwrap(), ping.len());
+        }
+        let e = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wrapper_fails_a_connection_whose_preface_does_not_come() {
+        use tokio::io::AsyncReadExt;
+        // A client that connects and says nothing.
+        let (silent, _client) = tokio::io::duplex(64);
+        let info = TcpConnectInfo {
+            local_addr: None,
+            remote_addr: None,
+        };
+        let start = Instant::now();
+        let mut io = KeepalivePolicy::new(silent, info, start + Duration::from_secs(10));
+        let e = io.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
 
     #[test]

@@ -226,8 +226,7 @@ pub(super) struct Pair {
 
 impl Pair {
     pub(super) fn new(metrics: Metrics, tag: StreamTag) -> Arc<Pair> {
-        metrics.active_pairs.inc();
-        metrics.pairs.inc();
+        metrics.pair_started();
         Arc::new(Pair {
             legs: Default::default(),
             aborted: AtomicBool::new(false),
@@ -251,7 +250,7 @@ impl Pair {
         }
         if let Some(why) = abort {
             tracing::debug!(stream = %self.tag, caller = ?who, reason = %why, "caller aborted");
-            self.metrics.aborts.inc();
+            self.metrics.aborted();
             self.aborted.store(true, Ordering::Release);
         }
         leg.waker.wake();
@@ -284,7 +283,7 @@ impl Drop for Pair {
     /// The session is over: both forwarders are gone.
     fn drop(&mut self) {
         let m = &self.metrics;
-        m.active_pairs.dec();
+        m.pair_ended();
         let duration = self.since.elapsed();
         Metrics::observe(&m.session_duration, duration);
         let outcome = if self.aborted.load(Ordering::Acquire) {

@@ -17,6 +17,7 @@
 //! | `jumpstarter_router_session_duration_seconds` | histogram | from pairing to the end of both calls |
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::Notify;
 
 /// The prefix of every metric name.
 const PREFIX: &str = "jumpstarter_router";
@@ -120,6 +122,8 @@ pub struct Metrics {
     by_direction: [Counter; 2],
     pub(crate) pairing_wait: Histogram,
     pub(crate) session_duration: Histogram,
+    /// Woken on every change of the counters of `RouterStats` but the bytes.
+    changed: Arc<Notify>,
 }
 
 impl fmt::Debug for Metrics {
@@ -161,6 +165,7 @@ impl Metrics {
             by_direction,
             pairing_wait: seconds(),
             session_duration: seconds(),
+            changed: Arc::default(),
         }
     }
 
@@ -210,6 +215,36 @@ impl Metrics {
     }
 
     /// Counts a call's result.
+    /// A caller starts waiting for its peer (`delta` 1) or stops (`-1`).
+    pub(crate) fn pending(&self, delta: i64) {
+        self.pending_callers.inc_by(delta);
+        self.changed.notify_waiters();
+    }
+
+    /// A pair starts forwarding.
+    pub(crate) fn pair_started(&self) {
+        self.active_pairs.inc();
+        self.pairs.inc();
+        self.changed.notify_waiters();
+    }
+
+    /// A pair is over.
+    pub(crate) fn pair_ended(&self) {
+        self.active_pairs.dec();
+        self.changed.notify_waiters();
+    }
+
+    /// A caller aborted.
+    pub(crate) fn aborted(&self) {
+        self.aborts.inc();
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves on the next change of the counters (but the bytes) after it is enabled.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
     pub(crate) fn call(&self, result: CallResult) {
         self.by_result[result as usize].inc();
     }

@@ -225,6 +225,34 @@ impl Router {
         }
     }
 
+    /// Waits until the counters of [`stats`](Router::stats) satisfy `done`, and returns them.
+    /// It is woken by each change of the callers waiting, the pairs active, the pairs made and
+    /// the aborts (not by the bytes, which change all the time): for a drain, `|s| s.active == 0`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use jumpstarter_router::router::{Auth, Router};
+    ///
+    /// let router = Router::builder(Auth::new(b"key")).build();
+    /// let idle = router.wait_for_stats(|s| s.active == 0 && s.pending == 0).await;
+    /// assert_eq!(idle.pairs_total, 0);
+    /// # }
+    /// ```
+    pub async fn wait_for_stats(&self, mut done: impl FnMut(&RouterStats) -> bool) -> RouterStats {
+        loop {
+            let changed = self.inner.metrics.changed();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the counters are read: no change is missed in between.
+            changed.as_mut().enable();
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
     /// The router's metrics: register them in your own `prometheus-client` registry with
     /// [`Metrics::register`], or read them. `serve --metrics-listen` serves them.
     pub fn metrics(&self) -> &Metrics {

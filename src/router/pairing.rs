@@ -89,7 +89,7 @@ impl Inner {
         if let Some(waiter) = table.remove(&grant.stream) {
             drop(table);
             let m = &self.metrics;
-            m.pending_callers.dec();
+            m.pending(-1);
             // This caller; the waiting one counts itself when it takes the link.
             m.call(CallResult::Paired);
             let waited = waiter.since.elapsed();
@@ -129,7 +129,7 @@ impl Inner {
         let caller = self.next_caller.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         // Under the lock, so that a pairer's decrement never comes first.
-        self.metrics.pending_callers.inc();
+        self.metrics.pending(1);
         table.waiters.insert(
             grant.stream.clone(),
             Waiter {
@@ -163,7 +163,7 @@ impl Inner {
             drop(table);
             // The request body is dropped outside the lock.
             drop(waiter);
-            self.metrics.pending_callers.dec();
+            self.metrics.pending(-1);
         }
     }
 

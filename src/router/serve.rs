@@ -389,7 +389,11 @@ impl Incoming {
             loop {
                 let (tcp, remote) = tokio::select! {
                     // The server stopped taking connections: close the listener.
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => {
+                        drop(listener);
+                        tracing::info!("listener closed: no new connections");
+                        return;
+                    }
                     r = listener.accept() => match r {
                         Ok(c) => c,
                         Err(e) => {

@@ -66,16 +66,9 @@ impl TestRouter {
         what: &str,
         f: impl Fn(&jumpstarter_router::router::RouterStats) -> bool,
     ) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = self.router.stats();
-            if f(&s) {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("timed out waiting for {what}: {s:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let waited = tokio::time::timeout(Duration::from_secs(5), self.router.wait_for_stats(f));
+        if waited.await.is_err() {
+            panic!("timed out waiting for {what}: {:?}", self.router.stats());
         }
     }
 }
