@@ -23,7 +23,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::h2io::BatchedRead;
 use crate::proto::router_service_client::RouterServiceClient;
-use crate::{Error, RouterStream, StreamOptions};
+use crate::{ConnectError, RouterStream, StreamOptions};
 use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
 
 /// Connects to a router and opens the stream named by `token`, with the defaults of
@@ -46,11 +46,11 @@ use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
 ///
 /// # Errors
 ///
-/// A malformed endpoint or token ([`Error::Config`], `InvalidInput`), or a router that
-/// cannot be reached ([`Error::Status`] `Unavailable`, with the I/O error's kind, such as
-/// `ConnectionRefused`). Authentication errors arrive on the first read or write, since the
-/// stream does not wait for the router's answer.
-pub async fn connect(endpoint: &str, token: &str) -> Result<RouterStream, Error> {
+/// A malformed endpoint or token, or a router that cannot be reached: a [`ConnectError`]
+/// (as an `io::Error`: `InvalidInput`, or the I/O error's kind, such as `ConnectionRefused`).
+/// Authentication errors arrive on the first read or write, since the stream does not wait for
+/// the router's answer.
+pub async fn connect(endpoint: &str, token: &str) -> Result<RouterStream, ConnectError> {
     ClientBuilder::new(endpoint).connect(token).await
 }
 
@@ -60,8 +60,8 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<RouterStream, Error>
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the token is not a valid header value.
-pub fn open(channel: Channel, token: &str) -> Result<RouterStream, Error> {
+/// [`ConnectError::EmptyToken`] or [`ConnectError::InvalidToken`].
+pub fn open(channel: Channel, token: &str) -> Result<RouterStream, ConnectError> {
     open_with(
         channel,
         token,
@@ -74,13 +74,13 @@ pub fn open(channel: Channel, token: &str) -> Result<RouterStream, Error> {
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the token is not a valid header value.
+/// [`ConnectError::EmptyToken`] or [`ConnectError::InvalidToken`].
 pub fn open_with(
     channel: Channel,
     token: &str,
     opts: &StreamOptions,
     max_message_size: usize,
-) -> Result<RouterStream, Error> {
+) -> Result<RouterStream, ConnectError> {
     let auth = bearer(token)?;
     let mut client = RouterServiceClient::new(channel).max_decoding_message_size(max_message_size);
     Ok(RouterStream::from_call(opts, move |requests| async move {
@@ -90,14 +90,14 @@ pub fn open_with(
     }))
 }
 
-fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, Error> {
+fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, ConnectError> {
     let token = token.trim();
     if token.is_empty() {
-        return Err(Error::Config("the router token is empty".into()));
+        return Err(ConnectError::EmptyToken);
     }
     let mut value: MetadataValue<_> = format!("Bearer {token}")
         .parse()
-        .map_err(|_| Error::Config("the router token is not a valid HTTP header value".into()))?;
+        .map_err(|_| ConnectError::InvalidToken)?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -120,7 +120,7 @@ enum Trust {
 /// 4 MiB messages at most, TLS with the system's roots.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), jumpstarter_router::Error> {
+/// # async fn demo() -> Result<(), jumpstarter_router::ConnectError> {
 /// use jumpstarter_router::ClientBuilder;
 ///
 /// let stream = ClientBuilder::new("router.lab.example:8083")
@@ -250,16 +250,17 @@ impl ClientBuilder {
         self
     }
 
-    fn uri(&self) -> Result<(String, bool), Error> {
+    fn uri(&self) -> Result<(String, bool), ConnectError> {
         let e = self.endpoint.trim();
         let (uri, tls) = if let Some(rest) = e.strip_prefix("http://") {
             (format!("http://{rest}"), false)
         } else if let Some(rest) = e.strip_prefix("https://") {
             (format!("https://{rest}"), true)
         } else if e.contains("://") {
-            return Err(Error::Config(format!(
-                "router endpoint {e:?}: use host:port, https://host:port or http://host:port"
-            )));
+            return Err(ConnectError::Endpoint {
+                endpoint: self.endpoint.clone(),
+                reason: "use host:port, https://host:port or http://host:port".into(),
+            });
         } else {
             (format!("https://{e}"), true)
         };
@@ -270,11 +271,14 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a malformed endpoint or CA certificate.
-    pub fn endpoint(&self) -> Result<Endpoint, Error> {
+    /// [`ConnectError`] for a malformed endpoint or CA certificate.
+    pub fn endpoint(&self) -> Result<Endpoint, ConnectError> {
         let (uri, tls) = self.uri()?;
         let mut ep = Endpoint::from_shared(uri.clone())
-            .map_err(|e| Error::Config(format!("router endpoint {:?}: {e}", self.endpoint)))?
+            .map_err(|e| ConnectError::Endpoint {
+                endpoint: self.endpoint.clone(),
+                reason: e.to_string(),
+            })?
             .tcp_nodelay(true)
             .http2_adaptive_window(self.adaptive_window)
             .keep_alive_timeout(self.keepalive_timeout)
@@ -295,15 +299,12 @@ impl ClientBuilder {
             if let Some(name) = &self.tls_server_name {
                 cfg = cfg.domain_name(name.clone());
             }
-            let bad_tls = |e: tonic::transport::Error| Error::Config(format!("TLS setup: {e}"));
+            let bad_tls = ConnectError::Tls;
             ep = match &self.trust {
                 Trust::System => ep.tls_config(cfg.with_native_roots()).map_err(bad_tls)?,
                 Trust::Ca(pem) => {
                     if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                        return Err(Error::Config(
-                            "the CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-                                .into(),
-                        ));
+                        return Err(ConnectError::NoCertificate);
                     }
                     ep.tls_config(cfg.ca_certificate(Certificate::from_pem(pem)))
                         .map_err(bad_tls)?
@@ -321,9 +322,9 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a malformed endpoint or CA; [`Error::Status`] `Unavailable` when
-    /// the router cannot be reached (the I/O error is kept as the source).
-    pub async fn channel(&self) -> Result<Channel, Error> {
+    /// [`ConnectError`]: a malformed endpoint or CA, or [`ConnectError::Unreachable`] when the
+    /// router cannot be reached (the transport error is kept as the source).
+    pub async fn channel(&self) -> Result<Channel, ConnectError> {
         let ep = self.endpoint()?;
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
@@ -331,14 +332,10 @@ impl ClientBuilder {
         tcp.set_connect_timeout(self.connect_timeout);
         ep.connect_with_connector(BulkConnector(tcp))
             .await
-            .map_err(|e| {
-                let mut status = tonic::Status::unavailable(format!(
-                    "cannot connect to router {}: {}",
-                    self.endpoint,
-                    error_chain(&e)
-                ));
-                status.set_source(Arc::new(e));
-                Error::Status(status)
+            .map_err(|source| ConnectError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: error_chain(&source),
+                source,
             })
     }
 
@@ -347,8 +344,9 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// As [`channel`](Self::channel), and [`Error::Config`] for a malformed token.
-    pub async fn connect(&self, token: &str) -> Result<RouterStream, Error> {
+    /// As [`channel`](Self::channel), and [`ConnectError::EmptyToken`] or
+    /// [`ConnectError::InvalidToken`] for a malformed token.
+    pub async fn connect(&self, token: &str) -> Result<RouterStream, ConnectError> {
         bearer(token)?;
         let channel = self.channel().await?;
         let mut stream = open_with(channel, token, &self.options, self.max_message_size)?;

@@ -43,9 +43,71 @@ pub enum Error {
     /// The stream was dropped without a shutdown (sent to the peer as the cause of an abort).
     #[error("router stream dropped without shutdown")]
     Dropped,
-    /// A configuration error before anything was sent: a bad endpoint, token or certificate.
-    #[error("{0}")]
-    Config(String),
+}
+
+/// Why a router connection could not be set up (feature `client`): a bad endpoint, token or
+/// certificate, or a router that cannot be reached. Once the stream is open, its failures are
+/// [`Error`]s, reported through the stream's `io::Error`s.
+///
+/// Converts into an [`io::Error`] of kind [`ConnectError::kind`], so `?` works in functions
+/// that return `io::Result`.
+#[cfg(feature = "client")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The endpoint is not `host:port`, `https://host:port` or `http://host:port`.
+    #[error("router endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The token is empty (or only white space).
+    #[error("the router token is empty")]
+    EmptyToken,
+    /// The token cannot be sent as an HTTP header value.
+    #[error("the router token is not a valid HTTP header value")]
+    InvalidToken,
+    /// The CA certificate file holds no PEM certificate.
+    #[error("the CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate,
+    /// TLS could not be set up with these settings.
+    #[error("TLS setup: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// The router could not be reached (refused, unresolvable, timed out, TLS handshake).
+    #[error("cannot connect to router {endpoint}: {message}")]
+    Unreachable {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The error and its causes, in one line.
+        message: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+#[cfg(feature = "client")]
+impl ConnectError {
+    /// The [`io::ErrorKind`] this error is reported with: `InvalidInput` for settings, the kind
+    /// of the underlying I/O error (e.g. `ConnectionRefused`) for an unreachable router, or
+    /// `ConnectionAborted` when it has none.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            ConnectError::Unreachable { source, .. } => {
+                io_kind_in(Some(source)).unwrap_or(io::ErrorKind::ConnectionAborted)
+            }
+            _ => io::ErrorKind::InvalidInput,
+        }
+    }
+}
+
+#[cfg(feature = "client")]
+impl From<ConnectError> for io::Error {
+    fn from(e: ConnectError) -> Self {
+        io::Error::new(e.kind(), e)
+    }
 }
 
 fn fmt_status(s: &tonic::Status) -> String {
@@ -72,7 +134,6 @@ impl Error {
     /// | status `ResourceExhausted`, `OutOfRange`, `DataLoss` (e.g. a frame over the size limit) | `InvalidData` |
     /// | status `InvalidArgument` | `InvalidInput` |
     /// | status `NotFound` / `AlreadyExists` / `Unimplemented` | `NotFound` / `AlreadyExists` / `Unsupported` |
-    /// | configuration | `InvalidInput` |
     /// | anything else | `Other` |
     pub fn kind(&self) -> io::ErrorKind {
         use io::ErrorKind as K;
@@ -82,7 +143,6 @@ impl Error {
             Error::UnexpectedEnd => K::UnexpectedEof,
             Error::WriteAfterShutdown | Error::CallEnded => K::BrokenPipe,
             Error::Dropped => K::ConnectionAborted,
-            Error::Config(_) => K::InvalidInput,
             Error::Status(s) => match s.code() {
                 Code::Unauthenticated | Code::PermissionDenied => K::PermissionDenied,
                 Code::Unavailable | Code::Cancelled | Code::Aborted => {
@@ -123,7 +183,11 @@ impl Error {
 /// The kind of the first `io::Error` in the source chain of a status (a refused connection
 /// keeps `ConnectionRefused` rather than a generic "aborted").
 fn io_source_kind(s: &tonic::Status) -> Option<io::ErrorKind> {
-    let mut cur: Option<&(dyn StdError + 'static)> = s.source();
+    io_kind_in(s.source())
+}
+
+/// The kind of the first `io::Error` in a chain of errors.
+fn io_kind_in(mut cur: Option<&(dyn StdError + 'static)>) -> Option<io::ErrorKind> {
     while let Some(e) = cur {
         if let Some(ioe) = e.downcast_ref::<io::Error>() {
             return Some(ioe.kind());

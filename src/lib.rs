@@ -75,6 +75,8 @@ pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 pub use bridge::bridge;
 pub use error::Error;
+#[cfg(feature = "client")]
+pub use error::ConnectError;
 pub use frame::Frame;
 pub use stream::{
     CallFrames, RequestStream, ResponseStream, RouterStream, SentFrames, StreamOptions,
