@@ -3,13 +3,14 @@
 # grows with what libFuzzer finds. Needs the nightly toolchain and cargo-fuzz
 # (`cargo install cargo-fuzz`). Longer runs: `fuzz/run.sh 3600`.
 #   router_body  the router's parsing of request bodies, split at arbitrary points
+#   router_stream  RouterStream under arbitrary peer frames and local operations
 #   token        token checking on arbitrary authorization values, rechecked independently
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in router_body token; do
+for target in router_body router_stream token; do
   mkdir -p "fuzz/corpus/$target"
   echo "fuzz: $target for ${secs}s"
   status=0

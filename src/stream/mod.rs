@@ -241,10 +241,12 @@ impl<S> RouterStream<S> {
         matches!(self.read, ReadState::Eof(_))
     }
 
-    /// The error that ended the call, if one did.
+    /// The error that ended the call, if one did: the first one, which never changes.
     pub fn error(&self) -> Option<&Error> {
-        match (&self.read, &self.write) {
-            (ReadState::Failed(e), _) | (_, WriteState::Failed(e)) => Some(e),
+        // A read failure fails the write half with the same error, unless the write half had
+        // failed first: the write half's error is always the first.
+        match (&self.write, &self.read) {
+            (WriteState::Failed(e), _) | (_, ReadState::Failed(e)) => Some(e),
             _ => None,
         }
     }
