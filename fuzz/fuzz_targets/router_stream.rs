@@ -71,6 +71,8 @@ struct Run {
     sent_goaway: bool,
     /// The sent frames ended (`None`) or failed.
     sent_over: bool,
+    /// RST_STREAM (and `Err(Dropped)`) was taken from the sent frames.
+    sent_rst: bool,
     shut_down: bool,
     /// `close()` was called: it reads to EOF and discards what it reads.
     discarding: bool,
@@ -176,7 +178,7 @@ impl Run {
         if let Poll::Ready(Ok(k)) = Pin::new(s).poll_write(&mut Self::cx(), &buf) {
             assert!(k <= n);
             assert!(n == 0 || k > 0, "Ready(0) for a non-empty write");
-            assert!(!self.shut_down, "a write accepted after shutdown");
+            assert!(k == 0 || !self.shut_down, "a write accepted after shutdown");
             self.written += k;
         }
     }
@@ -230,6 +232,7 @@ impl Run {
                         Poll::Ready(Some(Err(Error::Dropped))) => {}
                         other => panic!("RST_STREAM not followed by Err(Dropped): {other:?}"),
                     }
+                    self.sent_rst = true;
                     self.sent_over = true;
                     return;
                 }
@@ -255,13 +258,17 @@ impl Run {
 
     fn drop_stream(&mut self) {
         let Some(s) = self.stream.take() else { return };
-        let aborts = !self.shut_down && s.error().is_none();
+        let failed = s.error().is_some();
         drop(s);
-        if aborts && !self.sent_over && self.sent.is_some() {
-            // Everything queued, then RST_STREAM and Err(Dropped): never a clean end.
+        if !failed && !self.sent_over && self.sent.is_some() {
+            // Everything queued comes out, then GOAWAY (it was shut down) or RST_STREAM and
+            // Err(Dropped): never a clean end without GOAWAY.
             self.take_sent(usize::MAX);
             assert!(self.sent_over, "a dropped stream's frames did not end");
-            assert!(!self.sent_goaway || self.shut_down);
+            assert!(
+                self.sent_goaway || self.sent_rst,
+                "a stream dropped before GOAWAY ended its frames cleanly"
+            );
         }
     }
 }
@@ -283,6 +290,7 @@ fuzz_target!(|data: &[u8]| {
         sent_data: 0,
         sent_goaway: false,
         sent_over: false,
+        sent_rst: false,
         shut_down: false,
         discarding: false,
         first_error: None,

@@ -140,8 +140,8 @@ pub struct RouterStream<S = CallFrames> {
     /// Set when dropped before GOAWAY: the outbound stream then ends with RST_STREAM.
     abort: Arc<AtomicBool>,
     /// Resolves (with an error) once the outbound stream is dropped: every frame was handed
-    /// to the transport.
-    outbound_done: oneshot::Receiver<()>,
+    /// to the transport. `None` once it has.
+    outbound_done: Option<oneshot::Receiver<()>>,
 }
 
 /// The read half. See the module docs for the diagram.
@@ -227,7 +227,7 @@ impl<S> RouterStream<S> {
             }),
             end_of_outbound,
             abort: handle.abort,
-            outbound_done: handle.done,
+            outbound_done: Some(handle.done),
         }
     }
 
@@ -383,7 +383,11 @@ where
         if !matches!(self.write, WriteState::Failed(_)) {
             self.write = WriteState::Ended;
         }
-        let _ = ready!(Pin::new(&mut self.outbound_done).poll(cx));
+        if let Some(done) = &mut self.outbound_done {
+            let _ = ready!(Pin::new(done).poll(cx));
+            // Not polled again: a second close returns at once.
+            self.outbound_done = None;
+        }
         Poll::Ready(Ok(()))
     }
 

@@ -79,6 +79,21 @@ impl Outbound {
         (Handle { tx, abort, done }, outbound)
     }
 
+    /// The next item of an outbound stream type: `frame` for each frame, `abort` once after
+    /// the RST_STREAM of a writer dropped without shutdown, then the end.
+    fn poll_item<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: impl FnOnce(Frame) -> T,
+        abort: impl FnOnce() -> Option<T>,
+    ) -> Poll<Option<T>> {
+        Poll::Ready(match ready!(self.poll_next_frame(cx)) {
+            Next::Frame(f) => Some(frame(f)),
+            Next::Abort => abort(),
+            Next::End => None,
+        })
+    }
+
     fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         let (next, state) = match self.state {
             State::Frames => match ready!(self.rx.poll_recv(cx)) {
@@ -163,11 +178,8 @@ impl Stream for ResponseStream {
     type Item = Result<StreamResponse, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match ready!(self.get_mut().0.poll_next_frame(cx)) {
-            Next::Frame(f) => Poll::Ready(Some(Ok(f.into()))),
-            Next::Abort => Poll::Ready(Some(Err(Error::Dropped.into()))),
-            Next::End => Poll::Ready(None),
-        }
+        let abort = || Some(Err(Error::Dropped.into()));
+        self.get_mut().0.poll_item(cx, |f| Ok(f.into()), abort)
     }
 }
 
@@ -189,11 +201,7 @@ impl Stream for SentFrames {
     type Item = Result<Frame, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match ready!(self.get_mut().0.poll_next_frame(cx)) {
-            Next::Frame(f) => Poll::Ready(Some(Ok(f))),
-            Next::Abort => Poll::Ready(Some(Err(Error::Dropped))),
-            Next::End => Poll::Ready(None),
-        }
+        self.get_mut().0.poll_item(cx, Ok, || Some(Err(Error::Dropped)))
     }
 }
 
