@@ -154,7 +154,6 @@ impl Roles {
 
 // ===== the plain tonic relay =====
 
-
 type Replies = mpsc::Sender<Result<StreamResponse, Status>>;
 
 /// A relay as one writes it by hand: pair by the `stream` metadata, forward with a task and a

@@ -104,7 +104,6 @@ impl RouterService for Bench {
     }
 }
 
-
 struct Setup {
     rt: Runtime,
     channel: Channel,

@@ -74,9 +74,9 @@ pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 pub use bridge::bridge;
-pub use error::Error;
 #[cfg(feature = "client")]
 pub use error::ConnectError;
+pub use error::Error;
 pub use frame::Frame;
 pub use stream::{
     CallFrames, RequestStream, ResponseStream, RouterStream, SentFrames, StreamOptions,

@@ -4,6 +4,7 @@
 #![cfg(feature = "cli")]
 
 use support::process;
+use support::process::scrape;
 mod support;
 
 use std::collections::HashMap;
@@ -19,37 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// `GET /metrics` over a plain TCP connection; returns the samples as `name{labels}` -> value.
-async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    within(
-        10,
-        "the /metrics response",
-        tcp.read_to_string(&mut response),
-    )
-    .await
-    .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    assert!(body.trim_end().ends_with("# EOF"), "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
 
 fn sample(m: &HashMap<String, f64>, name: &str) -> f64 {
     *m.get(name)

@@ -30,14 +30,20 @@ async fn pings_without_streams_are_answered() {
     }
     // The connection is still up: a call on it gets its answer (here: no token).
     within(5, "ready", send.clone().ready()).await.unwrap();
-    let req = tonic::codegen::http::Request::post(format!("http://{}/jumpstarter.v1.RouterService/Stream", r.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let req = tonic::codegen::http::Request::post(format!(
+        "http://{}/jumpstarter.v1.RouterService/Stream",
+        r.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
     let (resp, _body) = send.send_request(req, true).unwrap();
     let resp = within(5, "response", resp).await.unwrap();
-    let status = resp.headers().get("grpc-status").expect("trailers-only refusal");
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .expect("trailers-only refusal");
     assert_eq!(status, "16", "{resp:?}"); // UNAUTHENTICATED
     assert!(
         !conn.is_finished(),

@@ -20,10 +20,9 @@ use jumpstarter_router::proto::router_service_server::RouterService;
 use jumpstarter_router::proto::{StreamRequest, StreamResponse};
 use jumpstarter_router::{connect, ClientBuilder, Error, Frame, RouterStream, StreamOptions};
 use raw::{
-    data_of, describe, serve, within, AcceptingServer, BoxResponses, PeerServer,
-    RawCall, RxStream,
+    data_of, describe, serve, within, AcceptingServer, BoxResponses, PeerServer, RawCall, RxStream,
 };
-use support::{pattern_sha, test_bytes, recv_all, send_pattern, TestRouter};
+use support::{pattern_sha, recv_all, send_pattern, test_bytes, TestRouter};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec};

@@ -25,9 +25,9 @@ use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
-use crate::h2io::KeepalivePolicy;
 use super::{ConfigError, Router};
 use crate::h2io::BatchedRead;
+use crate::h2io::KeepalivePolicy;
 
 /// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
 #[derive(Clone)]
@@ -427,7 +427,8 @@ impl Incoming {
                         tokio::spawn(async move {
                             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                                 Ok(Ok(tls)) => {
-                                    let guard = KeepalivePolicy::new(Either::Right(tls), info, deadline);
+                                    let guard =
+                                        KeepalivePolicy::new(Either::Right(tls), info, deadline);
                                     let _ = tx.send(guard).await;
                                 }
                                 Ok(Err(e)) => {

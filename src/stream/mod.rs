@@ -720,7 +720,10 @@ where
                     me.write = WriteState::GoingAway(tx);
                     ready!(me.poll_send(cx, |_| Frame::go_away()))?;
                     let read_done = matches!(me.read, ReadState::Eof(_) | ReadState::Failed(_));
-                    match (me.end_of_outbound, std::mem::replace(&mut me.write, WriteState::Ended)) {
+                    match (
+                        me.end_of_outbound,
+                        std::mem::replace(&mut me.write, WriteState::Ended),
+                    ) {
                         // Servicer: the response ends only once the read half is done as well.
                         (EndOfOutbound::EndsCall, WriteState::GoingAway(tx)) if !read_done => {
                             WriteState::HalfClosed { _held_open: tx }

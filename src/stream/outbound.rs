@@ -201,7 +201,9 @@ impl Stream for SentFrames {
     type Item = Result<Frame, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().0.poll_item(cx, Ok, || Some(Err(Error::Dropped)))
+        self.get_mut()
+            .0
+            .poll_item(cx, Ok, || Some(Err(Error::Dropped)))
     }
 }
 

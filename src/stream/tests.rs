@@ -350,7 +350,10 @@ fn a_writer_after_eof_gets_the_final_status_of_the_call() {
     assert_eq!(assert_ready_ok!(write(&mut task, &mut s, b"abcd")), 4);
     let e = assert_ready_err!(flush(&mut task, &mut s));
     assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e}");
-    assert_eq!(s.error().and_then(Error::status).unwrap().message(), "peer reset the stream");
+    assert_eq!(
+        s.error().and_then(Error::status).unwrap().message(),
+        "peer reset the stream"
+    );
     // The read half stays at EOF.
     assert!(assert_ready_ok!(read(&mut task, &mut s, 8)).is_empty());
 }

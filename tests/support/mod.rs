@@ -5,10 +5,10 @@
 //! - [`process`]: processes of the `jumpstarter-router` binary (feature `cli`).
 #![allow(dead_code, unreachable_pub)]
 
-pub mod raw;
-mod rx_stream;
 #[cfg(feature = "cli")]
 pub mod process;
+pub mod raw;
+mod rx_stream;
 
 #[cfg(feature = "router")]
 use std::net::SocketAddr;
