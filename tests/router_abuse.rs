@@ -55,27 +55,31 @@ async fn open(
         .map(|r| r.into_inner())
 }
 
-/// 1,000 callers with distinct valid tokens that never get a peer: memory per caller is small
-/// and bounded, a cap refuses the next one with RESOURCE_EXHAUSTED (a caller whose peer waits
-/// still pairs), honest pairs go on, and the pairing timeout removes them all.
+/// 1,000 callers (`ROUTER_UNPAIRED_CALLERS`: 10,000 for the README's figure) with distinct
+/// valid tokens that never get a peer: memory per caller is small and bounded, a cap refuses
+/// the next one with RESOURCE_EXHAUSTED (a caller whose peer waits still pairs), honest pairs
+/// go on, and the pairing timeout removes them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaired_callers_are_capped_and_cleaned_up() {
-    const N: usize = 1000;
+    let n: usize = std::env::var("ROUTER_UNPAIRED_CALLERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let r = TestRouter::with(
         Router::builder(Auth::new(KEY))
-            .pairing_timeout(Some(Duration::from_secs(3)))
-            .max_pending(Some(N))
+            .pairing_timeout(Some(Duration::from_secs(3 + n as u64 / 250)))
+            .max_pending(Some(n))
             .build(),
     )
     .await;
-    // 8 connections (HTTP/2 allows a few hundred streams on each).
+    // 8 connections or more (hyper allows 200 streams on each; we use 100).
     let mut channels = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..(n / 100).max(8) {
         channels.push(channel(&r).await);
     }
     let before = rss_kib();
     let mut waiting = Vec::new();
-    for i in 0..N {
+    for i in 0..n {
         let c = &channels[i % channels.len()];
         waiting.push(
             within(10, "a waiting caller", open(c, &format!("lonely-{i}")))
@@ -83,15 +87,15 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
                 .unwrap(),
         );
     }
-    r.wait_for("all to wait", |s| s.pending == N).await;
-    let per_caller = (rss_kib().saturating_sub(before)) as f64 / N as f64;
+    r.wait_for("all to wait", |s| s.pending == n).await;
+    let per_caller = (rss_kib().saturating_sub(before)) as f64 / n as f64;
     eprintln!("router + client RSS per pending caller: {per_caller:.1} KiB");
     assert!(per_caller < 64.0, "{per_caller} KiB per pending caller");
 
     // One more would wait: refused, and says why.
     let err = open(&channels[0], "one-too-many").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert!(err.message().contains("limit 1000"), "{err:?}");
+    assert!(err.message().contains(&format!("limit {n}")), "{err:?}");
     // A caller whose peer waits pairs all the same.
     let mut peer_of_0 = open(&channels[1], "lonely-0").await.unwrap();
     let mut first = waiting.swap_remove(0);
@@ -107,7 +111,7 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
     assert_eq!(&m.payload[..], b"x");
     // The pairing freed a slot: an honest pair (whose first caller waits too) goes through
     // while the table holds 999 waiters.
-    r.wait_for("the pair", |s| s.pending == N - 1).await;
+    r.wait_for("the pair", |s| s.pending == n - 1).await;
     let tok = r.token("honest");
     let (mut a, mut b) = pair_up(&r.endpoint(), &tok, b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
@@ -143,33 +147,29 @@ async fn waiting_callers_per_connection_are_capped() {
     r.wait_for("three waiting", |s| s.pending == 3).await;
 }
 
-/// Connections that never finish their handshake: 300 that send nothing and 300 that stop
-/// inside the HTTP/2 preface, on a router with a 1 s handshake timeout. Honest callers pair
-/// meanwhile, and every stalled connection is closed by the router within the timeout + 1 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_that_never_finish_the_handshake_time_out() {
+/// Opens `n` connections to `addr` that send nothing and `n` that send `partial` and stop; then
+/// runs `honest` (callers that must get through meanwhile), and checks that the router closes
+/// every stalled connection (EOF or a reset, never a hang) within its 1 s handshake timeout
+/// + 1 s. Returns how long it took from the first connection to the last close.
+async fn stall_handshakes<F: std::future::Future<Output = ()>>(
+    addr: std::net::SocketAddr,
+    n: usize,
+    partial: &[u8],
+    honest: F,
+) -> Duration {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let r = TestRouter::with(
-        Router::builder(Auth::new(KEY))
-            .handshake_timeout(Duration::from_secs(1))
-            .build(),
-    )
-    .await;
     let start = tokio::time::Instant::now();
     let mut stalled = Vec::new();
-    for i in 0..600 {
-        let mut tcp = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    for i in 0..2 * n {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         if i % 2 == 1 {
-            tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+            tcp.write_all(partial).await.unwrap();
         }
         stalled.push(tcp);
     }
-    // Honest callers connect and pair while those hang.
-    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
-    send_and_finish(&mut a, &mut b, b"bye").await;
-    // Each stalled connection is closed by the router: EOF or a reset, never a hang.
+    honest.await;
     for mut tcp in stalled {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 256];
         let closed = within(5, "the handshake timeout", async {
             loop {
                 match tcp.read(&mut buf).await {
@@ -183,7 +183,111 @@ async fn connections_that_never_finish_the_handshake_time_out() {
     }
     let took = start.elapsed();
     assert!(took < Duration::from_secs(4), "{took:?}");
+    took
+}
+
+/// Connections that never finish their handshake: 1,000 that send nothing and 1,000 that stop
+/// inside the HTTP/2 preface, on a router with a 1 s handshake timeout. Honest callers pair
+/// meanwhile, and every stalled connection is closed by the router within the timeout + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_the_handshake_time_out() {
+    let r = TestRouter::with(
+        Router::builder(Auth::new(KEY))
+            .handshake_timeout(Duration::from_secs(1))
+            .build(),
+    )
+    .await;
+    let honest = async {
+        let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+        send_and_finish(&mut a, &mut b, b"bye").await;
+    };
+    let took = stall_handshakes(r.addr, 1000, b"PRI * HTTP/2.0\r\n", honest).await;
+    eprintln!("2,000 stalled plaintext handshakes closed within {took:?}");
     // And the router still serves.
+    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
+    send_and_finish(&mut a, &mut b, b"bye").await;
+}
+
+/// The same over TLS: 1,000 connections that never send their ClientHello and 1,000 that stop
+/// inside it; honest TLS callers pair meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_that_never_finish_the_handshake_time_out() {
+    use jumpstarter_router::router::{ServeConfig, TlsMode};
+    use jumpstarter_router::ClientBuilder;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServeConfig::new(addr, TlsMode::SelfSigned("localhost".into()))
+        .tls_config()
+        .unwrap();
+    let router = Router::builder(Auth::new(KEY))
+        .handshake_timeout(Duration::from_secs(1))
+        .build();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(router.serve_listener(listener, tls, async {
+        let _ = stopped.await;
+    }));
+    let endpoint = format!("https://localhost:{}", addr.port());
+    let pair = |name: &'static str| {
+        let endpoint = endpoint.clone();
+        async move {
+            let tok = Auth::new(KEY).mint(name, Duration::from_secs(60)).unwrap();
+            let client = ClientBuilder::new(&endpoint).insecure_skip_verify(true);
+            let mut a = within(10, "TLS connect", client.connect(&tok)).await.unwrap();
+            let mut b = within(10, "TLS connect", client.connect(&tok)).await.unwrap();
+            send_and_finish(&mut a, &mut b, b"over tls").await;
+            send_and_finish(&mut b, &mut a, b"back").await;
+        }
+    };
+    // The first bytes of a ClientHello record (handshake, TLS 1.0 record version, 512 bytes
+    // announced; ClientHello of 508 bytes, version 1.2, and a few bytes of its random).
+    let partial = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x11, 0x22, 0x33,
+    ];
+    let took = stall_handshakes(addr, 1000, &partial, pair("tls-honest")).await;
+    eprintln!("2,000 stalled TLS handshakes closed within {took:?}");
+    pair("tls-after").await;
+}
+
+/// A request whose header list is over the limit (a 1 MiB header; hyper's limit is 16 KiB) is
+/// refused on its own: the caller gets an error, never a session, and the router goes on
+/// serving others, on the same connection too.
+#[tokio::test]
+async fn header_lists_over_the_limit_are_refused() {
+    let r = TestRouter::start().await;
+    let tcp = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = |extra: Option<String>| {
+        let mut req = tonic::codegen::http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/jumpstarter.v1.RouterService/Stream", r.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {}", r.token("big-headers")));
+        if let Some(v) = extra {
+            req = req.header("x-padding", v);
+        }
+        req.body(()).unwrap()
+    };
+    let mut client = within(5, "ready", client.ready()).await.unwrap();
+    let (response, _body) = client
+        .send_request(request(Some("a".repeat(1 << 20))), true)
+        .unwrap();
+    match within(10, "the refusal", response).await {
+        // h2 answers 431, or resets the stream: either way no call.
+        Ok(resp) => assert_eq!(resp.status(), 431, "{resp:?}"),
+        Err(e) => assert!(e.is_reset() || e.is_go_away(), "{e:?}"),
+    }
+    assert_eq!(r.router.stats().pending, 0);
+    // The same connection still carries a normal call (refused here for its lone caller's
+    // missing body, after it reached the router: it was heard).
+    if !conn.is_finished() {
+        let mut client = within(5, "ready", client.ready()).await.unwrap();
+        let (response, _body) = client.send_request(request(None), true).unwrap();
+        let resp = within(10, "a normal call", response).await.unwrap();
+        assert_eq!(resp.status(), 200, "{resp:?}");
+    }
+    // And other callers pair.
     let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
