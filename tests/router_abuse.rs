@@ -65,9 +65,11 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    // Long enough to open them all.
+    let pairing_timeout = Duration::from_secs(3 + n as u64 / 250);
     let r = TestRouter::with(
         Router::builder(Auth::new(KEY))
-            .pairing_timeout(Some(Duration::from_secs(3 + n as u64 / 250)))
+            .pairing_timeout(Some(pairing_timeout))
             .max_pending(Some(n))
             .build(),
     )
@@ -119,7 +121,7 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
 
     // The pairing timeout ends every waiting call with DEADLINE_EXCEEDED.
     for mut w in waiting {
-        let status = within(10, "the pairing timeout", w.message())
+        let status = within(10 + pairing_timeout.as_secs(), "the pairing timeout", w.message())
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded);
