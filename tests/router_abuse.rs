@@ -121,9 +121,13 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
 
     // The pairing timeout ends every waiting call with DEADLINE_EXCEEDED.
     for mut w in waiting {
-        let status = within(10 + pairing_timeout.as_secs(), "the pairing timeout", w.message())
-            .await
-            .unwrap_err();
+        let status = within(
+            10 + pairing_timeout.as_secs(),
+            "the pairing timeout",
+            w.message(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded);
     }
     r.wait_for("the table to empty", |s| s.pending == 0).await;
@@ -234,8 +238,12 @@ async fn tls_connections_that_never_finish_the_handshake_time_out() {
         async move {
             let tok = Auth::new(KEY).mint(name, Duration::from_secs(60)).unwrap();
             let client = ClientBuilder::new(&endpoint).insecure_skip_verify(true);
-            let mut a = within(10, "TLS connect", client.connect(&tok)).await.unwrap();
-            let mut b = within(10, "TLS connect", client.connect(&tok)).await.unwrap();
+            let mut a = within(10, "TLS connect", client.connect(&tok))
+                .await
+                .unwrap();
+            let mut b = within(10, "TLS connect", client.connect(&tok))
+                .await
+                .unwrap();
             send_and_finish(&mut a, &mut b, b"over tls").await;
             send_and_finish(&mut b, &mut a, b"back").await;
         }
@@ -262,10 +270,16 @@ async fn header_lists_over_the_limit_are_refused() {
     let request = |extra: Option<String>| {
         let mut req = tonic::codegen::http::Request::builder()
             .method("POST")
-            .uri(format!("http://{}/jumpstarter.v1.RouterService/Stream", r.addr))
+            .uri(format!(
+                "http://{}/jumpstarter.v1.RouterService/Stream",
+                r.addr
+            ))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .header("authorization", format!("Bearer {}", r.token("big-headers")));
+            .header(
+                "authorization",
+                format!("Bearer {}", r.token("big-headers")),
+            );
         if let Some(v) = extra {
             req = req.header("x-padding", v);
         }

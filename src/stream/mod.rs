@@ -2,11 +2,14 @@
 //!
 //! # Layout
 //!
-//! - this file: the state machine of the two halves and the tokio I/O traits;
-//! - [`inbound`]: [`CallFrames`], the frames of a tonic call as the read half takes them;
-//! - [`outbound`]: the frames the write half sends, as tonic's request or response stream;
-//! - [`server`]: [`RouterStream::accept`], the servicer side of a call;
-//! - [`options`]: [`StreamOptions`].
+//! - `stream/mod.rs`: the state machine of the two halves and the tokio I/O traits;
+//! - `stream/inbound.rs`: [`CallFrames`], the frames of a tonic call as the read half takes
+//!   them;
+//! - `stream/outbound.rs`: the frames the write half sends, as tonic's request or response
+//!   stream ([`RequestStream`], [`ResponseStream`]) or as [`SentFrames`];
+//! - `stream/server.rs`: [`RouterStream::accept`], the servicer side of a call;
+//! - `stream/options.rs`: [`StreamOptions`];
+//! - `stream/tests.rs`: the state machine driven by scripted frames.
 //!
 //! # State machine
 //!
