@@ -88,25 +88,7 @@ async fn concurrent_pairs_through_serve() {
         let tok = mint(&format!("load-{i}"));
         for side in 0..2u64 {
             let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
-            let tok = tok.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut s = jumpstarter_router::open(ch, &tok).unwrap();
-                let seed = i as u64 * 2 + side;
-                let (mut rd, mut wr) = tokio::io::split(&mut s);
-                let (sent, got) = tokio::join!(
-                    async {
-                        send_pattern(&mut wr, MIB, seed, 32 * 1024).await?;
-                        wr.shutdown().await
-                    },
-                    recv_all(&mut rd)
-                );
-                sent.unwrap();
-                let (n, sha) = got.unwrap();
-                assert_eq!(n, MIB, "pair {i} side {side}");
-                let want = pattern_sha(MIB, i as u64 * 2 + (1 - side));
-                assert_eq!(sha, want, "pair {i} side {side}");
-                s.close().await.unwrap();
-            }));
+            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
         }
     }
     within(600, "the pairs", async {

@@ -219,30 +219,7 @@ async fn two_hundred_concurrent_pairs() {
         let tok = r.token(&format!("pair-{i}"));
         for side in 0..2u64 {
             let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
-            let tok = tok.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut s = jumpstarter_router::open(ch, &tok).unwrap();
-                let seed = i as u64 * 2 + side;
-                let (mut rd, mut wr) = tokio::io::split(&mut s);
-                let (sent, got) = tokio::join!(
-                    async {
-                        let sha = send_pattern(&mut wr, MIB, seed, 32 * 1024).await?;
-                        wr.shutdown().await?;
-                        Ok::<_, std::io::Error>(sha)
-                    },
-                    recv_all(&mut rd)
-                );
-                let sent = sent.unwrap();
-                let (n, sha) = got.unwrap();
-                assert_eq!(n, MIB, "pair {i} side {side}");
-                assert_eq!(
-                    sha,
-                    pattern_sha(MIB, i as u64 * 2 + (1 - side)),
-                    "pair {i} side {side}"
-                );
-                s.close().await.unwrap();
-                sent
-            }));
+            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
         }
     }
     within(300, "the pairs", async {

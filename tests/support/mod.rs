@@ -218,3 +218,34 @@ where
         .unwrap();
     assert_eq!(got, msg);
 }
+
+/// One side of a load pair: opens the stream named by `token` on `channel`, sends 1 MiB of
+/// pattern `2 * pair + side` with half-close while it reads the other side's 1 MiB to EOF,
+/// checks every byte (SHA-256), and closes; returns the SHA-256 it sent.
+#[cfg(feature = "client")]
+pub async fn load_pair_side(
+    channel: tonic::transport::Channel,
+    token: String,
+    pair: usize,
+    side: u64,
+) -> String {
+    const MIB: u64 = 1024 * 1024;
+    let mut s = jumpstarter_router::open(channel, &token).unwrap();
+    let seed = pair as u64 * 2 + side;
+    let (mut rd, mut wr) = tokio::io::split(&mut s);
+    let (sent, got) = tokio::join!(
+        async {
+            let sha = send_pattern(&mut wr, MIB, seed, 32 * 1024).await?;
+            wr.shutdown().await?;
+            Ok::<_, std::io::Error>(sha)
+        },
+        recv_all(&mut rd)
+    );
+    let sent = sent.unwrap();
+    let (n, sha) = got.unwrap();
+    assert_eq!(n, MIB, "pair {pair} side {side}");
+    let want = pattern_sha(MIB, pair as u64 * 2 + (1 - side));
+    assert_eq!(sha, want, "pair {pair} side {side}");
+    s.close().await.unwrap();
+    sent
+}
