@@ -109,20 +109,21 @@ impl Direction {
 /// ```
 #[derive(Clone)]
 pub struct Metrics {
-    pub(crate) active_pairs: Gauge,
-    pub(crate) pending_callers: Gauge,
+    active_pairs: Gauge,
+    pending_callers: Gauge,
     calls: Family<Labels, Counter>,
     /// `calls` by [`CallResult`], taken out of the family once.
     by_result: [Counter; 6],
-    pub(crate) pairs: Counter,
+    pairs: Counter,
     /// Callers that aborted (error, or end without GOAWAY): `RouterStats::aborts_total`.
-    pub(crate) aborts: Counter,
+    aborts: Counter,
     bytes: Family<Labels, Counter>,
     /// `bytes` by [`Direction`], taken out of the family once.
     by_direction: [Counter; 2],
     pub(crate) pairing_wait: Histogram,
     pub(crate) session_duration: Histogram,
-    /// Woken on every change of the counters of `RouterStats` but the bytes.
+    /// Woken on every change of the counters of `RouterStats` but the bytes. The four
+    /// counters are private so that every change goes through the methods that wake it.
     changed: Arc<Notify>,
 }
 
@@ -215,6 +216,18 @@ impl Metrics {
     }
 
     /// Counts a call's result.
+    /// The counters of [`Router::stats`](super::Router::stats).
+    pub(crate) fn stats(&self) -> super::RouterStats {
+        super::RouterStats {
+            pending: self.pending_callers.get().max(0) as usize,
+            active: self.active_pairs.get().max(0) as usize,
+            pairs_total: self.pairs.get(),
+            aborts_total: self.aborts.get(),
+            bytes_forwarded: self.bytes(Direction::FirstToSecond)
+                + self.bytes(Direction::SecondToFirst),
+        }
+    }
+
     /// A caller starts waiting for its peer (`delta` 1) or stops (`-1`).
     pub(crate) fn pending(&self, delta: i64) {
         self.pending_callers.inc_by(delta);

@@ -215,14 +215,7 @@ impl Router {
 
     /// The counters now.
     pub fn stats(&self) -> RouterStats {
-        let m = &self.inner.metrics;
-        RouterStats {
-            pending: m.pending_callers.get().max(0) as usize,
-            active: m.active_pairs.get().max(0) as usize,
-            pairs_total: m.pairs.get(),
-            aborts_total: m.aborts.get(),
-            bytes_forwarded: m.bytes(Direction::FirstToSecond) + m.bytes(Direction::SecondToFirst),
-        }
+        self.inner.metrics.stats()
     }
 
     /// Waits until the counters of [`stats`](Router::stats) satisfy `done`, and returns them.

@@ -530,6 +530,14 @@ where
         Ok(())
     }
 
+    /// Why the write half takes nothing more: its failure, or else the shutdown.
+    fn not_writable(&self) -> io::Error {
+        match &self.write {
+            WriteState::Failed(e) => e.clone().into(),
+            _ => Error::WriteAfterShutdown.into(),
+        }
+    }
+
     /// Queues one frame from `Open` or `GoingAway`. Pending while the frames in flight are
     /// used up.
     fn poll_send(
@@ -539,10 +547,7 @@ where
     ) -> Poll<io::Result<()>> {
         let tx = match &mut self.write {
             WriteState::Open(tx) | WriteState::GoingAway(tx) => tx,
-            WriteState::Failed(e) => return Poll::Ready(Err(e.clone().into())),
-            WriteState::HalfClosed { .. } | WriteState::Ended => {
-                return Poll::Ready(Err(Error::WriteAfterShutdown.into()))
-            }
+            _ => return Poll::Ready(Err(self.not_writable())),
         };
         let sent = match tx.poll_reserve(cx) {
             Poll::Ready(Ok(())) => tx.send_item(frame(&mut self.wbuf)).is_ok(),
@@ -602,10 +607,8 @@ where
         cx: &mut Context<'_>,
         fill: impl FnOnce(&mut Self) -> usize,
     ) -> Poll<io::Result<usize>> {
-        match &self.write {
-            WriteState::Open(_) => {}
-            WriteState::Failed(e) => return Poll::Ready(Err(e.clone().into())),
-            _ => return Poll::Ready(Err(Error::WriteAfterShutdown.into())),
+        if !matches!(self.write, WriteState::Open(_)) {
+            return Poll::Ready(Err(self.not_writable()));
         }
         if self.wbuf.len() >= self.max_payload {
             ready!(self.poll_send_buffered(cx))?;
