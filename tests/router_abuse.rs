@@ -163,29 +163,15 @@ async fn stall_handshakes<F: std::future::Future<Output = ()>>(
     partial: &[u8],
     honest: F,
 ) -> Duration {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let start = tokio::time::Instant::now();
     let mut stalled = Vec::new();
     for i in 0..2 * n {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        if i % 2 == 1 {
-            tcp.write_all(partial).await.unwrap();
-        }
-        stalled.push(tcp);
+        let part = if i % 2 == 1 { partial } else { &[][..] };
+        stalled.push(attack::stalled_connection(addr, part).await.unwrap());
     }
     honest.await;
-    for mut tcp in stalled {
-        let mut buf = [0u8; 256];
-        let closed = within(5, "the handshake timeout", async {
-            loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    // The server's own preface and settings: keep reading.
-                    Ok(_) => {}
-                }
-            }
-        });
-        closed.await;
+    for tcp in stalled {
+        within(5, "the handshake timeout", attack::closed_by_router(tcp)).await;
     }
     let took = start.elapsed();
     assert!(took < Duration::from_secs(4), "{took:?}");
@@ -207,7 +193,7 @@ async fn connections_that_never_finish_the_handshake_time_out() {
         let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
         send_and_finish(&mut a, &mut b, b"bye").await;
     };
-    let took = stall_handshakes(r.addr, 1000, b"PRI * HTTP/2.0\r\n", honest).await;
+    let took = stall_handshakes(r.addr, 1000, attack::PARTIAL_PREFACE, honest).await;
     eprintln!("2,000 stalled plaintext handshakes closed within {took:?}");
     // And the router still serves.
     let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
@@ -248,12 +234,7 @@ async fn tls_connections_that_never_finish_the_handshake_time_out() {
             send_and_finish(&mut b, &mut a, b"back").await;
         }
     };
-    // The first bytes of a ClientHello record (handshake, TLS 1.0 record version, 512 bytes
-    // announced; ClientHello of 508 bytes, version 1.2, and a few bytes of its random).
-    let partial = [
-        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x11, 0x22, 0x33,
-    ];
-    let took = stall_handshakes(addr, 1000, &partial, pair("tls-honest")).await;
+    let took = stall_handshakes(addr, 1000, attack::PARTIAL_CLIENT_HELLO, pair("tls-honest")).await;
     eprintln!("2,000 stalled TLS handshakes closed within {took:?}");
     pair("tls-after").await;
 }
@@ -268,18 +249,7 @@ async fn header_lists_over_the_limit_are_refused() {
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
     let request = |extra: Option<String>| {
-        let mut req = tonic::codegen::http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/jumpstarter.v1.RouterService/Stream",
-                r.addr
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header(
-                "authorization",
-                format!("Bearer {}", r.token("big-headers")),
-            );
+        let mut req = attack::stream_request(r.addr, &format!("Bearer {}", r.token("big-headers")));
         if let Some(v) = extra {
             req = req.header("x-padding", v);
         }
@@ -306,6 +276,64 @@ async fn header_lists_over_the_limit_are_refused() {
     // And other callers pair.
     let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
+}
+
+/// Malformed input while an honest pair moves 8 MiB: 2 connections send 25 rounds of each kind
+/// (a 4 GiB length prefix, the compressed flag, a non-protobuf message, each after pairing
+/// with a waiting peer; a 1 MiB header list). Every sender gets its clear status
+/// (OUT_OF_RANGE, INTERNAL) and every peer ABORTED, never a clean end; the header lists are
+/// refused; the honest pair delivers every byte; nothing is left active or pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_clear_statuses_while_honest_pairs_go_on() {
+    use tokio::io::AsyncWriteExt;
+    const ROUNDS: usize = 25;
+    let r = TestRouter::start().await;
+    let addr = r.addr;
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut client = attack::h2_connect(addr).await.unwrap();
+                for i in 0..ROUNDS * attack::Malformed::ALL.len() {
+                    let kind = attack::Malformed::ALL[i % attack::Malformed::ALL.len()];
+                    let name = format!("malformed-{w}-{i}");
+                    let outcome = match attack::malformed_pair(&mut client, addr, &name, kind).await
+                    {
+                        Ok(o) => o,
+                        // The router may close a connection after a refused header list.
+                        Err(_) => {
+                            client = attack::h2_connect(addr).await.unwrap();
+                            attack::malformed_pair(&mut client, addr, &name, kind)
+                                .await
+                                .unwrap()
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+    let sent = tokio::spawn(async move {
+        let sha = send_pattern(&mut a, 8 << 20, 9, 64 * 1024).await.unwrap();
+        a.shutdown().await.unwrap();
+        (a, sha)
+    });
+    let got = within(60, "8 MiB", recv_all(&mut b)).await.unwrap();
+    let (_a, sha) = sent.await.unwrap();
+    assert_eq!(got, (8 << 20, sha));
+    for w in workers {
+        let outcomes = within(60, "the malformed rounds", w).await.unwrap();
+        assert_eq!(outcomes.len(), ROUNDS * attack::Malformed::ALL.len());
+        for o in outcomes {
+            assert!(o.as_it_must(), "{o:?}");
+        }
+    }
+    r.wait_for("no pair or caller left", |s| {
+        s.pending == 0 && s.active <= 1
+    })
+    .await;
 }
 
 /// HTTP/2 rapid reset (CVE-2023-44487): connections that open `Stream` calls (valid and bad
@@ -339,68 +367,18 @@ async fn rapid_reset_leaves_the_router_serving() {
     let undisturbed = honest(&r, "before").await;
     let before = rss_kib();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let addr = r.addr;
-    let mut attackers = Vec::new();
-    for _ in 0..2 {
-        let stop = stop.clone();
-        let good = Auth::new(KEY)
-            .mint("reset", Duration::from_secs(600))
-            .unwrap();
-        attackers.push(tokio::spawn(async move {
-            let (mut opened, mut connections) = (0u64, 0u64);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
-                    continue;
-                };
-                let Ok((mut client, conn)) = h2::client::handshake(tcp).await else {
-                    continue;
-                };
-                connections += 1;
-                tokio::spawn(conn);
-                loop {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    let bearer = if opened % 2 == 0 {
-                        format!("Bearer {good}")
-                    } else {
-                        "Bearer bad".to_string()
-                    };
-                    let req = tonic::codegen::http::Request::builder()
-                        .method("POST")
-                        .uri(format!("http://{addr}/jumpstarter.v1.RouterService/Stream"))
-                        .header("content-type", "application/grpc")
-                        .header("te", "trailers")
-                        .header("authorization", bearer)
-                        .body(())
-                        .unwrap();
-                    client = match client.ready().await {
-                        Ok(c) => c,
-                        Err(_) => break, // the router closed this connection: a new one
-                    };
-                    let Ok((_response, mut stream)) = client.send_request(req, false) else {
-                        break;
-                    };
-                    stream.send_reset(h2::Reason::CANCEL);
-                    opened += 1;
-                    if opened % 64 == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }
-            (opened, connections)
-        }));
-    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let attackers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(attack::rapid_reset(r.addr, stopped.clone())))
+        .collect();
     let during = honest(&r, "during").await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the attack's length, not a sync
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut opened, mut connections) = (0, 0);
+    stop.send_replace(true);
+    let mut tally = attack::Tally::default();
     for a in attackers {
-        let (o, c) = within(10, "the attackers to stop", a).await.unwrap();
-        opened += o;
-        connections += c;
+        tally += within(10, "the attackers to stop", a).await.unwrap();
     }
+    let (opened, connections) = (tally.attempts, tally.connections);
     let grown = rss_kib().saturating_sub(before);
     eprintln!(
         "rapid reset: {opened} streams opened and reset on {connections} connections; honest 32 MiB in {during:?} (undisturbed {undisturbed:?}, {:.2}x the throughput); RSS +{grown} KiB",

@@ -57,6 +57,8 @@ pub(crate) enum StreamError {
         /// At least this long (the length is known once its 4 bytes are in).
         len: u64,
         limit: usize,
+        /// `len` is a lower bound: the prefix was known too large before its last byte.
+        at_least: bool,
     },
     /// Not a protobuf `StreamRequest`.
     Malformed(&'static str),
@@ -74,8 +76,13 @@ impl StreamError {
             StreamError::BadFlag(f) => Status::internal(format!(
                 "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1)"
             )),
-            StreamError::TooLarge { len, limit } => Status::out_of_range(format!(
-                "Error, decoded message length too large: found {len} bytes, the limit is: {limit} bytes"
+            StreamError::TooLarge {
+                len,
+                limit,
+                at_least,
+            } => Status::out_of_range(format!(
+                "Error, decoded message length too large: found {}{len} bytes, the limit is: {limit} bytes",
+                if *at_least { "at least " } else { "" }
             )),
             StreamError::Malformed(why) => {
                 Status::internal(format!("failed to decode Protobuf message: StreamRequest: {why}"))
@@ -211,6 +218,7 @@ impl Parser {
                     return Err(StreamError::TooLarge {
                         len: least,
                         limit: self.limit,
+                        at_least: n < PREFIX_LEN,
                     });
                 }
                 if n < PREFIX_LEN {
@@ -467,6 +475,7 @@ mod tests {
                 StreamError::TooLarge {
                     len: 0xff00_0000,
                     limit: 1024,
+                    at_least: true,
                 },
             ),
             // 1025 bytes: known at the last length byte.
@@ -476,6 +485,7 @@ mod tests {
                 StreamError::TooLarge {
                     len: 1025,
                     limit: 1024,
+                    at_least: false,
                 },
             ),
             // Field 1 as a varint.

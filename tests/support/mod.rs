@@ -2,9 +2,12 @@
 //! and its tokens (feature `router`), deterministic data with checksums, deadlines.
 //!
 //! - [`raw`]: a scripted `RouterService` peer and raw tonic clients;
+//! - [`attack`]: raw HTTP/2 attackers for the abuse tests and bench (feature `router`);
 //! - [`process`]: processes of the `jumpstarter-router` binary (feature `cli`).
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "router")]
+pub mod attack;
 #[cfg(feature = "cli")]
 pub mod process;
 pub mod raw;
