@@ -18,11 +18,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tonic::codegen::Service;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::h2io::BatchedRead;
-use crate::proto::router_service_client::RouterServiceClient;
 use crate::{ConnectError, RouterStream, StreamOptions};
 use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
 
@@ -82,21 +80,20 @@ pub fn open_with(
     max_message_size: usize,
 ) -> Result<RouterStream, ConnectError> {
     let auth = bearer(token)?;
-    let mut client = RouterServiceClient::new(channel).max_decoding_message_size(max_message_size);
-    Ok(RouterStream::from_call(opts, move |requests| async move {
-        let mut request = tonic::Request::new(requests);
-        request.metadata_mut().insert("authorization", auth);
-        client.stream(request).await
-    }))
+    Ok(RouterStream::raw_call(
+        opts,
+        channel,
+        auth,
+        max_message_size,
+    ))
 }
 
-fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, ConnectError> {
+fn bearer(token: &str) -> Result<tonic::codegen::http::HeaderValue, ConnectError> {
     let token = token.trim();
     if token.is_empty() {
         return Err(ConnectError::EmptyToken);
     }
-    let mut value: MetadataValue<_> = format!("Bearer {token}")
-        .parse()
+    let mut value = tonic::codegen::http::HeaderValue::try_from(format!("Bearer {token}"))
         .map_err(|_| ConnectError::InvalidToken)?;
     value.set_sensitive(true);
     Ok(value)

@@ -3,7 +3,7 @@
 //! breaks.
 
 #[cfg(feature = "router")]
-use crate::router::wire::check_chunking;
+use crate::wire::check_chunking;
 
 /// The router's request-body parser on arbitrary bytes split at arbitrary points: the same
 /// answer whatever the chunking (but for bytes of a bad message sent in earlier chunks), never

@@ -44,6 +44,8 @@ mod frame;
 mod h2io;
 mod prost_codec;
 mod stream;
+#[cfg(any(feature = "client", feature = "router"))]
+mod wire;
 
 #[cfg(feature = "client")]
 mod client;

@@ -1,6 +1,6 @@
 //! Forwarding: the response body of each caller is its peer's request body, passed on as the
 //! same bytes (slices of the HTTP/2 DATA chunks received), with no decoding, no copy, no task
-//! and no channel per frame. [`wire::Parser`](super::wire) follows the message boundaries
+//! and no channel per frame. [`wire::Parser`](crate::wire) follows the message boundaries
 //! alongside, for the frame types and the size limit.
 //!
 //! ```text
@@ -54,8 +54,8 @@ use tonic::Status;
 
 use super::metrics::{CallResult, Direction, Metrics};
 use super::pairing::Pending;
-use super::wire::Parser;
 use super::{Inner, StreamTag};
+use crate::wire::Parser;
 
 /// The two callers of a pair, in the order they came.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

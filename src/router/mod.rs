@@ -40,7 +40,6 @@ mod forward;
 mod metrics;
 mod pairing;
 mod serve;
-pub(crate) mod wire;
 
 use std::convert::Infallible;
 use std::fmt;

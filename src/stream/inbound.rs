@@ -5,6 +5,8 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+#[cfg(feature = "client")]
+use bytes::Bytes;
 use futures_core::Stream;
 use tonic::codec::Streaming;
 use tonic::Status;
@@ -21,6 +23,9 @@ pub struct CallFrames(Messages);
 enum Messages {
     Responses(Streaming<StreamResponse>),
     Requests(Streaming<StreamRequest>),
+    /// A client call's response body, read without tonic's decoder.
+    #[cfg(feature = "client")]
+    Raw(RawResponse),
 }
 
 impl CallFrames {
@@ -30,6 +35,11 @@ impl CallFrames {
 
     pub(super) fn requests(s: Streaming<StreamRequest>) -> Self {
         CallFrames(Messages::Requests(s))
+    }
+
+    #[cfg(feature = "client")]
+    pub(super) fn raw(r: RawResponse) -> Self {
+        CallFrames(Messages::Raw(r))
     }
 }
 
@@ -44,6 +54,8 @@ impl Stream for CallFrames {
             Messages::Requests(s) => Pin::new(s)
                 .poll_next(cx)
                 .map(|o| o.map(|r| r.map(Frame::from))),
+            #[cfg(feature = "client")]
+            Messages::Raw(r) => r.poll_frame(cx),
         }
     }
 }
@@ -53,7 +65,196 @@ impl fmt::Debug for CallFrames {
         let side = match self.0 {
             Messages::Responses(_) => "responses",
             Messages::Requests(_) => "requests",
+            #[cfg(feature = "client")]
+            Messages::Raw(_) => "responses (raw)",
         };
         f.debug_tuple("CallFrames").field(&side).finish()
     }
+}
+
+/// A client call's response body read as it is: [`Parser`](crate::wire::Parser) follows the
+/// gRPC messages through the HTTP/2 DATA chunks, and each DATA message's payload is handed out
+/// as slices of those chunks (no decode buffer, no copy). A message is handed out once it is
+/// complete (its frame type comes after its payload), so memory is bounded by the largest
+/// message, as with tonic's decoder. The end is read as tonic reads it: the `grpc-status` of
+/// the trailers, or of the HTTP status when they have none.
+#[cfg(feature = "client")]
+pub(super) struct RawResponse {
+    body: tonic::body::Body,
+    parser: crate::wire::Parser,
+    http_status: tonic::codegen::http::StatusCode,
+    /// Payload slices of the message being read.
+    partial: Vec<Bytes>,
+    /// Frames of messages that ended, not taken yet.
+    ready: std::collections::VecDeque<Frame>,
+    state: RawState,
+}
+
+#[cfg(feature = "client")]
+enum RawState {
+    Body,
+    /// The frames in `ready` come first, then this.
+    Failing(Status),
+    /// The body ended with status OK.
+    Done,
+}
+
+#[cfg(feature = "client")]
+impl RawResponse {
+    pub(super) fn new(
+        body: tonic::body::Body,
+        http_status: tonic::codegen::http::StatusCode,
+        max_message_size: usize,
+    ) -> Self {
+        RawResponse {
+            body,
+            parser: crate::wire::Parser::new(max_message_size),
+            http_status,
+            partial: Vec::new(),
+            ready: Default::default(),
+            state: RawState::Body,
+        }
+    }
+
+    /// A response that ended in its headers with status OK (trailers-only): no frames.
+    pub(super) fn empty(body: tonic::body::Body) -> Self {
+        let mut r = RawResponse::new(body, tonic::codegen::http::StatusCode::OK, 0);
+        r.state = RawState::Done;
+        r
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame, Status>>> {
+        use http_body::Body;
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(f)));
+            }
+            match std::mem::replace(&mut self.state, RawState::Done) {
+                RawState::Body => self.state = RawState::Body,
+                RawState::Failing(status) => return Poll::Ready(Some(Err(status))),
+                RawState::Done => return Poll::Ready(None),
+            }
+            let frame = match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(status)) => {
+                    self.state = RawState::Failing(status);
+                    continue;
+                }
+                None => {
+                    self.state = self.end(None);
+                    continue;
+                }
+            };
+            match frame.into_data() {
+                Ok(chunk) => self.scan(chunk),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.state = self.end(Some(&trailers));
+                    }
+                }
+            }
+        }
+    }
+
+    fn scan(&mut self, chunk: Bytes) {
+        let mut messages = Collect {
+            chunk: &chunk,
+            partial: &mut self.partial,
+            ready: &mut self.ready,
+        };
+        let scan = self.parser.scan_with(&chunk, &mut messages);
+        if let Some(e) = scan.error {
+            self.partial.clear();
+            self.state = RawState::Failing(e.status());
+        }
+    }
+
+    /// The state after the body's end: its status, or a message cut short.
+    fn end(&mut self, trailers: Option<&tonic::codegen::http::HeaderMap>) -> RawState {
+        if let Err(e) = self.parser.finish() {
+            return RawState::Failing(e.status());
+        }
+        match grpc_status(trailers, self.http_status) {
+            None => RawState::Done,
+            Some(status) => RawState::Failing(status),
+        }
+    }
+}
+
+/// The events of one chunk: payload slices gathered, complete messages turned into frames.
+#[cfg(feature = "client")]
+struct Collect<'a> {
+    chunk: &'a Bytes,
+    partial: &'a mut Vec<Bytes>,
+    ready: &'a mut std::collections::VecDeque<Frame>,
+}
+
+#[cfg(feature = "client")]
+impl crate::wire::Events for Collect<'_> {
+    fn payload_start(&mut self) {
+        self.partial.clear();
+    }
+
+    fn payload(&mut self, range: std::ops::Range<usize>) {
+        self.partial.push(self.chunk.slice(range));
+    }
+
+    fn message(&mut self, frame_type: i32) {
+        if frame_type == crate::proto::FrameType::Data as i32 {
+            // Each slice as its own DATA frame: readers see bytes, not frames.
+            self.ready.extend(self.partial.drain(..).map(Frame::Data));
+            return;
+        }
+        // A control frame: its payload (normally empty) in one piece.
+        let payload = match self.partial.len() {
+            0 => Bytes::new(),
+            1 => self.partial.pop().expect("one slice"),
+            _ => {
+                let mut joined = Vec::new();
+                for slice in self.partial.drain(..) {
+                    joined.extend_from_slice(&slice);
+                }
+                Bytes::from(joined)
+            }
+        };
+        self.partial.clear();
+        self.ready.push_back(Frame::from_parts(frame_type, payload));
+    }
+}
+
+/// The call's final status as tonic reads it: `None` for OK; the trailers' `grpc-status`, or
+/// one mapped from the HTTP status when they have none.
+#[cfg(feature = "client")]
+pub(super) fn grpc_status(
+    trailers: Option<&tonic::codegen::http::HeaderMap>,
+    http_status: tonic::codegen::http::StatusCode,
+) -> Option<Status> {
+    use tonic::codegen::http::StatusCode;
+    use tonic::Code;
+    if let Some(status) = trailers.and_then(Status::from_header_map) {
+        return (status.code() != Code::Ok).then_some(status);
+    }
+    let code = match http_status {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        StatusCode::OK => {
+            return Some(Status::unknown(
+                "protocol error: missing grpc-status trailer, stream was terminated without a final status",
+            ))
+        }
+        _ => Code::Unknown,
+    };
+    Some(Status::new(
+        code,
+        format!(
+            "grpc-status header missing, mapped from HTTP status code {}",
+            http_status.as_u16()
+        ),
+    ))
 }

@@ -78,7 +78,7 @@ pub use inbound::CallFrames;
 pub use options::{StreamOptions, DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT};
 pub use outbound::{RequestStream, ResponseStream, SentFrames};
 
-use outbound::{Handle, Outbound};
+use outbound::{Handle, Outbound, Queued, Request, HEADROOM};
 
 /// The pending call of a client stream; resolves to its inbound frames.
 type CallFuture<S> = Pin<Box<dyn Future<Output = Result<S, Status>> + Send>>;
@@ -168,14 +168,14 @@ enum ReadState<S> {
 /// The write half. See the module docs for the diagram.
 enum WriteState {
     /// Writes are coalesced and sent as DATA frames.
-    Open(PollSender<Frame>),
+    Open(PollSender<Queued>),
     /// `poll_shutdown` flushed the last DATA frame; GOAWAY is not queued yet.
-    GoingAway(PollSender<Frame>),
+    GoingAway(PollSender<Queued>),
     /// GOAWAY is queued; the outbound stream is held open until the read half is done,
     /// because ending it ends the call ([`EndOfOutbound::EndsCall`]).
     HalfClosed {
         /// Not used to send: held so that the outbound stream does not end.
-        _held_open: PollSender<Frame>,
+        _held_open: PollSender<Queued>,
     },
     /// GOAWAY is queued and the outbound stream ends.
     Ended,
@@ -284,10 +284,59 @@ impl RouterStream {
         Fut: Future<Output = Result<Response<Streaming<StreamResponse>>, Status>> + Send + 'static,
     {
         let (handle, outbound) = Outbound::channel();
-        let call = make_call(RequestStream::new(outbound));
+        let call = make_call(RequestStream(Request::new(outbound)));
         let call: CallFuture<CallFrames> = Box::pin(async move {
             call.await
                 .map(|response| CallFrames::responses(response.into_inner()))
+        });
+        let read = ReadState::Connecting {
+            call,
+            wakers: Arc::default(),
+        };
+        RouterStream::from_parts(read, EndOfOutbound::HalfCloses, opts, handle)
+    }
+
+    /// The client side of a stream over a `Stream` call on `channel` made without tonic's
+    /// codec: the request body is the messages as the writer builds them in its buffer
+    /// ([`Queued::seal`]), the response body is read where it lies
+    /// ([`RawResponse`](inbound::RawResponse)). Headers, errors and the final status as
+    /// tonic's generated client has them.
+    #[cfg(feature = "client")]
+    pub(crate) fn raw_call(
+        opts: &StreamOptions,
+        mut channel: tonic::transport::Channel,
+        authorization: tonic::codegen::http::HeaderValue,
+        max_message_size: usize,
+    ) -> RouterStream {
+        use tonic::codegen::{http, Service};
+        let (handle, outbound) = Outbound::channel();
+        let body = tonic::body::Body::new(outbound::RawRequest(Request::new(outbound)));
+        let call: CallFuture<CallFrames> = Box::pin(async move {
+            // The channel adds the scheme and authority of its endpoint.
+            let request = http::Request::builder()
+                .method(http::Method::POST)
+                .version(http::Version::HTTP_2)
+                .uri("/jumpstarter.v1.RouterService/Stream")
+                .header(http::header::TE, "trailers")
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::AUTHORIZATION, authorization)
+                .body(body)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            std::future::poll_fn(|cx| channel.poll_ready(cx))
+                .await
+                .map_err(|e| Status::from_error(e.into()))?;
+            let response = channel
+                .call(request)
+                .await
+                .map_err(|e| Status::from_error(e.into()))?;
+            let (parts, body) = response.into_parts();
+            // Trailers-only: an error status ends the call here, as in tonic's client.
+            let raw = match Status::from_header_map(&parts.headers) {
+                Some(status) if status.code() != tonic::Code::Ok => return Err(status),
+                Some(_) => inbound::RawResponse::empty(body),
+                None => inbound::RawResponse::new(body, parts.status, max_message_size),
+            };
+            Ok(CallFrames::raw(raw))
         });
         let read = ReadState::Connecting {
             call,
@@ -511,7 +560,7 @@ where
             if let WriteState::Open(tx) = &self.write {
                 if let Some(tx) = tx.get_ref() {
                     // A full channel means data is flowing: no PING needed.
-                    let _ = tx.try_send(Frame::ping());
+                    let _ = tx.try_send(Queued::Frame(Frame::ping()));
                 }
             }
         }
@@ -543,7 +592,7 @@ where
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
-        frame: impl FnOnce(&mut BytesMut) -> Frame,
+        frame: impl FnOnce(&mut BytesMut) -> Queued,
     ) -> Poll<io::Result<()>> {
         let tx = match &mut self.write {
             WriteState::Open(tx) | WriteState::GoingAway(tx) => tx,
@@ -586,17 +635,31 @@ where
     }
 
     fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        debug_assert!(!self.wbuf.is_empty());
-        self.poll_send(cx, |wbuf| Frame::Data(wbuf.split().freeze()))
+        debug_assert!(self.buffered() > 0);
+        self.poll_send(cx, Queued::seal)
     }
 
-    /// Copies as much of `buf` as fits in the current frame; returns the count.
+    /// Payload bytes in the frame being built.
+    fn buffered(&self) -> usize {
+        self.wbuf.len().saturating_sub(HEADROOM)
+    }
+
+    /// Copies as much of `buf` as fits in the current frame; returns the count. A frame is
+    /// built in place as its gRPC message: [`HEADROOM`] bytes first, for the header that
+    /// [`Queued::seal`] writes once the payload's length is known.
     fn buffer(&mut self, buf: &[u8]) -> usize {
-        let n = buf.len().min(self.max_payload - self.wbuf.len());
-        if self.wbuf.capacity() - self.wbuf.len() < n {
+        let n = buf.len().min(self.max_payload - self.buffered());
+        if n == 0 {
+            return 0;
+        }
+        let room = if self.wbuf.is_empty() { HEADROOM } else { 0 };
+        if self.wbuf.capacity() - self.wbuf.len() < room + n {
             // Reserve a whole frame at once: frames built from many small writes never
             // reallocate, and the rest of the allocation serves the next frames.
-            self.wbuf.reserve(self.max_payload.max(n));
+            self.wbuf.reserve(room + self.max_payload.max(n));
+        }
+        if room > 0 {
+            self.wbuf.extend_from_slice(&[0; HEADROOM]);
         }
         self.wbuf.extend_from_slice(&buf[..n]);
         n
@@ -610,11 +673,11 @@ where
         if !matches!(self.write, WriteState::Open(_)) {
             return Poll::Ready(Err(self.not_writable()));
         }
-        if self.wbuf.len() >= self.max_payload {
+        if self.buffered() >= self.max_payload {
             ready!(self.poll_send_buffered(cx))?;
         }
         let n = fill(self);
-        if self.wbuf.len() >= self.max_payload {
+        if self.buffered() >= self.max_payload {
             // Send a full frame at once if there is room; errors show on the next call.
             if let Poll::Ready(Err(e)) = self.poll_send_buffered(cx) {
                 tracing::trace!(error = %e, "router stream: send after write failed");
@@ -724,7 +787,7 @@ where
                 }
                 WriteState::GoingAway(tx) => {
                     me.write = WriteState::GoingAway(tx);
-                    ready!(me.poll_send(cx, |_| Frame::go_away()))?;
+                    ready!(me.poll_send(cx, |_| Queued::Frame(Frame::go_away())))?;
                     let read_done = matches!(me.read, ReadState::Eof(_) | ReadState::Failed(_));
                     match (
                         me.end_of_outbound,
@@ -792,7 +855,7 @@ impl<S> fmt::Debug for RouterStream<S> {
             .field("read", &read)
             .field("write", &write)
             .field("buffered_read", &self.chunk.len())
-            .field("buffered_write", &self.wbuf.len())
+            .field("buffered_write", &self.wbuf.len().saturating_sub(HEADROOM))
             .field("error", &self.error())
             .finish()
     }

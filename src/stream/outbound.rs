@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::proto::{StreamRequest, StreamResponse};
-use crate::{Error, Frame};
+use crate::{Error, Frame, MAX_PAYLOAD_LIMIT};
 
 /// Frames queued between the writer and tonic's encoder; together with
 /// [`StreamOptions::max_payload`](crate::StreamOptions::max_payload) this bounds the memory a
@@ -32,9 +33,88 @@ const CHANNEL_FRAMES: usize = 2;
 /// that ends the call sooner ends the wait.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Room the writer keeps at the start of its buffer for the header of a DATA message: the
+/// 5-byte gRPC prefix, the tag of field 1 and the payload's length (a varint of at most 4
+/// bytes: payloads are at most [`MAX_PAYLOAD_LIMIT`]).
+pub(super) const HEADROOM: usize = 5 + 1 + 4;
+const _: () = assert!(MAX_PAYLOAD_LIMIT < 1 << 28);
+
+/// What the writer queues.
+pub(super) enum Queued {
+    /// A frame (control frames; DATA from elsewhere).
+    Frame(Frame),
+    /// A DATA frame built in place as a whole gRPC message: `bytes` is the message (prefix,
+    /// tag, length, payload), the payload starts at `header`. A raw HTTP/2 body sends it as
+    /// it is; the tonic paths take the payload as a slice. No copy either way.
+    Message { bytes: Bytes, header: usize },
+}
+
+impl Queued {
+    /// Seals the DATA payload in `buf[HEADROOM..]`: writes its message header right before
+    /// it and splits the message off.
+    pub(super) fn seal(buf: &mut BytesMut) -> Queued {
+        let len = buf.len() - HEADROOM;
+        let mut varint = [0u8; 4];
+        let mut n = 0;
+        let mut v = len;
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                varint[n] = b;
+                n += 1;
+                break;
+            }
+            varint[n] = b | 0x80;
+            n += 1;
+        }
+        let header = 5 + 1 + n;
+        let start = HEADROOM - header;
+        // Fits in u32: the payload is at most MAX_PAYLOAD_LIMIT.
+        let message_len = (1 + n + len) as u32;
+        buf[start] = 0;
+        buf[start + 1..start + 5].copy_from_slice(&message_len.to_be_bytes());
+        buf[start + 5] = 0x0a; // field 1, length-delimited
+        buf[start + 6..HEADROOM].copy_from_slice(&varint[..n]);
+        buf.advance(start);
+        Queued::Message {
+            bytes: buf.split().freeze(),
+            header,
+        }
+    }
+
+    /// The frame (a DATA message's payload as a slice).
+    pub(super) fn into_frame(self) -> Frame {
+        match self {
+            Queued::Frame(f) => f,
+            Queued::Message { bytes, header } => Frame::Data(bytes.slice(header..)),
+        }
+    }
+
+    /// The whole gRPC message (a control frame is encoded here: its payload is small).
+    #[cfg(feature = "client")]
+    pub(super) fn into_message(self) -> Bytes {
+        use bytes::BufMut;
+        use prost::Message;
+        match self {
+            Queued::Message { bytes, .. } => bytes,
+            Queued::Frame(f) => {
+                let m = StreamRequest::from(f);
+                let len = m.encoded_len();
+                let mut buf = BytesMut::with_capacity(5 + len);
+                buf.put_u8(0);
+                buf.put_u32(len as u32);
+                m.encode(&mut buf)
+                    .expect("the buffer has room for the message");
+                buf.freeze()
+            }
+        }
+    }
+}
+
 /// The writer's ends of an outbound stream.
 pub(super) struct Handle {
-    pub(super) tx: mpsc::Sender<Frame>,
+    pub(super) tx: mpsc::Sender<Queued>,
     /// Set when the writer is dropped without shutdown.
     pub(super) abort: Arc<AtomicBool>,
     /// Resolves (with an error) once the outbound stream is dropped.
@@ -43,7 +123,7 @@ pub(super) struct Handle {
 
 /// The outbound stream's side: what it yields next.
 pub(super) struct Outbound {
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Queued>,
     abort: Arc<AtomicBool>,
     state: State,
     /// Dropped with the outbound stream: tells [`RouterStream::close`](crate::RouterStream::close)
@@ -60,7 +140,7 @@ enum State {
 
 /// What the outbound stream yields next.
 enum Next {
-    Frame(Frame),
+    Frame(Queued),
     Abort,
     End,
 }
@@ -84,7 +164,7 @@ impl Outbound {
     fn poll_item<T>(
         &mut self,
         cx: &mut Context<'_>,
-        frame: impl FnOnce(Frame) -> T,
+        frame: impl FnOnce(Queued) -> T,
         abort: impl FnOnce() -> Option<T>,
     ) -> Poll<Option<T>> {
         Poll::Ready(match ready!(self.poll_next_frame(cx)) {
@@ -98,9 +178,10 @@ impl Outbound {
         let (next, state) = match self.state {
             State::Frames => match ready!(self.rx.poll_recv(cx)) {
                 Some(frame) => (Next::Frame(frame), State::Frames),
-                None if self.abort.load(Ordering::Acquire) => {
-                    (Next::Frame(Frame::rst_stream()), State::Aborting)
-                }
+                None if self.abort.load(Ordering::Acquire) => (
+                    Next::Frame(Queued::Frame(Frame::rst_stream())),
+                    State::Aborting,
+                ),
                 None => (Next::End, State::Done),
             },
             State::Aborting => (Next::Abort, State::Done),
@@ -111,29 +192,38 @@ impl Outbound {
     }
 }
 
-/// The request stream of a client call: the frames the [`RouterStream`](crate::RouterStream)
-/// writes.
-///
-/// Made by the client constructors and passed to tonic; you only see it when you make the call
-/// yourself with [`RouterStream::from_call`](crate::RouterStream::from_call).
-pub struct RequestStream {
+/// The request side of a client call, tonic's ([`RequestStream`]) or a raw body
+/// ([`RawRequest`]): the queued frames, and after an abort a moment's wait before the end.
+pub(super) struct Request {
     outbound: Outbound,
     /// After an abort: how long the request may stay open to get RST_STREAM out.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl RequestStream {
+impl Request {
     pub(super) fn new(outbound: Outbound) -> Self {
-        RequestStream {
+        Request {
             outbound,
             linger: None,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
+        if self.linger.is_some() {
+            return self.poll_linger(cx);
+        }
+        match ready!(self.outbound.poll_next_frame(cx)) {
+            Next::Frame(q) => Poll::Ready(Some(q)),
+            // RST_STREAM was handed over: keep the request open a moment, then end it.
+            Next::Abort => self.poll_linger(cx),
+            Next::End => Poll::Ready(None),
         }
     }
 
     /// After RST_STREAM: keeps the request open for [`LINGER`] (hyper holds the HTTP/2
     /// stream while it polls the request), then ends it. hyper stops polling sooner when the
     /// server resets the stream after ending the call.
-    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
         let deadline = self
             .linger
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
@@ -142,20 +232,43 @@ impl RequestStream {
     }
 }
 
+/// The request stream of a client call: the frames the [`RouterStream`](crate::RouterStream)
+/// writes.
+///
+/// Made by [`RouterStream::from_call`](crate::RouterStream::from_call) and passed to tonic;
+/// you only see it when you make the call yourself. (The client constructors send a raw
+/// request body instead: the messages as the stream built them, with no re-encoding.)
+pub struct RequestStream(pub(super) Request);
+
 impl Stream for RequestStream {
     type Item = StreamRequest;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
-        let me = self.get_mut();
-        if me.linger.is_some() {
-            return me.poll_linger(cx);
-        }
-        match ready!(me.outbound.poll_next_frame(cx)) {
-            Next::Frame(f) => Poll::Ready(Some(f.into())),
-            // RST_STREAM was handed over: keep the request open a moment, then end it.
-            Next::Abort => me.poll_linger(cx),
-            Next::End => Poll::Ready(None),
-        }
+        self.get_mut()
+            .0
+            .poll_next(cx)
+            .map(|q| q.map(|q| q.into_frame().into()))
+    }
+}
+
+/// The request body of a client call made by the client constructors: each gRPC message as
+/// the writer built it in its buffer, handed to HTTP/2 as it is.
+#[cfg(feature = "client")]
+pub(super) struct RawRequest(pub(super) Request);
+
+#[cfg(feature = "client")]
+impl http_body::Body for RawRequest {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        self.get_mut()
+            .0
+            .poll_next(cx)
+            .map(|q| q.map(|q| Ok(http_body::Frame::data(q.into_message()))))
     }
 }
 
@@ -179,7 +292,9 @@ impl Stream for ResponseStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let abort = || Some(Err(Error::Dropped.into()));
-        self.get_mut().0.poll_item(cx, |f| Ok(f.into()), abort)
+        self.get_mut()
+            .0
+            .poll_item(cx, |q| Ok(q.into_frame().into()), abort)
     }
 }
 
@@ -203,7 +318,7 @@ impl Stream for SentFrames {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut()
             .0
-            .poll_item(cx, Ok, || Some(Err(Error::Dropped)))
+            .poll_item(cx, |q| Ok(q.into_frame()), || Some(Err(Error::Dropped)))
     }
 }
 

@@ -1,4 +1,7 @@
-//! The router's view of a gRPC request body: message boundaries and frame types, nothing else.
+//! The view of a `Stream` call's message stream that forwarding and zero-copy reading need:
+//! message boundaries, frame types and where the payloads lie, nothing else. The router scans
+//! request bodies with it; the client reads response bodies with it (payloads as slices of
+//! the HTTP/2 DATA chunks, [`Events`]).
 //!
 //! A `Stream` call's request body is a sequence of gRPC messages, each a 5-byte prefix (a
 //! compression flag and a big-endian length) and a protobuf `StreamRequest`. `StreamRequest`
@@ -44,6 +47,21 @@ pub(crate) struct Scan {
     /// Why the stream stops being valid at `valid`.
     pub(crate) error: Option<StreamError>,
 }
+
+/// What a reader of the messages (rather than a forwarder of their bytes) learns from
+/// [`Parser::scan_with`], in order, for each message.
+pub(crate) trait Events {
+    /// A field 1 (the payload) starts in the current message: it replaces what earlier ones
+    /// held.
+    fn payload_start(&mut self) {}
+    /// These bytes of the chunk are payload of the current message's field 1.
+    fn payload(&mut self, _range: std::ops::Range<usize>) {}
+    /// The current message ended; its frame type as prost reads it (the low 32 bits).
+    fn message(&mut self, _frame_type: i32) {}
+}
+
+/// A forwarder's events: none.
+impl Events for () {}
 
 /// Why a request body is not a valid stream of `StreamRequest` messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,8 +133,8 @@ enum State {
         value: u64,
         shift: u32,
     },
-    /// Bytes to pass over: a field's contents.
-    Skip { n: u64 },
+    /// Bytes to pass over: a field's contents (`payload`: of field 1).
+    Skip { n: u64, payload: bool },
     /// The stream is invalid; nothing more is read.
     Failed,
 }
@@ -156,6 +174,11 @@ impl Parser {
 
     /// Follows the stream through `chunk`.
     pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scan {
+        self.scan_with(chunk, &mut ())
+    }
+
+    /// [`scan`](Parser::scan), telling `ev` where the payloads lie and where messages end.
+    pub(crate) fn scan_with<E: Events>(&mut self, chunk: &[u8], ev: &mut E) -> Scan {
         let mut scan = Scan::default();
         let mut i = 0;
         // Where the current message starts in this chunk (0: in an earlier one).
@@ -168,18 +191,24 @@ impl Parser {
                 start = i;
             }
             // Contents to skip are passed over in one step (payloads are most of the bytes).
-            if let State::Skip { n } = self.state {
+            if let State::Skip { n, payload } = self.state {
                 let take = n.min((chunk.len() - i) as u64);
+                if payload {
+                    ev.payload(i..i + take as usize);
+                }
                 i += take as usize;
                 self.left -= take;
                 self.state = if take == n {
-                    self.field_done(&mut scan)
+                    self.field_done(&mut scan, ev)
                 } else {
-                    State::Skip { n: n - take }
+                    State::Skip {
+                        n: n - take,
+                        payload,
+                    }
                 };
                 continue;
             }
-            match self.step(chunk[i], &mut scan) {
+            match self.step(chunk[i], &mut scan, ev) {
                 Ok(()) => i += 1,
                 Err(e) => {
                     self.state = State::Failed;
@@ -202,7 +231,7 @@ impl Parser {
     }
 
     /// One byte outside a skip.
-    fn step(&mut self, b: u8, scan: &mut Scan) -> Result<(), StreamError> {
+    fn step<E: Events>(&mut self, b: u8, scan: &mut Scan, ev: &mut E) -> Result<(), StreamError> {
         self.state = match self.state {
             State::Prefix { n: 0, .. } => match b {
                 0 => State::Prefix { n: 1, len: 0 },
@@ -227,7 +256,7 @@ impl Parser {
                     self.left = len;
                     self.frame_type = FrameType::Data as u64;
                     if len == 0 {
-                        self.message_done(scan)
+                        self.message_done(scan, ev)
                     } else {
                         State::TAG
                     }
@@ -244,7 +273,7 @@ impl Parser {
                         shift: shift + 7,
                     }
                 } else {
-                    self.varint_done(of, value, scan)?
+                    self.varint_done(of, value, scan, ev)?
                 }
             }
             State::Skip { .. } | State::Failed => unreachable!("handled by scan"),
@@ -253,11 +282,12 @@ impl Parser {
     }
 
     /// A varint ended with `value`: what follows it.
-    fn varint_done(
+    fn varint_done<E: Events>(
         &mut self,
         of: VarintOf,
         value: u64,
         scan: &mut Scan,
+        ev: &mut E,
     ) -> Result<State, StreamError> {
         Ok(match of {
             VarintOf::Tag => self.field(value >> 3, (value & 7) as u8)?,
@@ -265,19 +295,24 @@ impl Parser {
                 if field == 2 {
                     self.frame_type = value;
                 }
-                self.field_done(scan)
+                self.field_done(scan, ev)
             }
             VarintOf::Len { field } => {
                 if value > self.left {
                     return Err(StreamError::Malformed("a field is longer than its message"));
                 }
                 if field == 1 {
+                    // The last field 1 is the payload (as prost reads it).
                     self.payload = value;
+                    ev.payload_start();
                 }
                 if value == 0 {
-                    self.field_done(scan)
+                    self.field_done(scan, ev)
                 } else {
-                    State::Skip { n: value }
+                    State::Skip {
+                        n: value,
+                        payload: field == 1,
+                    }
                 }
             }
         })
@@ -316,20 +351,24 @@ impl Parser {
         Ok(match wire {
             0 => varint(VarintOf::Value { field }),
             2 => varint(VarintOf::Len { field }),
-            _ => State::Skip { n: need },
+            _ => State::Skip {
+                n: need,
+                payload: false,
+            },
         })
     }
 
     /// A field ended: the next tag, or the end of the message.
-    fn field_done(&mut self, scan: &mut Scan) -> State {
+    fn field_done<E: Events>(&mut self, scan: &mut Scan, ev: &mut E) -> State {
         if self.left == 0 {
-            self.message_done(scan)
+            self.message_done(scan, ev)
         } else {
             State::TAG
         }
     }
 
-    fn message_done(&mut self, scan: &mut Scan) -> State {
+    fn message_done<E: Events>(&mut self, scan: &mut Scan, ev: &mut E) -> State {
+        ev.message(self.frame_type as u32 as i32);
         scan.messages += 1;
         scan.payload += std::mem::take(&mut self.payload);
         // prost reads an enum as int32: the low 32 bits.
