@@ -741,4 +741,86 @@ mod tests {
             }
         }
     }
+
+    /// A reader's view: each message's payload as the joined slices [`Events`] pointed at,
+    /// and its frame type.
+    #[derive(Default)]
+    struct Reader {
+        current: Vec<u8>,
+        messages: Vec<(i32, Vec<u8>)>,
+    }
+
+    struct ChunkEvents<'a> {
+        chunk: &'a [u8],
+        reader: &'a mut Reader,
+    }
+
+    impl Events for ChunkEvents<'_> {
+        fn payload_start(&mut self) {
+            self.reader.current.clear();
+        }
+        fn payload(&mut self, range: std::ops::Range<usize>) {
+            self.reader.current.extend_from_slice(&self.chunk[range]);
+        }
+        fn message(&mut self, frame_type: i32) {
+            let payload = std::mem::take(&mut self.reader.current);
+            self.reader.messages.push((frame_type, payload));
+        }
+    }
+
+    /// Reads `bytes` cut at `cuts` through [`Parser::scan_with`].
+    fn read_cut(bytes: &[u8], cuts: &[usize]) -> Reader {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.extend([0, bytes.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let mut p = Parser::new(LIMIT);
+        let mut reader = Reader::default();
+        for w in points.windows(2) {
+            let chunk = &bytes[w[0]..w[1]];
+            let scan = p.scan_with(
+                chunk,
+                &mut ChunkEvents {
+                    chunk,
+                    reader: &mut reader,
+                },
+            );
+            assert_eq!(scan.error, None);
+        }
+        reader
+    }
+
+    /// The last field 1 is the payload, as prost reads it; an empty one replaces an earlier.
+    #[test]
+    fn the_last_payload_field_wins() {
+        let mut m = vec![0, 0, 0, 0, 9];
+        m.extend_from_slice(&[0x0a, 1, b'a', 0x0a, 2, b'b', b'c', 0x10, 7]);
+        let r = read_cut(&m, &[7, 8]);
+        assert_eq!(r.messages, vec![(7, b"bc".to_vec())]);
+        let mut m = vec![0, 0, 0, 0, 5];
+        m.extend_from_slice(&[0x0a, 1, b'a', 0x0a, 0]);
+        assert_eq!(read_cut(&m, &[]).messages, vec![(0, vec![])]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The payloads and frame types a reader gets from the events are prost's, whatever
+        /// the chunking (unknown fields around the payload included).
+        #[test]
+        fn events_give_what_prost_decodes_whatever_the_chunking(
+            messages in proptest::collection::vec(any_message(), 0..8),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut stream = Vec::new();
+            let mut want = Vec::new();
+            for (t, p, u) in &messages {
+                let m = encoded(*t, p, u);
+                let decoded = crate::proto::StreamResponse::decode(&m[5..]).unwrap();
+                want.push((decoded.frame_type, decoded.payload.to_vec()));
+                stream.extend(m);
+            }
+            prop_assert_eq!(read_cut(&stream, &cuts).messages, want);
+        }
+    }
 }

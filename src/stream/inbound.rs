@@ -258,3 +258,165 @@ pub(super) fn grpc_status(
         ),
     ))
 }
+
+#[cfg(all(test, feature = "client"))]
+mod tests {
+    use std::collections::VecDeque;
+
+    use futures_util::StreamExt;
+    use prost::Message;
+    use tonic::codegen::http::{HeaderMap, StatusCode};
+    use tonic::Code;
+
+    use super::*;
+    use crate::proto::StreamResponse;
+
+    /// A response body that yields its frames at once.
+    struct Script(VecDeque<Result<http_body::Frame<Bytes>, Status>>);
+
+    impl http_body::Body for Script {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+            Poll::Ready(self.get_mut().0.pop_front())
+        }
+    }
+
+    fn message(frame_type: i32, payload: &[u8]) -> Vec<u8> {
+        let m = StreamResponse {
+            payload: payload.to_vec().into(),
+            frame_type,
+        };
+        let mut out = vec![0];
+        out.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
+        m.encode(&mut out).unwrap();
+        out
+    }
+
+    fn trailers(code: Code) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        Status::new(code, "").add_header(&mut h).unwrap();
+        h
+    }
+
+    /// What a raw response of `chunks` and then `end` (trailers; none: the body just ends)
+    /// yields.
+    fn read(chunks: &[Bytes], end: Option<HeaderMap>) -> Vec<Result<Frame, Status>> {
+        let mut frames: VecDeque<_> = chunks
+            .iter()
+            .map(|c| Ok(http_body::Frame::data(c.clone())))
+            .collect();
+        frames.extend(end.map(|t| Ok(http_body::Frame::trailers(t))));
+        let body = tonic::body::Body::new(Script(frames));
+        let raw = CallFrames::raw(RawResponse::new(body, StatusCode::OK, 1024));
+        tokio_test::block_on(raw.collect())
+    }
+
+    /// DATA payloads come out as slices of the chunks they arrived in (no copy), a message
+    /// split across chunks as one slice per chunk; control frames in their place; status OK
+    /// ends the frames.
+    #[test]
+    fn data_payloads_are_slices_of_the_received_chunks() {
+        let mut stream = message(0, b"hello");
+        stream.extend(message(6, b""));
+        stream.extend(message(0, b"world"));
+        stream.extend(message(7, b""));
+        let cut = stream.len() - 10; // inside "world"
+        let stream = Bytes::from(stream);
+        let chunks = [stream.slice(..cut), stream.slice(cut..)];
+        let got = read(&chunks, Some(trailers(Code::Ok)));
+        let frames: Vec<Frame> = got.into_iter().map(Result::unwrap).collect();
+        let data: Vec<u8> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Data(d) => Some(d.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(data, b"helloworld");
+        let control: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !matches!(f, Frame::Data(_)))
+            .collect();
+        assert_eq!(control, [&Frame::ping(), &Frame::go_away()]);
+        assert!(matches!(frames.last(), Some(Frame::GoAway(_))));
+        let within = |d: &Bytes| {
+            let range = stream.as_ptr_range();
+            range.contains(&d.as_ptr()) && d.as_ptr_range().end <= range.end
+        };
+        for f in &frames {
+            if let Frame::Data(d) = f {
+                assert!(within(d), "a DATA payload was copied");
+            }
+        }
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|f| matches!(f, Frame::Data(_)))
+                .count(),
+            3,
+            "world arrived in two chunks: {frames:?}"
+        );
+    }
+
+    fn only_error(got: &[Result<Frame, Status>]) -> &Status {
+        match got.last() {
+            Some(Err(s)) => s,
+            other => panic!("no error at the end: {other:?}"),
+        }
+    }
+
+    /// An invalid message, a body cut inside one, an error status, or an end without a status:
+    /// the valid frames, then one error (as tonic words it), then nothing.
+    #[test]
+    fn the_valid_frames_then_one_error() {
+        let ok = message(0, b"ok");
+        let with = |tail: &[u8]| {
+            let mut s = ok.clone();
+            s.extend_from_slice(tail);
+            Bytes::from(s)
+        };
+        for (chunks, end, code, words) in [
+            (
+                vec![with(&[2, 0, 0, 0, 0])],
+                Some(trailers(Code::Ok)),
+                Code::Internal,
+                "invalid compression flag",
+            ),
+            (
+                vec![with(&[0, 0, 0, 0x10, 0])],
+                Some(trailers(Code::Ok)),
+                Code::OutOfRange,
+                "too large",
+            ),
+            (
+                vec![with(&[0, 0, 0, 0, 3, 0x0a])],
+                Some(trailers(Code::Ok)),
+                Code::Internal,
+                "Unexpected EOF",
+            ),
+            (
+                vec![with(&[])],
+                Some(trailers(Code::Aborted)),
+                Code::Aborted,
+                "",
+            ),
+            (vec![with(&[])], None, Code::Unknown, "missing grpc-status"),
+        ] {
+            let got = read(&chunks, end);
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_eq!(
+                got[0].as_ref().unwrap(),
+                &Frame::Data(Bytes::from_static(b"ok"))
+            );
+            let status = only_error(&got);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(words), "{status:?}");
+        }
+    }
+}
