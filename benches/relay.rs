@@ -306,6 +306,29 @@ fn client(router: SocketAddr) -> ClientBuilder {
     }
 }
 
+/// A stream for `Streams` (the client constructors) or `StreamsTonic` (tonic's codec).
+async fn stream_of(v: Variant, router: SocketAddr, tok: &str) -> RouterStream {
+    let b = client(router);
+    if v != Variant::StreamsTonic {
+        return b.connect(tok).await.unwrap();
+    }
+    let mut rpc = RouterServiceClient::new(b.channel().await.unwrap())
+        .max_decoding_message_size(jumpstarter_router::DEFAULT_MAX_MESSAGE_SIZE);
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {tok}").parse().unwrap();
+    let opts = match std::env::var("RELAY_MAX_PAYLOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(p) => jumpstarter_router::StreamOptions::new().max_payload(p),
+        None => jumpstarter_router::StreamOptions::new(),
+    };
+    RouterStream::from_call(&opts, move |requests| async move {
+        let mut request = Request::new(requests);
+        request.metadata_mut().insert("authorization", auth);
+        rpc.stream(request).await
+    })
+}
+
 fn token(stream: &str) -> String {
     Auth::new(KEY)
         .mint(stream, Duration::from_secs(3600))
@@ -358,27 +381,41 @@ enum Variant {
     Streams,
     /// The relay's raw tonic clients against our router: the routers alone compared.
     Raw,
+    /// `Streams` with both ends made by `RouterStream::from_call` on tonic's generated client
+    /// (tonic's codec), instead of the client constructors' raw bodies: the codec lever alone.
+    StreamsTonic,
 }
 
-const VARIANTS: [Variant; 5] = [
+const VARIANTS: [Variant; 6] = [
     Variant::Tcp,
     Variant::Relay,
     Variant::Ours,
     Variant::Streams,
     Variant::Raw,
+    Variant::StreamsTonic,
 ];
-const NAMES: [&str; 5] = ["tcp", "relay", "ours", "streams", "raw"];
+const NAMES: [&str; 6] = ["tcp", "relay", "ours", "streams", "raw", "streams-tonic"];
 
 /// CPU seconds the router thread (both routers' runtime) has used: utime + stime of
 /// `/proc/self/task/<router>/stat`, in USER_HZ (100) ticks.
 fn router_cpu() -> f64 {
+    thread_cpu("router")
+}
+
+/// CPU seconds of the sender's and the receiver's threads together (the clients' side).
+fn client_cpu() -> f64 {
+    thread_cpu("sender") + thread_cpu("receiver")
+}
+
+/// CPU seconds the thread named `name` has used (utime + stime, USER_HZ ticks).
+fn thread_cpu(name: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return f64::NAN;
     };
     for task in tasks.flatten() {
         let path = task.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != "router" {
+        if comm.trim() != name {
             continue;
         }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
@@ -519,13 +556,13 @@ fn run_throughput(
                 .run(tcp_send(port, slab.clone(), write, total, true));
             (start, done.blocking_recv().unwrap())
         }
-        Variant::Streams => {
+        Variant::Streams | Variant::StreamsTonic => {
             let router = roles.ours;
             let tok = token(&format!("t{n}"));
             let (rtx, rrx) = smpsc::channel();
             let t2 = tok.clone();
             roles.receiver.handle.spawn(async move {
-                let mut s = client(router).connect(&t2).await.unwrap();
+                let mut s = stream_of(v, router, &t2).await;
                 let mut buf = vec![0u8; 64 * KIB];
                 read_exactly(&mut s, &mut buf, total).await;
                 let _ = rtx.send(Instant::now());
@@ -535,7 +572,7 @@ fn run_throughput(
             });
             let slab = slab.clone();
             let start = roles.sender.run(async move {
-                let mut s = client(router).connect(&tok).await.unwrap();
+                let mut s = stream_of(v, router, &tok).await;
                 // One byte through first, so the pairing is not timed.
                 s.write_all(&slab[..1]).await.unwrap();
                 s.flush().await.unwrap();
@@ -639,12 +676,12 @@ fn run_pings(v: Variant, roles: &Roles, pings: usize, n: u64) -> Vec<Duration> {
             let port = roles.sender.run(our_client_bridge(router, tok));
             roles.sender.run(tcp_pings(port, pings))
         }
-        Variant::Streams => {
+        Variant::Streams | Variant::StreamsTonic => {
             let router = roles.ours;
             let tok = token(&format!("p{n}"));
             let t2 = tok.clone();
             roles.receiver.handle.spawn(async move {
-                let mut s = client(router).connect(&t2).await.unwrap();
+                let mut s = stream_of(v, router, &t2).await;
                 let mut buf = [0u8; 64];
                 while s.read_exact(&mut buf).await.is_ok() {
                     s.write_all(&buf).await.unwrap();
@@ -652,7 +689,7 @@ fn run_pings(v: Variant, roles: &Roles, pings: usize, n: u64) -> Vec<Duration> {
                 }
             });
             roles.sender.run(async move {
-                let mut s = client(router).connect(&tok).await.unwrap();
+                let mut s = stream_of(v, router, &tok).await;
                 let msg = [7u8; 64];
                 let mut back = [0u8; 64];
                 let mut rtts = Vec::with_capacity(pings);
@@ -707,6 +744,8 @@ fn throughput() {
     let mut tput: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     // Router CPU seconds per GiB forwarded.
     let mut cpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    // Sender and receiver CPU seconds per GiB.
+    let mut ccpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut p50: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut p99: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut n = 0;
@@ -720,8 +759,12 @@ fn throughput() {
                 }
                 n += 1;
                 let before = router_cpu();
+                let cbefore = client_cpu();
                 let r = run_throughput(v, &roles, &slab, w, total, n);
                 let used = router_cpu() - before;
+                ccpu.entry((w, vi))
+                    .or_default()
+                    .push((client_cpu() - cbefore) / (total as f64 / (1024.0 * MIB as f64)));
                 tput.entry((w, vi)).or_default().push(r);
                 cpu.entry((w, vi))
                     .or_default()
@@ -772,6 +815,40 @@ fn throughput() {
             fmt3(ratio(2, 1), 2),
             fmt3(ratio(3, 1), 2),
             fmt3(ratio(2, 0), 2),
+        );
+    }
+    // The codec lever (needs both `streams` and `streams-tonic`).
+    if on(3) && on(5) {
+        println!();
+        println!("Our client's codec: the streams layout with raw bodies (client constructors) against tonic's codec (from_call), same router");
+        println!("| writes | raw bodies MiB/s | tonic codec MiB/s | raw / tonic | raw clients' CPU s/GiB | tonic clients' CPU s/GiB | raw / tonic CPU |");
+        println!("|---|---|---|---|---|---|---|");
+        for &w in &sizes {
+            let ratio = |m: &HashMap<(usize, usize), Vec<f64>>| {
+                let r: Vec<f64> = m[&(w, 3)]
+                    .iter()
+                    .zip(&m[&(w, 5)])
+                    .map(|(x, y)| x / y)
+                    .collect();
+                min_med_max(r)
+            };
+            println!(
+                "| {} KiB | {} | {} | {} | {} | {} | {} |",
+                w / KIB,
+                fmt3(min_med_max(tput[&(w, 3)].clone()), 0),
+                fmt3(min_med_max(tput[&(w, 5)].clone()), 0),
+                fmt3(ratio(&tput), 2),
+                fmt3(min_med_max(ccpu[&(w, 3)].clone()), 2),
+                fmt3(min_med_max(ccpu[&(w, 5)].clone()), 2),
+                fmt3(ratio(&ccpu), 2),
+            );
+        }
+        let r: Vec<f64> = p50[&3].iter().zip(&p50[&5]).map(|(x, y)| x / y).collect();
+        println!(
+            "| ping p50 | {} µs | {} µs | {} |",
+            fmt3(min_med_max(p50[&3].clone()), 0),
+            fmt3(min_med_max(p50[&5].clone()), 0),
+            fmt3(min_med_max(r), 2)
         );
     }
     // The routers alone (needs both `relay` and `raw`).

@@ -74,6 +74,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 #[cfg(any(feature = "client", feature = "router"))]
 pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// The largest HTTP/2 DATA frame the router and the client take (h2's default is 16 KiB): a
+/// whole message of [`DEFAULT_MAX_PAYLOAD`] (its payload and a few header bytes) in one frame,
+/// so it arrives as one chunk, is forwarded as one, and is read in one system call.
+#[cfg(any(feature = "client", feature = "router"))]
+pub(crate) const MAX_FRAME_SIZE: u32 = DEFAULT_MAX_PAYLOAD as u32 + 1024;
 
 pub use bridge::bridge;
 #[cfg(feature = "client")]

@@ -211,13 +211,6 @@ fn endpoint_host(endpoint: &str) -> &str {
     }
 }
 
-/// The largest HTTP/2 DATA frame the router takes (h2's default is 16 KiB). The router passes
-/// received chunks on as they are, so fewer, larger chunks cost it less per byte: with the
-/// relay bench's raw clients, router CPU per GiB went from 0.77/0.75/0.67x the tonic relay's
-/// (64/16/1 KiB writes, medians of 5) at 16 KiB frames to 0.65/0.62/0.48x at 64 KiB, and
-/// 0.74/0.72/0.49x at 256 KiB.
-const MAX_FRAME_SIZE: u32 = 64 * 1024;
-
 /// The router's service and its health service on one port, dispatched by path. (tonic's
 /// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
 #[derive(Clone)]
@@ -304,7 +297,7 @@ impl Router {
         Server::builder()
             .http2_keepalive_interval(interval)
             .http2_keepalive_timeout(Some(timeout))
-            .max_frame_size(MAX_FRAME_SIZE)
+            .max_frame_size(crate::MAX_FRAME_SIZE)
             .initial_stream_window_size(crate::STREAM_WINDOW)
             .initial_connection_window_size(crate::CONNECTION_WINDOW)
             .tcp_nodelay(true)
