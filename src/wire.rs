@@ -391,9 +391,20 @@ pub(crate) fn scan_split(
 ) -> (Scan, Result<(), StreamError>) {
     let mut p = Parser::new(limit);
     let mut total = Scan::default();
+    let mut events = PayloadCount::default();
     for w in points.windows(2) {
         let chunk = &stream[w[0]..w[1]];
-        let s = p.scan(chunk);
+        let s = p.scan_with(chunk, &mut events);
+        // A reader's events agree with a forwarder's counts.
+        assert_eq!(
+            (events.messages, events.payload),
+            (total.messages + s.messages, total.payload + s.payload),
+            "the events disagree with the scan"
+        );
+        assert!(
+            events.ranges_in(chunk.len()),
+            "a payload range outside its chunk"
+        );
         assert!(s.valid <= chunk.len(), "forwards more than it got");
         assert!(
             s.error.is_some() || s.valid == chunk.len(),
@@ -415,6 +426,41 @@ pub(crate) fn scan_split(
         }
     }
     (total, p.finish())
+}
+
+/// What [`scan_split`] checks the events against: the payload bytes of the messages that
+/// ended (the last field 1 of each) and their number; and that each range lies in its chunk.
+#[cfg(any(test, fuzzing))]
+#[derive(Default)]
+struct PayloadCount {
+    current: u64,
+    payload: u64,
+    messages: u64,
+    /// The largest range end seen in the current chunk.
+    end: usize,
+}
+
+#[cfg(any(test, fuzzing))]
+impl PayloadCount {
+    fn ranges_in(&mut self, chunk_len: usize) -> bool {
+        std::mem::take(&mut self.end) <= chunk_len
+    }
+}
+
+#[cfg(any(test, fuzzing))]
+impl Events for PayloadCount {
+    fn payload_start(&mut self) {
+        self.current = 0;
+    }
+    fn payload(&mut self, range: std::ops::Range<usize>) {
+        assert!(range.start < range.end, "an empty payload range");
+        self.end = self.end.max(range.end);
+        self.current += range.len() as u64;
+    }
+    fn message(&mut self, _frame_type: i32) {
+        self.payload += std::mem::take(&mut self.current);
+        self.messages += 1;
+    }
 }
 
 /// Scans `stream` whole and cut at `points`, and checks that both give the same answer (but
