@@ -173,6 +173,7 @@ impl Parser {
     }
 
     /// Follows the stream through `chunk`.
+    #[cfg(any(feature = "router", test))]
     pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scan {
         self.scan_with(chunk, &mut ())
     }

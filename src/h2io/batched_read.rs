@@ -16,9 +16,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest read in bulk mode.
 pub(crate) const BULK: usize = 256 * 1024;
-/// A caller's buffer at least this large is read into directly, in bulk mode too: such a
-/// read already costs few system calls per byte, and it saves the copy.
-const DIRECT: usize = 32 * 1024;
 
 /// An I/O object whose reads are batched under load. Writes pass through.
 #[derive(Debug)]
@@ -51,7 +48,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for BatchedRead<IO> {
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         if me.buf.is_empty() {
-            if !me.bulk || out.remaining() >= DIRECT {
+            if !me.bulk || out.remaining() >= BULK {
                 let want = out.remaining();
                 let before = out.filled().len();
                 ready!(Pin::new(&mut me.io).poll_read(cx, out))?;

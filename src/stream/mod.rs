@@ -3,10 +3,13 @@
 //! # Layout
 //!
 //! - `stream/mod.rs`: the state machine of the two halves and the tokio I/O traits;
-//! - `stream/inbound.rs`: [`CallFrames`], the frames of a tonic call as the read half takes
-//!   them;
-//! - `stream/outbound.rs`: the frames the write half sends, as tonic's request or response
-//!   stream ([`RequestStream`], [`ResponseStream`]) or as [`SentFrames`];
+//! - `stream/inbound.rs`: [`CallFrames`], the frames of a call as the read half takes them:
+//!   tonic's decoded messages, or (the client constructors) the raw response body read with
+//!   the shared scanner (`src/wire.rs`), DATA payloads as slices of the received HTTP/2 chunks;
+//! - `stream/outbound.rs`: the frames the write half sends: each DATA frame is built in place
+//!   as its whole gRPC message, which the client constructors send as a raw request body and
+//!   tonic's request or response stream ([`RequestStream`], [`ResponseStream`]) or
+//!   [`SentFrames`] take the payload of, as a slice;
 //! - `stream/server.rs`: [`RouterStream::accept`], the servicer side of a call;
 //! - `stream/options.rs`: [`StreamOptions`];
 //! - `stream/tests.rs`: the state machine driven by scripted frames.
@@ -36,8 +39,9 @@
 //!        poll_shutdown: flush             GOAWAY queued
 //!  Open ────────────────────► GoingAway ─────────────────┬──────────────► Ended
 //!  (sender)                   (sender)                   │                (no sender: the
-//!   │ poll_write: coalesce into one DATA frame,          │ servicer,      outbound stream
-//!   │ sent when full or on poll_flush                    │ read half      ends)
+//!   │ poll_write: coalesce into one DATA frame (its      │ servicer,      outbound stream
+//!   │ message header's room first), sent when full or    │ read half      ends)
+//!   │ on poll_flush                                      │
 //!   │                                                    ▼ not done  read
 //!   │                                               HalfClosed ──────► Ended
 //!   │                                               (sender)    done
