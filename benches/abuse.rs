@@ -40,16 +40,10 @@ use tokio::sync::watch;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::attack::{self, Tally};
+use support::env_or;
 use support::process::{proc_status_kib, Serve};
 
 const MIB: u64 = 1024 * 1024;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// CPU seconds a process has used: utime + stime of `/proc/PID/stat`.
 fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> f64 {

@@ -721,6 +721,22 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// min/median/max of variant `a` over variant `b` at writes of `w`, taken run by run (same
+/// run, same machine state).
+fn run_ratio(
+    m: &HashMap<(usize, usize), Vec<f64>>,
+    w: usize,
+    a: usize,
+    b: usize,
+) -> (f64, f64, f64) {
+    let r: Vec<f64> = m[&(w, a)]
+        .iter()
+        .zip(&m[&(w, b)])
+        .map(|(x, y)| x / y)
+        .collect();
+    min_med_max(r)
+}
+
 fn fmt3((a, b, c): (f64, f64, f64), prec: usize) -> String {
     format!("{a:.prec$}/{b:.prec$}/{c:.prec$}")
 }
@@ -796,15 +812,7 @@ fn throughput() {
         let m: Vec<(f64, f64, f64)> = (0..4)
             .map(|vi| min_med_max(tput[&(w, vi)].clone()))
             .collect();
-        // Ratios run by run (same run, same machine state), then min/median/max.
-        let ratio = |a: usize, b: usize| {
-            let r: Vec<f64> = tput[&(w, a)]
-                .iter()
-                .zip(&tput[&(w, b)])
-                .map(|(x, y)| x / y)
-                .collect();
-            min_med_max(r)
-        };
+        let ratio = |a: usize, b: usize| run_ratio(&tput, w, a, b);
         println!(
             "| {} KiB | {} | {} | {} | {} | {} | {} | {} |",
             w / KIB,
@@ -824,14 +832,7 @@ fn throughput() {
         println!("| writes | raw bodies MiB/s | tonic codec MiB/s | raw / tonic | raw clients' CPU s/GiB | tonic clients' CPU s/GiB | raw / tonic CPU |");
         println!("|---|---|---|---|---|---|---|");
         for &w in &sizes {
-            let ratio = |m: &HashMap<(usize, usize), Vec<f64>>| {
-                let r: Vec<f64> = m[&(w, 3)]
-                    .iter()
-                    .zip(&m[&(w, 5)])
-                    .map(|(x, y)| x / y)
-                    .collect();
-                min_med_max(r)
-            };
+            let ratio = |m: &HashMap<(usize, usize), Vec<f64>>| run_ratio(m, w, 3, 5);
             println!(
                 "| {} KiB | {} | {} | {} | {} | {} | {} |",
                 w / KIB,
@@ -858,23 +859,16 @@ fn throughput() {
         println!("| writes | tonic relay MiB/s | our router MiB/s | ours / relay | relay CPU s/GiB | ours CPU s/GiB | ours / relay CPU |");
         println!("|---|---|---|---|---|---|---|");
         for &w in &sizes {
-            let run_ratio = |m: &HashMap<(usize, usize), Vec<f64>>| {
-                let r: Vec<f64> = m[&(w, 4)]
-                    .iter()
-                    .zip(&m[&(w, 1)])
-                    .map(|(x, y)| x / y)
-                    .collect();
-                min_med_max(r)
-            };
+            let ratio = |m: &HashMap<(usize, usize), Vec<f64>>| run_ratio(m, w, 4, 1);
             println!(
                 "| {} KiB | {} | {} | {} | {} | {} | {} |",
                 w / KIB,
                 fmt3(min_med_max(tput[&(w, 1)].clone()), 0),
                 fmt3(min_med_max(tput[&(w, 4)].clone()), 0),
-                fmt3(run_ratio(&tput), 2),
+                fmt3(ratio(&tput), 2),
                 fmt3(min_med_max(cpu[&(w, 1)].clone()), 2),
                 fmt3(min_med_max(cpu[&(w, 4)].clone()), 2),
-                fmt3(run_ratio(&cpu), 2),
+                fmt3(ratio(&cpu), 2),
             );
         }
     }

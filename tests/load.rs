@@ -22,13 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn mint(stream: &str) -> String {
     Auth::new(KEY)
         .mint(stream, Duration::from_secs(3600))

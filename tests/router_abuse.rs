@@ -61,10 +61,7 @@ async fn open(
 /// go on, and the pairing timeout removes them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaired_callers_are_capped_and_cleaned_up() {
-    let n: usize = std::env::var("ROUTER_UNPAIRED_CALLERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = env_or("ROUTER_UNPAIRED_CALLERS", 1000);
     // Long enough to open them all.
     let pairing_timeout = Duration::from_secs(3 + n as u64 / 250);
     let r = TestRouter::with(

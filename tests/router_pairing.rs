@@ -202,10 +202,7 @@ async fn pairing_timeout_drops_a_waiting_caller() {
 async fn two_hundred_concurrent_pairs() {
     // 200 in CI; `ROUTER_LOAD_PAIRS=1000 cargo test --release --all-features --test
     // router_pairing concurrent -- --nocapture` for the load figure.
-    let pairs: usize = std::env::var("ROUTER_LOAD_PAIRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let pairs: usize = env_or("ROUTER_LOAD_PAIRS", 200);
     let started = std::time::Instant::now();
     let r = TestRouter::start().await;
     // Streams multiplexed over a few shared connections, as an exporter host would.

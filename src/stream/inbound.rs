@@ -169,14 +169,15 @@ impl RawResponse {
         }
     }
 
-    /// The state after the body's end: its status, or a message cut short.
+    /// The state after the body's end: an error status first (a router that aborts a call
+    /// mid-message says why), then a message cut short under status OK.
     fn end(&mut self, trailers: Option<&tonic::codegen::http::HeaderMap>) -> RawState {
-        if let Err(e) = self.parser.finish() {
-            return RawState::Failing(e.status());
+        if let Some(status) = grpc_status(trailers, self.http_status) {
+            return RawState::Failing(status);
         }
-        match grpc_status(trailers, self.http_status) {
-            None => RawState::Done,
-            Some(status) => RawState::Failing(status),
+        match self.parser.finish() {
+            Ok(()) => RawState::Done,
+            Err(e) => RawState::Failing(e.status()),
         }
     }
 }
@@ -402,6 +403,13 @@ mod tests {
             ),
             (
                 vec![with(&[])],
+                Some(trailers(Code::Aborted)),
+                Code::Aborted,
+                "",
+            ),
+            // Cut short by a router that aborts the call: its status, not the truncation.
+            (
+                vec![with(&[0, 0, 0, 0, 3, 0x0a])],
                 Some(trailers(Code::Aborted)),
                 Code::Aborted,
                 "",
