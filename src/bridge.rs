@@ -1,24 +1,24 @@
-//! [`bridge`]: `copy_bidirectional` for a [`RouterStream`], without a copy on the read path.
+//! [`bridge`]: `copy_bidirectional` for a [`RouterStream`], with no buffer of its own in either
+//! direction.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
 use crate::RouterStream;
-
-/// The buffer of the `io` -> stream direction.
-const BUF: usize = 64 * 1024;
 
 /// Copies data both ways between `io` (a `TcpStream`, stdio, ...) and `stream` until both
 /// directions are done, like [`tokio::io::copy_bidirectional`]: when one side reaches EOF, the
 /// other side's write half is shut down (for the stream: GOAWAY), and the other direction goes
 /// on. Returns the bytes copied `(io -> stream, stream -> io)`.
 ///
-/// Unlike `copy_bidirectional`, the stream -> `io` direction writes the received DATA payloads
-/// straight from their buffers ([`AsyncBufRead`]): no copy on the read path.
+/// Unlike `copy_bidirectional`, neither direction copies through a buffer of its own: the
+/// stream -> `io` direction writes the received DATA payloads straight from their buffers
+/// ([`AsyncBufRead`]), and the `io` -> stream direction reads straight into the DATA frame the
+/// stream is building.
 ///
 /// Call [`RouterStream::close`] afterwards before the process exits.
 ///
@@ -30,9 +30,6 @@ where
     T: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut up = Up {
-        buf: vec![0; BUF].into_boxed_slice(),
-        pos: 0,
-        cap: 0,
         eof: false,
         need_flush: false,
         done: false,
@@ -57,9 +54,6 @@ where
 
 /// `io` -> stream: read into a buffer, write into the stream (which coalesces into frames).
 struct Up {
-    buf: Box<[u8]>,
-    pos: usize,
-    cap: usize,
     eof: bool,
     need_flush: bool,
     done: bool,
@@ -67,6 +61,8 @@ struct Up {
 }
 
 impl Up {
+    /// Reads `io` straight into the stream's frame buffer (no buffer of its own, no copy in
+    /// between), flushing the stream whenever `io` has nothing more for now.
     fn poll<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -79,43 +75,25 @@ impl Up {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            if self.pos == self.cap && !self.eof {
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                    Poll::Ready(r) => r?,
-                    // Nothing more to read for now: hand what we wrote to the peer.
-                    Poll::Pending => return flush_if_needed(&mut self.need_flush, stream, cx),
+        while !self.eof {
+            ready!(stream.poll_frame_room(cx))?;
+            match stream.poll_fill_frame_from(cx, Pin::new(&mut *io)) {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(n)) => {
+                    self.total += n as u64;
+                    self.need_flush = true;
                 }
-                let n = rb.filled().len();
-                if n == 0 {
-                    self.eof = true;
-                } else {
-                    self.pos = 0;
-                    self.cap = n;
-                }
-            }
-            while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *stream).poll_write(cx, &self.buf[self.pos..self.cap]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
-                self.total += n as u64;
-                self.need_flush = true;
-            }
-            if self.eof {
-                ready!(Pin::new(&mut *stream).poll_flush(cx))?;
-                ready!(Pin::new(&mut *stream).poll_shutdown(cx))?;
-                self.done = true;
-                return Poll::Ready(Ok(()));
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return flush_if_needed(&mut self.need_flush, stream, cx),
             }
         }
+        ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+        ready!(Pin::new(&mut *stream).poll_shutdown(cx))?;
+        self.done = true;
+        Poll::Ready(Ok(()))
     }
 }
 
-/// stream -> `io`: write each received payload straight from its buffer.
 struct Down {
     need_flush: bool,
     done: bool,

@@ -669,6 +669,60 @@ where
         n
     }
 
+    /// Makes room in the frame being built: sends it first when it is full. For
+    /// [`bridge`](crate::bridge), with [`poll_fill_frame_from`](Self::poll_fill_frame_from).
+    pub(crate) fn poll_frame_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !matches!(self.write, WriteState::Open(_)) {
+            return Poll::Ready(Err(self.not_writable()));
+        }
+        if self.buffered() >= self.max_payload {
+            ready!(self.poll_send_buffered(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads from `io` straight into the frame being built, up to its room (no buffer in
+    /// between: the upload side of [`bridge`](crate::bridge) saves a copy of every byte).
+    /// Returns what was read, 0 at `io`'s EOF; call after
+    /// [`poll_frame_room`](Self::poll_frame_room). The bytes count as written; a flush or a
+    /// full frame sends them.
+    pub(crate) fn poll_fill_frame_from<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: Pin<&mut R>,
+    ) -> Poll<io::Result<usize>>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        if !matches!(self.write, WriteState::Open(_)) {
+            return Poll::Ready(Err(self.not_writable()));
+        }
+        let room = self.max_payload.saturating_sub(self.buffered());
+        if room == 0 {
+            // A 0 would read as EOF: this is a caller's bug, not the end of `io`.
+            return Poll::Ready(Err(io::Error::other(
+                "the frame is full: poll_frame_room first",
+            )));
+        }
+        let starts = self.wbuf.is_empty();
+        if starts {
+            self.wbuf.reserve(HEADROOM + self.max_payload);
+            self.wbuf.extend_from_slice(&[0; HEADROOM]);
+        } else if self.wbuf.capacity() - self.wbuf.len() < room {
+            self.wbuf.reserve(room);
+        }
+        let read = {
+            use bytes::BufMut;
+            let mut limited = (&mut self.wbuf).limit(room);
+            tokio_util::io::poll_read_buf(io, cx, &mut limited)
+        };
+        if starts && self.buffered() == 0 {
+            // Nothing came: no frame was started.
+            self.wbuf.clear();
+        }
+        read
+    }
+
     fn poll_write_with(
         &mut self,
         cx: &mut Context<'_>,
