@@ -52,7 +52,7 @@ where
     .await
 }
 
-/// `io` -> stream: read into a buffer, write into the stream (which coalesces into frames).
+/// `io` -> stream: read straight into the frame the stream builds.
 struct Up {
     eof: bool,
     need_flush: bool,
@@ -61,8 +61,7 @@ struct Up {
 }
 
 impl Up {
-    /// Reads `io` straight into the stream's frame buffer (no buffer of its own, no copy in
-    /// between), flushing the stream whenever `io` has nothing more for now.
+    /// Flushes the stream whenever `io` has nothing more for now.
     fn poll<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -94,6 +93,7 @@ impl Up {
     }
 }
 
+/// stream -> `io`: write each received payload straight from its buffer.
 struct Down {
     need_flush: bool,
     done: bool,

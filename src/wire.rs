@@ -369,11 +369,12 @@ impl Parser {
     }
 
     fn message_done<E: Events>(&mut self, scan: &mut Scan, ev: &mut E) -> State {
-        ev.message(self.frame_type as u32 as i32);
+        // prost reads an enum as int32: the low 32 bits.
+        let frame_type = self.frame_type as u32 as i32;
+        ev.message(frame_type);
         scan.messages += 1;
         scan.payload += std::mem::take(&mut self.payload);
-        // prost reads an enum as int32: the low 32 bits.
-        if self.frame_type as u32 as i32 == FrameType::Goaway as i32 {
+        if frame_type == FrameType::Goaway as i32 {
             scan.goaways += 1;
         }
         State::Prefix { n: 0, len: 0 }

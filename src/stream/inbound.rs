@@ -208,15 +208,8 @@ impl crate::wire::Events for Collect<'_> {
         }
         // A control frame: its payload (normally empty) in one piece.
         let payload = match self.partial.len() {
-            0 => Bytes::new(),
             1 => self.partial.pop().expect("one slice"),
-            _ => {
-                let mut joined = Vec::new();
-                for slice in self.partial.drain(..) {
-                    joined.extend_from_slice(&slice);
-                }
-                Bytes::from(joined)
-            }
+            _ => Bytes::from(self.partial.concat()),
         };
         self.partial.clear();
         self.ready.push_back(Frame::from_parts(frame_type, payload));

@@ -238,6 +238,11 @@ impl<S> RouterStream<S> {
         }
     }
 
+    /// Payload bytes in the frame being built (after its header's room).
+    fn buffered(&self) -> usize {
+        self.wbuf.len().saturating_sub(HEADROOM)
+    }
+
     /// The largest DATA payload this stream sends in one frame.
     pub fn max_payload(&self) -> usize {
         self.max_payload
@@ -643,11 +648,6 @@ where
         self.poll_send(cx, Queued::seal)
     }
 
-    /// Payload bytes in the frame being built.
-    fn buffered(&self) -> usize {
-        self.wbuf.len().saturating_sub(HEADROOM)
-    }
-
     /// Copies as much of `buf` as fits in the current frame; returns the count. A frame is
     /// built in place as its gRPC message: [`HEADROOM`] bytes first, for the header that
     /// [`Queued::seal`] writes once the payload's length is known.
@@ -656,17 +656,25 @@ where
         if n == 0 {
             return 0;
         }
-        let room = if self.wbuf.is_empty() { HEADROOM } else { 0 };
-        if self.wbuf.capacity() - self.wbuf.len() < room + n {
-            // Reserve a whole frame at once: frames built from many small writes never
-            // reallocate, and the rest of the allocation serves the next frames.
-            self.wbuf.reserve(room + self.max_payload.max(n));
-        }
-        if room > 0 {
-            self.wbuf.extend_from_slice(&[0; HEADROOM]);
-        }
+        self.reserve_frame(n);
         self.wbuf.extend_from_slice(&buf[..n]);
         n
+    }
+
+    /// Makes room for `n` more payload bytes in the frame being built, starting the frame
+    /// (its header's room) when there is none; returns whether it started one.
+    fn reserve_frame(&mut self, n: usize) -> bool {
+        let starts = self.wbuf.is_empty();
+        let head = if starts { HEADROOM } else { 0 };
+        if self.wbuf.capacity() - self.wbuf.len() < head + n {
+            // Reserve a whole frame at once: frames built from many small writes never
+            // reallocate, and the rest of the allocation serves the next frames.
+            self.wbuf.reserve(head + self.max_payload.max(n));
+        }
+        if starts {
+            self.wbuf.extend_from_slice(&[0; HEADROOM]);
+        }
+        starts
     }
 
     /// Makes room in the frame being built: sends it first when it is full. For
@@ -704,13 +712,7 @@ where
                 "the frame is full: poll_frame_room first",
             )));
         }
-        let starts = self.wbuf.is_empty();
-        if starts {
-            self.wbuf.reserve(HEADROOM + self.max_payload);
-            self.wbuf.extend_from_slice(&[0; HEADROOM]);
-        } else if self.wbuf.capacity() - self.wbuf.len() < room {
-            self.wbuf.reserve(room);
-        }
+        let starts = self.reserve_frame(room);
         let read = {
             use bytes::BufMut;
             let mut limited = (&mut self.wbuf).limit(room);
@@ -913,7 +915,7 @@ impl<S> fmt::Debug for RouterStream<S> {
             .field("read", &read)
             .field("write", &write)
             .field("buffered_read", &self.chunk.len())
-            .field("buffered_write", &self.wbuf.len().saturating_sub(HEADROOM))
+            .field("buffered_write", &self.buffered())
             .field("error", &self.error())
             .finish()
     }

@@ -53,29 +53,16 @@ impl Queued {
     /// Seals the DATA payload in `buf[HEADROOM..]`: writes its message header right before
     /// it and splits the message off.
     pub(super) fn seal(buf: &mut BytesMut) -> Queued {
-        let len = buf.len() - HEADROOM;
-        let mut varint = [0u8; 4];
-        let mut n = 0;
-        let mut v = len;
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                varint[n] = b;
-                n += 1;
-                break;
-            }
-            varint[n] = b | 0x80;
-            n += 1;
-        }
+        let len = (buf.len() - HEADROOM) as u64;
+        let n = prost::encoding::encoded_len_varint(len);
         let header = 5 + 1 + n;
         let start = HEADROOM - header;
         // Fits in u32: the payload is at most MAX_PAYLOAD_LIMIT.
-        let message_len = (1 + n + len) as u32;
+        let message_len = (1 + n as u64 + len) as u32;
         buf[start] = 0;
         buf[start + 1..start + 5].copy_from_slice(&message_len.to_be_bytes());
         buf[start + 5] = 0x0a; // field 1, length-delimited
-        buf[start + 6..HEADROOM].copy_from_slice(&varint[..n]);
+        prost::encoding::encode_varint(len, &mut &mut buf[start + 6..HEADROOM]);
         buf.advance(start);
         Queued::Message {
             bytes: buf.split().freeze(),
