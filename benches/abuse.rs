@@ -91,33 +91,15 @@ impl Honest {
     async fn pair(&mut self) -> (RouterStream, RouterStream) {
         self.n += 1;
         let token = attack::mint(&format!("honest-{}", self.n));
-        let mut a = self.client.connect(&token).await.expect("honest connect");
-        let mut b = self.client.connect(&token).await.expect("honest connect");
-        a.write_all(b"hello").await.unwrap();
-        a.flush().await.unwrap();
-        let mut hello = [0u8; 5];
-        b.read_exact(&mut hello).await.unwrap();
-        (a, b)
+        support::pair_up_with(&self.client, &token, b"hello").await
     }
 
     async fn sample(&mut self) -> Sample {
         let cpu0 = cpu_seconds(self.pid, self.ticks);
         let t0 = Instant::now();
         // Throughput: one way, every byte checked.
-        let (mut a, mut b) = self.pair().await;
-        let len = self.mib * MIB;
-        let start = Instant::now();
-        let sender = tokio::spawn(async move {
-            let sha = support::send_pattern(&mut a, len, 7, 64 * 1024)
-                .await
-                .unwrap();
-            a.shutdown().await.unwrap();
-            (a, sha)
-        });
-        let got = support::recv_all(&mut b).await.unwrap();
-        let took = start.elapsed();
-        let (mut a, sha) = sender.await.unwrap();
-        assert_eq!(got, (len, sha), "the honest pair lost bytes");
+        let (a, mut b) = self.pair().await;
+        let (mut a, took) = support::one_way(a, &mut b, self.mib * MIB, 7).await;
         b.shutdown().await.unwrap();
         let mut rest = Vec::new();
         a.read_to_end(&mut rest).await.unwrap();

@@ -282,7 +282,6 @@ async fn header_lists_over_the_limit_are_refused() {
 /// refused; the honest pair delivers every byte; nothing is left active or pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_clear_statuses_while_honest_pairs_go_on() {
-    use tokio::io::AsyncWriteExt;
     const ROUNDS: usize = 25;
     let r = TestRouter::start().await;
     let addr = r.addr;
@@ -290,36 +289,28 @@ async fn malformed_input_gets_clear_statuses_while_honest_pairs_go_on() {
         .map(|w| {
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
-                let mut client = attack::h2_connect(addr).await.unwrap();
+                let (mut client, mut connections) = (None, 0);
                 for i in 0..ROUNDS * attack::Malformed::ALL.len() {
                     let kind = attack::Malformed::ALL[i % attack::Malformed::ALL.len()];
                     let name = format!("malformed-{w}-{i}");
-                    let outcome = match attack::malformed_pair(&mut client, addr, &name, kind).await
-                    {
-                        Ok(o) => o,
-                        // The router may close a connection after a refused header list.
-                        Err(_) => {
-                            client = attack::h2_connect(addr).await.unwrap();
-                            attack::malformed_pair(&mut client, addr, &name, kind)
-                                .await
-                                .unwrap()
-                        }
-                    };
+                    // The router may close a connection after a refused header list.
+                    let outcome = attack::malformed_pair_reconnecting(
+                        &mut client,
+                        addr,
+                        &name,
+                        kind,
+                        &mut connections,
+                    )
+                    .await
+                    .unwrap();
                     outcomes.push(outcome);
                 }
                 outcomes
             })
         })
         .collect();
-    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
-    let sent = tokio::spawn(async move {
-        let sha = send_pattern(&mut a, 8 << 20, 9, 64 * 1024).await.unwrap();
-        a.shutdown().await.unwrap();
-        (a, sha)
-    });
-    let got = within(60, "8 MiB", recv_all(&mut b)).await.unwrap();
-    let (_a, sha) = sent.await.unwrap();
-    assert_eq!(got, (8 << 20, sha));
+    let (a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+    one_way(a, &mut b, 8 << 20, 9).await;
     for w in workers {
         let outcomes = within(60, "the malformed rounds", w).await.unwrap();
         assert_eq!(outcomes.len(), ROUNDS * attack::Malformed::ALL.len());
@@ -345,17 +336,8 @@ async fn rapid_reset_leaves_the_router_serving() {
     let r = TestRouter::start().await;
 
     async fn honest(r: &TestRouter, name: &str) -> Duration {
-        let (mut a, mut b) = pair_up(&r.endpoint(), &r.token(name), b"hello").await;
-        let t = std::time::Instant::now();
-        let sent = tokio::spawn(async move {
-            let sha = send_pattern(&mut a, 32 * MIB, 5, 64 * 1024).await.unwrap();
-            a.shutdown().await.unwrap();
-            (a, sha)
-        });
-        let got = within(60, "32 MiB", recv_all(&mut b)).await.unwrap();
-        let (mut a, sha) = sent.await.unwrap();
-        assert_eq!(got, (32 * MIB, sha));
-        let took = t.elapsed();
+        let (a, mut b) = pair_up(&r.endpoint(), &r.token(name), b"hello").await;
+        let (mut a, took) = one_way(a, &mut b, 32 * MIB, 5).await;
         b.shutdown().await.unwrap();
         let mut rest = Vec::new();
         a.read_to_end(&mut rest).await.unwrap();

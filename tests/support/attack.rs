@@ -349,6 +349,37 @@ pub async fn malformed_pair(
     })
 }
 
+/// [`malformed_pair`] on `client`, connecting first when there is none, and once more on a new
+/// connection when the router closed this one (a refused header list may take it).
+/// `connections` counts the connections opened.
+pub async fn malformed_pair_reconnecting(
+    client: &mut Option<h2::client::SendRequest<Bytes>>,
+    addr: SocketAddr,
+    name: &str,
+    kind: Malformed,
+    connections: &mut u64,
+) -> std::io::Result<Outcome> {
+    let mut gone = None;
+    for _ in 0..2 {
+        let c = match client {
+            Some(c) => c,
+            None => {
+                let new = h2_connect(addr).await?;
+                *connections += 1;
+                client.insert(new)
+            }
+        };
+        match malformed_pair(c, addr, name, kind).await {
+            Ok(o) => return Ok(o),
+            Err(e) => {
+                *client = None;
+                gone = Some(e);
+            }
+        }
+    }
+    Err(std::io::Error::other(gone.expect("two attempts failed")))
+}
+
 /// Malformed pairs back to back, every kind in turn, until `stop`; a new connection when the
 /// router closes one. `answered` counts the outcomes that were [`Outcome::as_it_must`];
 /// `bad` collects the others (at most 10).
@@ -359,27 +390,23 @@ pub async fn malformed_flood(
     bad: std::sync::Arc<std::sync::Mutex<Vec<Outcome>>>,
 ) -> Tally {
     let mut t = Tally::default();
+    let mut client = None;
     while !*stop.borrow() {
-        let Ok(mut client) = h2_connect(addr).await else {
+        let kind = Malformed::ALL[t.attempts as usize % Malformed::ALL.len()];
+        let name = format!("malformed-{worker}-{}", t.attempts);
+        // No answer on two connections: the same kind again.
+        let Ok(o) =
+            malformed_pair_reconnecting(&mut client, addr, &name, kind, &mut t.connections).await
+        else {
             continue;
         };
-        t.connections += 1;
-        while !*stop.borrow() {
-            let kind = Malformed::ALL[t.attempts as usize % Malformed::ALL.len()];
-            let name = format!("malformed-{worker}-{}", t.attempts);
-            // An error is a connection that is gone (a refused header list may take it): the
-            // same kind again on a new one.
-            let Ok(o) = malformed_pair(&mut client, addr, &name, kind).await else {
-                break;
-            };
-            t.attempts += 1;
-            if o.as_it_must() {
-                t.answered += 1;
-            } else {
-                let mut bad = bad.lock().unwrap();
-                if bad.len() < 10 {
-                    bad.push(o);
-                }
+        t.attempts += 1;
+        if o.as_it_must() {
+            t.answered += 1;
+        } else {
+            let mut bad = bad.lock().unwrap();
+            if bad.len() < 10 {
+                bad.push(o);
             }
         }
     }

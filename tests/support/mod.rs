@@ -188,8 +188,26 @@ pub async fn pair_up(
     jumpstarter_router::RouterStream,
     jumpstarter_router::RouterStream,
 ) {
-    let mut a = jumpstarter_router::connect(endpoint, token).await.unwrap();
-    let mut b = jumpstarter_router::connect(endpoint, token).await.unwrap();
+    pair_up_with(
+        &jumpstarter_router::ClientBuilder::new(endpoint),
+        token,
+        hello,
+    )
+    .await
+}
+
+/// [`pair_up`] with the connections `client` makes (TLS settings, stream options).
+#[cfg(feature = "client")]
+pub async fn pair_up_with(
+    client: &jumpstarter_router::ClientBuilder,
+    token: &str,
+    hello: &[u8],
+) -> (
+    jumpstarter_router::RouterStream,
+    jumpstarter_router::RouterStream,
+) {
+    let mut a = client.connect(token).await.unwrap();
+    let mut b = client.connect(token).await.unwrap();
     a.write_all(hello).await.unwrap();
     a.flush().await.unwrap();
     let mut buf = vec![0u8; hello.len()];
@@ -198,6 +216,31 @@ pub async fn pair_up(
         .unwrap();
     assert_eq!(buf, hello);
     (a, b)
+}
+
+/// Sends `len` pattern bytes (`seed`) from `a` to `b` in 64 KiB writes and shuts `a` down;
+/// `b` reads to EOF within 60 s and must get every byte (SHA-256). Returns `a` and how long
+/// the bytes took.
+#[cfg(feature = "client")]
+pub async fn one_way(
+    mut a: jumpstarter_router::RouterStream,
+    b: &mut jumpstarter_router::RouterStream,
+    len: u64,
+    seed: u64,
+) -> (jumpstarter_router::RouterStream, Duration) {
+    let t = std::time::Instant::now();
+    let sent = tokio::spawn(async move {
+        let sha = send_pattern(&mut a, len, seed, 64 * 1024).await.unwrap();
+        a.shutdown().await.unwrap();
+        (a, sha)
+    });
+    let got = within(60, "the one-way transfer", recv_all(b))
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let (a, sha) = sent.await.unwrap();
+    assert_eq!(got, (len, sha), "bytes lost on the way");
+    (a, took)
 }
 
 /// Reads to the end, which must be an error within `secs`: an abort never looks like EOF.
