@@ -20,7 +20,7 @@ use tokio_rustls::rustls;
 use tonic::codegen::Service;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
-use crate::h2io::BatchedRead;
+use crate::h2io::BatchedIo;
 use crate::{ConnectError, RouterStream, StreamOptions};
 use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
 
@@ -353,13 +353,13 @@ impl ClientBuilder {
     }
 }
 
-/// hyper's TCP connector with [`BatchedRead`] under HTTP/2 (and under TLS, which tonic adds on
+/// hyper's TCP connector with [`BatchedIo`] under HTTP/2 (and under TLS, which tonic adds on
 /// top for `https`).
 #[derive(Clone, Debug)]
 struct BulkConnector(HttpConnector);
 
 impl Service<Uri> for BulkConnector {
-    type Response = TokioIo<BatchedRead<TcpStream>>;
+    type Response = TokioIo<BatchedIo<TcpStream>>;
     type Error = <HttpConnector as Service<Uri>>::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -371,7 +371,7 @@ impl Service<Uri> for BulkConnector {
         let connecting = self.0.call(uri);
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(BatchedRead::new(tcp)))
+            Ok(TokioIo::new(BatchedIo::new(tcp)))
         })
     }
 }

@@ -26,7 +26,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
 use super::{ConfigError, Router};
-use crate::h2io::BatchedRead;
+use crate::h2io::BatchedIo;
 use crate::h2io::KeepalivePolicy;
 
 /// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
@@ -368,7 +368,7 @@ impl Router {
     }
 }
 
-type Conn = KeepalivePolicy<Either<BatchedRead<TcpStream>, TlsStream<BatchedRead<TcpStream>>>>;
+type Conn = KeepalivePolicy<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
 
 /// Accepted (and TLS-terminated) connections, from the acceptor task.
 struct Incoming {
@@ -400,7 +400,7 @@ impl Incoming {
                 let _ = tcp.set_nodelay(true);
                 // The TLS handshake and the HTTP/2 preface, together, within `handshake`.
                 let deadline = tokio::time::Instant::now() + handshake;
-                let tcp = BatchedRead::new(tcp);
+                let tcp = BatchedIo::new(tcp);
                 let info = TcpConnectInfo {
                     local_addr: tcp.get_ref().local_addr().ok(),
                     remote_addr: Some(remote),

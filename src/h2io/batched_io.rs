@@ -1,0 +1,539 @@
+//! [`BatchedIo`]: large socket reads and writes under HTTP/2.
+//!
+//! **Reads.** h2 reads its connection through a buffer sized for the frame at hand (8 KiB at
+//! first), so a stream moving hundreds of MiB/s costs a `recvfrom` per frame or less. Under
+//! load this wrapper reads up to [`BULK`] bytes per system call into its own buffer and hands
+//! them out from there (a memory copy is far cheaper than a system call). It switches to bulk
+//! reads only after a read filled the caller's whole buffer (more is waiting), and back to
+//! direct reads once a read comes back short (the socket is drained).
+//!
+//! **Writes.** h2 writes one DATA frame at a time and flushes after each (its encoder holds a
+//! single frame), so forwarding to a peer that takes 16 KiB frames costs a `writev` per 16 KiB.
+//! This wrapper copies writes into a buffer of up to [`WRITE_BATCH`] bytes and defers a flush
+//! that finds a frame's worth of bytes (at least [`EAGER`], or a second flush since the last
+//! read): it wakes the task and answers `Ready`, and the bytes go out in one write at the
+//! start of the next `poll_read` (or at `poll_shutdown`). That is sound for an owner that
+//! reads on every poll, as h2's connection does: its poll reads until `Pending` after every
+//! batch of writes, and the wakeup brings that poll even when nothing else does. A lone small
+//! frame (a ping, a window update, a short message) is written at its flush, so latency does
+//! not wait on a wakeup. A full buffer that the socket does not take makes `poll_write`
+//! return `Pending`: backpressure is the socket's, with at most one batch held.
+//!
+//! Buffers exist only while bytes move: both are freed once drained, so an idle connection
+//! holds none. (A per-thread pool of drained buffers was tried: no gain beyond this
+//! machine's noise, and memory kept that the soak test sees.)
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The largest read in bulk mode.
+pub(crate) const BULK: usize = 256 * 1024;
+/// The most bytes the write buffer holds (and writes in one system call).
+pub(crate) const WRITE_BATCH: usize = 256 * 1024;
+/// The first flush since the last read writes at once when it finds fewer bytes than this.
+pub(crate) const EAGER: usize = 4 * 1024;
+
+/// An I/O object whose reads are batched under load and whose flushed frames are written
+/// together (see the module docs for the owner it needs).
+#[derive(Debug)]
+pub(crate) struct BatchedIo<IO> {
+    io: IO,
+    buf: BytesMut,
+    bulk: bool,
+    out: BytesMut,
+    deferred: bool,
+    flushes: u32,
+}
+
+impl<IO> BatchedIo<IO> {
+    pub(crate) fn new(io: IO) -> Self {
+        BatchedIo {
+            io,
+            buf: BytesMut::new(),
+            bulk: false,
+            out: BytesMut::new(),
+            deferred: false,
+            flushes: 0,
+        }
+    }
+
+    #[cfg(feature = "router")]
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedIo<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.flushes = 0;
+        if !me.out.is_empty() {
+            // Deferred writes go out before every read; a write that cannot go on now has
+            // registered this task for when it can.
+            if let Poll::Ready(Err(e)) = me.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if me.buf.is_empty() {
+            if !me.bulk || out.remaining() >= BULK {
+                let want = out.remaining();
+                let before = out.filled().len();
+                ready!(Pin::new(&mut me.io).poll_read(cx, out))?;
+                me.bulk = want > 0 && out.filled().len() - before == want;
+                return Poll::Ready(Ok(()));
+            }
+            me.buf.reserve(BULK);
+            let n = match tokio_util::io::poll_read_buf(Pin::new(&mut me.io), cx, &mut me.buf) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    // The burst is over: an idle connection keeps no buffer.
+                    me.buf = BytesMut::new();
+                    me.bulk = false;
+                    return Poll::Pending;
+                }
+            };
+            if n < BULK / 8 {
+                me.bulk = false;
+            }
+            if n == 0 {
+                me.buf = BytesMut::new();
+                return Poll::Ready(Ok(()));
+            }
+        }
+        let n = me.buf.len().min(out.remaining());
+        out.put_slice(&me.buf[..n]);
+        me.buf.advance(n);
+        if me.buf.is_empty() && !me.bulk {
+            me.buf = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
+    /// Writes out what the write buffer holds.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        self.deferred = false;
+        self.out = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_put(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.out.len() + total > WRITE_BATCH {
+            ready!(self.poll_drain(cx))?;
+        }
+        if self.out.is_empty() && total >= WRITE_BATCH {
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve(WRITE_BATCH);
+        }
+        for b in bufs {
+            self.out.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for BatchedIo<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_put(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_put(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.flushes += 1;
+        if me.out.is_empty() {
+            return Pin::new(&mut me.io).poll_flush(cx);
+        }
+        if me.out.len() >= EAGER || me.flushes > 1 {
+            if !me.deferred {
+                me.deferred = true;
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[tokio::test]
+    async fn every_byte_in_order_through_both_modes_and_the_buffer_is_freed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // A burst (bulk mode), a pause with a trickle (direct mode), another burst.
+            s.write_all(&sent[..2_000_000]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            for c in sent[2_000_000..2_000_100].chunks(10) {
+                s.write_all(c).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            s.write_all(&sent[2_000_100..]).await.unwrap();
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut r = BatchedIo::new(tcp);
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 8192];
+        let mut saw_bulk = false;
+        loop {
+            let n = r.read(&mut chunk).await.unwrap();
+            saw_bulk |= r.bulk;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        writer.await.unwrap();
+        assert!(
+            got == data,
+            "bytes differ (got {} of {})",
+            got.len(),
+            data.len()
+        );
+        assert!(saw_bulk, "a 2 MB burst never switched to bulk reads");
+        assert_eq!(r.buf.capacity(), 0, "the buffer is freed once drained");
+    }
+
+    /// Counts the writes that reach the socket.
+    struct Counted<IO> {
+        io: IO,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let me = self.get_mut();
+            let r = Pin::new(&mut me.io).poll_write(cx, buf);
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                me.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let me = self.get_mut();
+            let r = Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                me.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.io.is_write_vectored()
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        }
+    }
+
+    /// Counts its wakeups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A loopback connection: ours (batched, its socket writes counted, a send buffer large
+    /// enough for a whole batch) and the peer's plain end.
+    async fn batched_pair() -> (BatchedIo<Counted<TcpStream>>, Arc<AtomicUsize>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4 << 20).unwrap();
+        let ours = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let io = BatchedIo::new(Counted {
+            io: ours,
+            writes: writes.clone(),
+        });
+        (io, writes, peer)
+    }
+
+    fn frames(n: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![i as u8; len]).collect()
+    }
+
+    /// As h2 sends: each frame written, then flushed; the connection's next poll reads.
+    #[tokio::test]
+    async fn frames_flushed_one_by_one_go_out_together_at_the_next_read() {
+        let (mut io, writes, mut peer) = batched_pair().await;
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let sent = frames(6, 16 * 1024 + 9);
+        for f in &sent {
+            let r = Pin::new(&mut io).poll_write(&mut cx, f);
+            assert!(matches!(r, Poll::Ready(Ok(n)) if n == f.len()), "{r:?}");
+            assert!(matches!(
+                Pin::new(&mut io).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+        }
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            0,
+            "written before the next read"
+        );
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "the task is woken once, to read"
+        );
+        let mut b = [0u8; 64];
+        let mut rb = ReadBuf::new(&mut b);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(writes.load(Ordering::Relaxed), 1, "six frames in one write");
+        let mut got = vec![0u8; sent.concat().len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert!(got == sent.concat(), "bytes differ");
+        assert_eq!(
+            io.out.capacity(),
+            0,
+            "the write buffer is given up once drained"
+        );
+    }
+
+    /// A lone small frame (a ping, a window update, a small message) is not kept waiting.
+    #[tokio::test]
+    async fn a_lone_small_frame_goes_out_at_its_flush() {
+        let (mut io, writes, mut peer) = batched_pair().await;
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let frame = [7u8; 64 + 9];
+        assert!(Pin::new(&mut io).poll_write(&mut cx, &frame).is_ready());
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writes.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        let mut got = [0u8; 64 + 9];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, frame);
+    }
+
+    /// Shutting down writes what a deferred flush kept, then ends the stream.
+    #[tokio::test]
+    async fn shutdown_writes_the_deferred_bytes_first() {
+        let (mut io, _, mut peer) = batched_pair().await;
+        let sent = frames(4, 16 * 1024 + 9).concat();
+        std::future::poll_fn(|cx| {
+            let n = ready!(Pin::new(&mut io).poll_write(cx, &sent))?;
+            assert_eq!(n, sent.len());
+            Pin::new(&mut io).poll_flush(cx)
+        })
+        .await
+        .unwrap();
+        assert!(!io.out.is_empty(), "the flush was not deferred");
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert!(got == sent, "got {} of {} bytes", got.len(), sent.len());
+    }
+
+    /// A peer that does not read: the writes stop with at most one batch held, and every byte
+    /// arrives once it reads.
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_stops_the_writes_with_one_batch_held() {
+        let (mut io, _, mut peer) = batched_pair().await;
+        let frame = vec![3u8; 16 * 1024 + 9];
+        let mut accepted = 0usize;
+        // Write as h2 does (frame, flush, a read) until the wrapper says no.
+        let blocked = std::future::poll_fn(|cx| {
+            for _ in 0..10_000 {
+                match Pin::new(&mut io).poll_write(cx, &frame) {
+                    Poll::Ready(Ok(n)) => accepted += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Ready(Ok(true)),
+                }
+                match Pin::new(&mut io).poll_flush(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Ready(Ok(true)),
+                }
+                let mut b = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut b);
+                if let Poll::Ready(r) = Pin::new(&mut io).poll_read(cx, &mut rb) {
+                    r?;
+                }
+            }
+            Poll::Ready(Ok::<_, io::Error>(false))
+        })
+        .await
+        .unwrap();
+        assert!(
+            blocked,
+            "10,000 frames accepted by a peer that does not read"
+        );
+        assert!(io.out.len() <= WRITE_BATCH, "{} bytes held", io.out.len());
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        io.shutdown().await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), accepted);
+        assert!(got.iter().all(|&b| b == 3));
+    }
+
+    /// Under h2 itself, on both ends: a stream echoed back whole, in far fewer socket writes
+    /// than DATA frames, and no frame left waiting (the call ends).
+    #[cfg(feature = "client")]
+    #[tokio::test]
+    async fn under_h2_every_byte_is_echoed_in_fewer_writes_than_frames() {
+        use bytes::Bytes;
+        use tonic::codegen::http;
+
+        const CHUNK: usize = 16 * 1024;
+        const CHUNKS: usize = 512;
+        let (server_io, server_writes, client_tcp) = batched_pair().await;
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let mut send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            let mut frames = 0usize;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+                frames += chunk.len().div_ceil(CHUNK);
+                send.send_data(chunk, false).unwrap();
+            }
+            send.send_data(Bytes::new(), true).unwrap();
+            frames
+        });
+        let (mut client, conn) = h2::client::handshake(BatchedIo::new(client_tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post("http://127.0.0.1/echo")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        let data: Vec<u8> = (0..CHUNK * CHUNKS).map(|i| (i % 251) as u8).collect();
+        let sent = Bytes::from(data.clone());
+        tokio::spawn(async move {
+            for i in 0..CHUNKS {
+                send.send_data(sent.slice(i * CHUNK..(i + 1) * CHUNK), false)
+                    .unwrap();
+            }
+            send.send_data(Bytes::new(), true).unwrap();
+        });
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let mut body = resp.await.unwrap().into_body();
+            let mut got = Vec::with_capacity(data.len());
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+                got.extend_from_slice(&chunk);
+            }
+            got
+        })
+        .await
+        .expect("the echo stalled");
+        assert!(
+            echoed == data,
+            "got {} of {} bytes",
+            echoed.len(),
+            data.len()
+        );
+        let frames = server.await.unwrap();
+        let writes = server_writes.load(Ordering::Relaxed);
+        assert!(frames >= CHUNKS, "{frames}");
+        assert!(
+            writes * 2 < frames,
+            "{writes} socket writes for {frames} DATA frames"
+        );
+    }
+}
