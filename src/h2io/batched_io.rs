@@ -13,8 +13,8 @@
 //! that finds a frame's worth of bytes (at least [`EAGER`], or a second flush since the last
 //! read): it wakes the task and answers `Ready`, and the bytes go out in one write at the
 //! start of the next `poll_read` (or at `poll_shutdown`). That is sound for an owner that
-//! reads on every poll, as h2's connection does: its poll reads until `Pending` after every
-//! batch of writes, and the wakeup brings that poll even when nothing else does. A lone small
+//! reads on every poll, as h2's connection does: each poll of it reads until `Pending` before
+//! it writes its next batch, and the wakeup brings that poll even when nothing else does. A lone small
 //! frame (a ping, a window update, a short message) is written at its flush, so latency does
 //! not wait on a wakeup. A full buffer that the socket does not take makes `poll_write`
 //! return `Pending`: backpressure is the socket's, with at most one batch held.
@@ -42,10 +42,15 @@ pub(crate) const EAGER: usize = 4 * 1024;
 #[derive(Debug)]
 pub(crate) struct BatchedIo<IO> {
     io: IO,
+    /// Read in bulk, not handed out yet.
     buf: BytesMut,
+    /// Reading in bulk.
     bulk: bool,
+    /// Written, not yet on the socket.
     out: BytesMut,
+    /// A flush was deferred and the task woken for it.
     deferred: bool,
+    /// Flushes since the last read.
     flushes: u32,
 }
 
@@ -178,7 +183,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for BatchedIo<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        me.flushes += 1;
+        me.flushes = me.flushes.saturating_add(1);
         if me.out.is_empty() {
             return Pin::new(&mut me.io).poll_flush(cx);
         }
@@ -267,6 +272,15 @@ mod tests {
         }
     }
 
+    impl<IO> Counted<IO> {
+        fn count(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }
+    }
+
     impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         fn poll_write(
             self: Pin<&mut Self>,
@@ -275,10 +289,7 @@ mod tests {
         ) -> Poll<io::Result<usize>> {
             let me = self.get_mut();
             let r = Pin::new(&mut me.io).poll_write(cx, buf);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                me.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            r
+            me.count(r)
         }
 
         fn poll_write_vectored(
@@ -288,10 +299,7 @@ mod tests {
         ) -> Poll<io::Result<usize>> {
             let me = self.get_mut();
             let r = Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                me.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            r
+            me.count(r)
         }
 
         fn is_write_vectored(&self) -> bool {
