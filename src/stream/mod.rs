@@ -588,6 +588,14 @@ where
         Ok(())
     }
 
+    /// Whether the write half takes payload bytes (it is `Open`); if not, why not.
+    fn writable(&self) -> io::Result<()> {
+        match self.write {
+            WriteState::Open(_) => Ok(()),
+            _ => Err(self.not_writable()),
+        }
+    }
+
     /// Why the write half takes nothing more: its failure, or else the shutdown.
     fn not_writable(&self) -> io::Error {
         match &self.write {
@@ -677,12 +685,10 @@ where
         starts
     }
 
-    /// Makes room in the frame being built: sends it first when it is full. For
-    /// [`bridge`](crate::bridge), with [`poll_fill_frame_from`](Self::poll_fill_frame_from).
+    /// Makes room in the frame being built: sends it first when it is full. For `write` and
+    /// for [`bridge`](crate::bridge), with [`poll_fill_frame_from`](Self::poll_fill_frame_from).
     pub(crate) fn poll_frame_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !matches!(self.write, WriteState::Open(_)) {
-            return Poll::Ready(Err(self.not_writable()));
-        }
+        self.writable()?;
         if self.buffered() >= self.max_payload {
             ready!(self.poll_send_buffered(cx))?;
         }
@@ -702,9 +708,7 @@ where
     where
         R: AsyncRead + ?Sized,
     {
-        if !matches!(self.write, WriteState::Open(_)) {
-            return Poll::Ready(Err(self.not_writable()));
-        }
+        self.writable()?;
         let room = self.max_payload.saturating_sub(self.buffered());
         if room == 0 {
             // A 0 would read as EOF: this is a caller's bug, not the end of `io`.
@@ -730,12 +734,7 @@ where
         cx: &mut Context<'_>,
         fill: impl FnOnce(&mut Self) -> usize,
     ) -> Poll<io::Result<usize>> {
-        if !matches!(self.write, WriteState::Open(_)) {
-            return Poll::Ready(Err(self.not_writable()));
-        }
-        if self.buffered() >= self.max_payload {
-            ready!(self.poll_send_buffered(cx))?;
-        }
+        ready!(self.poll_frame_room(cx))?;
         let n = fill(self);
         if self.buffered() >= self.max_payload {
             // Send a full frame at once if there is room; errors show on the next call.
