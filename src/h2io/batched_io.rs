@@ -7,6 +7,10 @@
 //! reads only after a read filled the caller's whole buffer (more is waiting), and back to
 //! direct reads once a read comes back short (the socket is drained).
 //!
+//! A read into a buffer with room for at least [`DIRECT`] bytes goes straight there, in bulk
+//! mode too: h2 offers that much room when it reads a large frame, and then the copy would buy
+//! no system call.
+//!
 //! **Writes.** h2 writes one DATA frame at a time and flushes after each (its encoder holds a
 //! single frame), so forwarding to a peer that takes 16 KiB frames costs a `writev` per 16 KiB.
 //! This wrapper copies writes into a buffer of up to [`WRITE_BATCH`] bytes and defers a flush
@@ -17,7 +21,9 @@
 //! it writes its next batch, and the wakeup brings that poll even when nothing else does. A lone small
 //! frame (a ping, a window update, a short message) is written at its flush, so latency does
 //! not wait on a wakeup. A full buffer that the socket does not take makes `poll_write`
-//! return `Pending`: backpressure is the socket's, with at most one batch held.
+//! return `Pending`: backpressure is the socket's, with at most one batch held. A write of at
+//! least [`DIRECT`] bytes (a large frame) is not copied: it goes to the socket at once, in the
+//! same `writev` as what the buffer holds before it.
 //!
 //! Buffers exist only while bytes move: both are freed once drained, so an idle connection
 //! holds none. (A per-thread pool of drained buffers was tried: no gain beyond this
@@ -36,6 +42,10 @@ pub(crate) const BULK: usize = 256 * 1024;
 pub(crate) const WRITE_BATCH: usize = 256 * 1024;
 /// The first flush since the last read writes at once when it finds fewer bytes than this.
 pub(crate) const EAGER: usize = 4 * 1024;
+/// Reads into a buffer with at least this much room, and writes of at least this many bytes,
+/// skip the wrapper's buffers (no copy). Measured in `benches/relay.rs` against copying them
+/// (see the README).
+pub(crate) const DIRECT: usize = 32 * 1024;
 
 /// An I/O object whose reads are batched under load and whose flushed frames are written
 /// together (see the module docs for the owner it needs).
@@ -88,7 +98,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedIo<IO> {
             }
         }
         if me.buf.is_empty() {
-            if !me.bulk || out.remaining() >= BULK {
+            if !me.bulk || out.remaining() >= DIRECT {
                 let want = out.remaining();
                 let before = out.filled().len();
                 ready!(Pin::new(&mut me.io).poll_read(cx, out))?;
@@ -144,11 +154,11 @@ impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total >= DIRECT {
+            return self.poll_put_direct(cx, bufs);
+        }
         if self.out.len() + total > WRITE_BATCH {
             ready!(self.poll_drain(cx))?;
-        }
-        if self.out.is_empty() && total >= WRITE_BATCH {
-            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
         if self.out.capacity() == 0 {
             self.out.reserve(WRITE_BATCH);
@@ -157,6 +167,37 @@ impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
             self.out.extend_from_slice(b);
         }
         Poll::Ready(Ok(total))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
+    /// A large write, not copied: to the socket after what the buffer holds, in one system
+    /// call.
+    fn poll_put_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.out.is_empty() {
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        }
+        let held = self.out.len();
+        let mut all = Vec::with_capacity(bufs.len() + 1);
+        all.push(io::IoSlice::new(&self.out));
+        all.extend_from_slice(bufs);
+        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &all))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        if n <= held {
+            // The socket took no more than the buffer: it is full, or nearly.
+            self.out.advance(n);
+            ready!(self.poll_drain(cx))?;
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        }
+        self.deferred = false;
+        self.out = BytesMut::new();
+        Poll::Ready(Ok(n - held))
     }
 }
 
@@ -408,18 +449,106 @@ mod tests {
         assert_eq!(got, frame);
     }
 
+    /// A large frame is not copied: it leaves at once, in the same write as the bytes buffered
+    /// before it, and the buffer is given up.
+    #[tokio::test]
+    async fn a_large_frame_goes_out_uncopied_behind_the_buffered_bytes() {
+        let (mut io, writes, mut peer) = batched_pair().await;
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let small = [1u8; 100];
+        let large: Vec<u8> = (0..64 * 1024 + 9).map(|i| i as u8).collect();
+        let r = Pin::new(&mut io).poll_write(&mut cx, &small);
+        assert!(matches!(r, Poll::Ready(Ok(100))), "{r:?}");
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            0,
+            "a small write is buffered"
+        );
+        let r = Pin::new(&mut io).poll_write(&mut cx, &large);
+        assert!(matches!(r, Poll::Ready(Ok(n)) if n == large.len()), "{r:?}");
+        assert_eq!(writes.load(Ordering::Relaxed), 1, "both in one write");
+        assert_eq!(io.out.capacity(), 0, "nothing held, no buffer kept");
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writes.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        let mut got = vec![0u8; 100 + large.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert!(
+            got[..100] == small && got[100..] == large[..],
+            "bytes differ"
+        );
+    }
+
+    /// In bulk mode, a read into a buffer with room for a large frame goes straight there; a
+    /// small one is served from the wrapper's buffer; the bytes stay in order.
+    #[tokio::test]
+    async fn bulk_reads_into_a_large_buffer_go_straight_there() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&sent).await.unwrap();
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        writer.await.unwrap();
+        let mut r = BatchedIo::new(tcp);
+        let mut got = Vec::new();
+        // A small read that fills its buffer: bulk mode.
+        let mut small = vec![0u8; 8192];
+        r.read_exact(&mut small).await.unwrap();
+        got.extend_from_slice(&small);
+        assert!(r.bulk, "a full read did not switch to bulk reads");
+        assert_eq!(
+            r.buf.capacity(),
+            0,
+            "the first read went straight to the caller"
+        );
+        // A large one: straight into it, no buffer of the wrapper's.
+        let mut large = vec![0u8; DIRECT];
+        let n = r.read(&mut large).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&large[..n]);
+        assert_eq!(
+            r.buf.capacity(),
+            0,
+            "a large read was copied through the buffer"
+        );
+        // A small one in bulk mode: one large socket read, served from the buffer.
+        let n = r.read(&mut small).await.unwrap();
+        got.extend_from_slice(&small[..n]);
+        assert!(r.buf.capacity() > 0, "a small bulk read was not buffered");
+        r.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == data,
+            "bytes differ (got {} of {})",
+            got.len(),
+            data.len()
+        );
+    }
+
     /// Shutting down writes what a deferred flush kept, then ends the stream.
     #[tokio::test]
     async fn shutdown_writes_the_deferred_bytes_first() {
         let (mut io, _, mut peer) = batched_pair().await;
-        let sent = frames(4, 16 * 1024 + 9).concat();
+        let sent = frames(4, 16 * 1024 + 9);
         std::future::poll_fn(|cx| {
-            let n = ready!(Pin::new(&mut io).poll_write(cx, &sent))?;
-            assert_eq!(n, sent.len());
-            Pin::new(&mut io).poll_flush(cx)
+            for f in &sent {
+                let n = ready!(Pin::new(&mut io).poll_write(cx, f))?;
+                assert_eq!(n, f.len());
+                ready!(Pin::new(&mut io).poll_flush(cx))?;
+            }
+            Poll::Ready(Ok::<_, io::Error>(()))
         })
         .await
         .unwrap();
+        let sent = sent.concat();
         assert!(!io.out.is_empty(), "the flush was not deferred");
         io.shutdown().await.unwrap();
         let mut got = Vec::new();
