@@ -277,6 +277,7 @@ impl ClientBuilder {
                 reason: e.to_string(),
             })?
             .tcp_nodelay(true)
+            .max_frame_size(crate::MAX_FRAME_SIZE)
             .http2_adaptive_window(self.adaptive_window)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(self.keepalive_interval.is_some());

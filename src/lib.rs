@@ -74,13 +74,15 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 #[cfg(any(feature = "client", feature = "router"))]
 pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-/// The largest HTTP/2 DATA frame the router takes (h2's default is 16 KiB). The
+/// The largest HTTP/2 DATA frame the router and the client take (h2's default is 16 KiB). The
 /// router passes received chunks on as they are, so fewer, larger chunks cost it less per
 /// byte: with the relay bench's raw clients, router CPU per GiB went from 0.77/0.75/0.67x the
 /// tonic relay's (64/16/1 KiB writes, medians of 5) at 16 KiB frames to 0.65/0.62/0.48x at
 /// 64 KiB, and 0.74/0.72/0.49x at 256 KiB; 64 KiB + 1 KiB (a whole default message in one
-/// frame) measured 0.77/0.58/0.50x against 0.63/0.64/0.51x for 64 KiB in the same session.
-#[cfg(feature = "router")]
+/// frame) measured 0.77/0.58/0.50x against 0.63/0.64/0.51x for 64 KiB in the same session,
+/// and worse again with the client at the same size. The client's 64 KiB frames: see the
+/// README (the router's writes to it, and its reads, then skip `BatchedIo`'s copies).
+#[cfg(any(feature = "client", feature = "router"))]
 pub(crate) const MAX_FRAME_SIZE: u32 = 64 * 1024;
 
 pub use bridge::bridge;
