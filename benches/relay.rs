@@ -14,8 +14,10 @@
 //! - **tonic relay**: a plain relay written here as one would by hand (pairs two calls by a
 //!   metadata value, a task per direction forwards messages through a channel), raw tonic
 //!   clients sending one message per write, 4 MiB stream / 8 MiB connection windows (its best).
-//! - **ours**: app `TcpStream` -> `copy_bidirectional` -> `RouterStream` -> our router ->
-//!   `RouterStream` -> `copy_bidirectional` -> `TcpStream` app, all with the crate's defaults.
+//! - **ours**: app `TcpStream` -> [`bridge`](jumpstarter_router::bridge) -> `RouterStream` ->
+//!   our router -> `RouterStream` -> `bridge` -> `TcpStream` app, all with the crate's defaults
+//!   (as the CLI runs it; `RELAY_BRIDGE=copy` puts tokio's `copy_bidirectional` in place of
+//!   `bridge`).
 //!
 //! Throughput at 1, 16 and 64 KiB application writes, and ping-pong of 64 bytes (p50, p99).
 //! Memory: the router in a child process; its RSS per paired idle stream with many pairs over
@@ -359,11 +361,12 @@ async fn our_exporter_bridge(router: SocketAddr, tok: String, target: SocketAddr
 async fn bridge(tcp: TcpStream, mut stream: RouterStream) {
     tcp.set_nodelay(true).unwrap();
     let mut tcp = tcp;
-    // RELAY_BRIDGE=crate: the crate's `bridge` (no copy on the read path) instead.
-    let r = if std::env::var("RELAY_BRIDGE").is_ok_and(|v| v == "crate") {
-        jumpstarter_router::bridge(&mut tcp, &mut stream).await
-    } else {
+    // RELAY_BRIDGE=copy: tokio's `copy_bidirectional` (a 64 KiB buffer each way) instead of
+    // the crate's `bridge` (the CLI's; no buffer of its own).
+    let r = if std::env::var("RELAY_BRIDGE").is_ok_and(|v| v == "copy") {
         tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
+    } else {
+        jumpstarter_router::bridge(&mut tcp, &mut stream).await
     };
     if r.is_ok() {
         let _ = stream.close().await;
@@ -396,17 +399,6 @@ const VARIANTS: [Variant; 6] = [
 ];
 const NAMES: [&str; 6] = ["tcp", "relay", "ours", "streams", "raw", "streams-tonic"];
 
-/// CPU seconds the router thread (both routers' runtime) has used: utime + stime of
-/// `/proc/self/task/<router>/stat`, in USER_HZ (100) ticks.
-fn router_cpu() -> f64 {
-    thread_cpu("router")
-}
-
-/// CPU seconds of the sender's and the receiver's threads together (the clients' side).
-fn client_cpu() -> f64 {
-    thread_cpu("sender") + thread_cpu("receiver")
-}
-
 /// CPU seconds the thread named `name` has used (utime + stime, USER_HZ ticks).
 fn thread_cpu(name: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -434,6 +426,36 @@ fn thread_cpu(name: &str) -> f64 {
     f64::NAN
 }
 
+/// An instant, with the CPU seconds the router's thread and the clients' threads had used by
+/// then: two marks give a transfer's CPU over exactly its timed window.
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    router: f64,
+    sender: f64,
+    receiver: f64,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            at: Instant::now(),
+            router: thread_cpu("router"),
+            sender: thread_cpu("sender"),
+            receiver: thread_cpu("receiver"),
+        }
+    }
+}
+
+/// One timed transfer: MiB/s, and the CPU seconds used within its window.
+struct Measured {
+    mibs: f64,
+    secs: f64,
+    router: f64,
+    sender: f64,
+    receiver: f64,
+}
+
 /// Reads `total` bytes (in `buf`-sized reads) and drops them.
 async fn read_exactly<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8], total: usize) {
     let mut got = 0;
@@ -445,7 +467,7 @@ async fn read_exactly<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]
 }
 
 /// A TCP sink on the receiver: counts bytes to `total`, reports when they are all in.
-async fn tcp_sink(total: usize) -> (SocketAddr, oneshot::Receiver<Instant>) {
+async fn tcp_sink(total: usize) -> (SocketAddr, oneshot::Receiver<Mark>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
@@ -454,14 +476,14 @@ async fn tcp_sink(total: usize) -> (SocketAddr, oneshot::Receiver<Instant>) {
         s.set_nodelay(true).unwrap();
         let mut buf = vec![0u8; 256 * KIB];
         read_exactly(&mut s, &mut buf, total).await;
-        let _ = tx.send(Instant::now());
+        let _ = tx.send(Mark::now());
         // Drain to EOF so the sender's shutdown completes.
         while s.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
     });
     (addr, rx)
 }
 
-async fn tcp_send(to: SocketAddr, slab: Bytes, write: usize, total: usize, warm: bool) -> Instant {
+async fn tcp_send(to: SocketAddr, slab: Bytes, write: usize, total: usize, warm: bool) -> Mark {
     // A bulk sender keeps Nagle's algorithm on, as TCP's default.
     let mut s = TcpStream::connect(to).await.unwrap();
     let mut left = total;
@@ -471,7 +493,7 @@ async fn tcp_send(to: SocketAddr, slab: Bytes, write: usize, total: usize, warm:
         left -= 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let start = Instant::now();
+    let start = Mark::now();
     while left > 0 {
         let n = write.min(left);
         s.write_all(&slab[..n]).await.unwrap();
@@ -484,7 +506,7 @@ async fn tcp_send(to: SocketAddr, slab: Bytes, write: usize, total: usize, warm:
     start
 }
 
-/// MiB/s of `total` bytes in writes of `write` bytes.
+/// `total` bytes in writes of `write` bytes: MiB/s and the CPU used.
 fn run_throughput(
     v: Variant,
     roles: &Roles,
@@ -492,7 +514,7 @@ fn run_throughput(
     write: usize,
     total: usize,
     n: u64,
-) -> f64 {
+) -> Measured {
     let (start, end) = match v {
         Variant::Tcp => {
             let (addr, done) = roles.receiver.run(tcp_sink(total));
@@ -517,13 +539,13 @@ fn run_throughput(
                     let m = inbound.message().await.unwrap().expect("relay ended early");
                     got += m.payload.len();
                 }
-                let _ = rtx.send(Instant::now());
+                let _ = rtx.send(Mark::now());
             });
             let slab = slab.clone();
             let (stx, srx) = smpsc::channel();
             roles.sender.handle.spawn(async move {
                 let (tx, mut inbound) = plain_call(relay, &key).await;
-                let _ = stx.send(Instant::now());
+                let _ = stx.send(Mark::now());
                 let mut left = total;
                 while left > 0 {
                     let n = write.min(left);
@@ -565,7 +587,7 @@ fn run_throughput(
                 let mut s = stream_of(v, router, &t2).await;
                 let mut buf = vec![0u8; 64 * KIB];
                 read_exactly(&mut s, &mut buf, total).await;
-                let _ = rtx.send(Instant::now());
+                let _ = rtx.send(Mark::now());
                 assert_eq!(s.read(&mut buf).await.unwrap(), 0);
                 s.shutdown().await.unwrap();
                 s.close().await.unwrap();
@@ -577,7 +599,7 @@ fn run_throughput(
                 s.write_all(&slab[..1]).await.unwrap();
                 s.flush().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let start = Instant::now();
+                let start = Mark::now();
                 let mut left = total - 1;
                 while left > 0 {
                     let n = write.min(left);
@@ -591,8 +613,14 @@ fn run_throughput(
             (start, rrx.recv().unwrap())
         }
     };
-    let secs = end.duration_since(start).as_secs_f64();
-    (total as f64 - 1.0) / MIB as f64 / secs
+    let secs = end.at.duration_since(start.at).as_secs_f64();
+    Measured {
+        mibs: (total as f64 - 1.0) / MIB as f64 / secs,
+        secs,
+        router: end.router - start.router,
+        sender: end.sender - start.sender,
+        receiver: end.receiver - start.receiver,
+    }
 }
 
 // ===== ping-pong =====
@@ -762,6 +790,8 @@ fn throughput() {
     let mut cpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     // Sender and receiver CPU seconds per GiB.
     let mut ccpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    // The router's and the clients' CPU over each transfer's time (cores busy).
+    let mut busy: HashMap<(usize, usize), Vec<[f64; 3]>> = HashMap::new();
     let mut p50: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut p99: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut n = 0;
@@ -774,17 +804,18 @@ fn throughput() {
                     continue;
                 }
                 n += 1;
-                let before = router_cpu();
-                let cbefore = client_cpu();
-                let r = run_throughput(v, &roles, &slab, w, total, n);
-                let used = router_cpu() - before;
+                let m = run_throughput(v, &roles, &slab, w, total, n);
+                let gib = total as f64 / (1024.0 * MIB as f64);
+                busy.entry((w, vi)).or_default().push([
+                    m.sender / m.secs,
+                    m.router / m.secs,
+                    m.receiver / m.secs,
+                ]);
                 ccpu.entry((w, vi))
                     .or_default()
-                    .push((client_cpu() - cbefore) / (total as f64 / (1024.0 * MIB as f64)));
-                tput.entry((w, vi)).or_default().push(r);
-                cpu.entry((w, vi))
-                    .or_default()
-                    .push(used / (total as f64 / (1024.0 * MIB as f64)));
+                    .push((m.sender + m.receiver) / gib);
+                tput.entry((w, vi)).or_default().push(m.mibs);
+                cpu.entry((w, vi)).or_default().push(m.router / gib);
             }
         }
         for (vi, &v) in VARIANTS.iter().enumerate() {
@@ -851,6 +882,30 @@ fn throughput() {
             fmt3(min_med_max(p50[&5].clone()), 0),
             fmt3(min_med_max(r), 2)
         );
+    }
+    // Where the CPU goes: every thread's CPU per GiB, and the cores each side kept busy over
+    // the transfer (the router is one thread: 1.0 is all of it; the machine has 2 cores).
+    println!();
+    println!("CPU per GiB (clients: sender + receiver threads) and cores busy over each transfer, medians of {runs}");
+    println!("| writes | variant | clients s/GiB | router s/GiB | sender busy | router busy | receiver busy |");
+    println!("|---|---|---|---|---|---|---|");
+    for &w in &sizes {
+        for (vi, name) in NAMES.iter().enumerate() {
+            if !on(vi) {
+                continue;
+            }
+            let med = |m: &HashMap<(usize, usize), Vec<f64>>| min_med_max(m[&(w, vi)].clone()).1;
+            let b = |i: usize| min_med_max(busy[&(w, vi)].iter().map(|x| x[i]).collect()).1;
+            println!(
+                "| {} KiB | {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                w / KIB,
+                med(&ccpu),
+                med(&cpu),
+                b(0),
+                b(1),
+                b(2),
+            );
+        }
     }
     // The routers alone (needs both `relay` and `raw`).
     if on(1) && on(4) {
