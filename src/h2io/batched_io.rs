@@ -168,9 +168,7 @@ impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
         }
         Poll::Ready(Ok(total))
     }
-}
 
-impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
     /// A large write, not copied: to the socket after what the buffer holds, in one system
     /// call.
     fn poll_put_direct(
