@@ -41,8 +41,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest read in bulk mode.
 pub(crate) const BULK: usize = 256 * 1024;
-/// The most bytes the write buffer holds (and writes in one system call).
-pub(crate) const WRITE_BATCH: usize = 256 * 1024;
+/// The most bytes the write buffer holds (and writes in one system call): a read batch's
+/// size, since the spare buffers serve both.
+pub(crate) const WRITE_BATCH: usize = BULK;
 /// The first flush since the last read writes at once when it finds fewer bytes than this.
 pub(crate) const EAGER: usize = 4 * 1024;
 /// Reads into a buffer with at least this much room, and writes of at least this many bytes,
@@ -225,15 +226,14 @@ impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        if n <= held {
-            // The socket took no more than the buffer: it is full, or nearly.
-            self.out.advance(n);
-            ready!(self.poll_drain(cx))?;
-            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.out.advance(n.min(held));
+        // Gives up the buffer once it is all out; writes the rest of it first when the socket
+        // took no more than the buffer (it is full, or nearly).
+        ready!(self.poll_drain(cx))?;
+        if n > held {
+            return Poll::Ready(Ok(n - held));
         }
-        self.deferred = false;
-        give(&mut self.out);
-        Poll::Ready(Ok(n - held))
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
