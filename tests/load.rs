@@ -147,6 +147,15 @@ struct Tally {
     bytes: u64,
 }
 
+impl Tally {
+    fn add(&mut self, t: &Tally) {
+        self.sessions += t.sessions;
+        self.clean += t.clean;
+        self.aborted += t.aborted;
+        self.bytes += t.bytes;
+    }
+}
+
 /// Writes pattern `seed` from offset `at` up to `len` in random write sizes.
 async fn write_pattern(
     s: &mut (impl AsyncWriteExt + Unpin),
@@ -313,11 +322,7 @@ async fn churn(
     }
     let mut all = Tally::default();
     for t in tasks {
-        let t = t.await.unwrap();
-        all.sessions += t.sessions;
-        all.clean += t.clean;
-        all.aborted += t.aborted;
-        all.bytes += t.bytes;
+        all.add(&t.await.unwrap());
     }
     all
 }
@@ -359,21 +364,18 @@ async fn soak_churn_returns_to_its_warm_level() {
     )
     .await;
     let (half_rss, _) = settle(&router, Some(within_10_percent(warm_fds))).await;
-    let second = churn(
-        &endpoint,
-        started + Duration::from_secs(secs),
-        8,
-        seed.rotate_left(29),
-        2 << 40,
-        false,
-    )
-    .await;
-    let main = Tally {
-        sessions: first.sessions + second.sessions,
-        clean: first.clean + second.clean,
-        aborted: first.aborted + second.aborted,
-        bytes: first.bytes + second.bytes,
-    };
+    let mut main = first;
+    main.add(
+        &churn(
+            &endpoint,
+            started + Duration::from_secs(secs),
+            8,
+            seed.rotate_left(29),
+            2 << 40,
+            false,
+        )
+        .await,
+    );
     // Descriptors: back to within 10 % (at least one spare) of the warm level.
     let (end_rss, end_fds) = settle(&router, Some(within_10_percent(warm_fds))).await;
     let m = scrape(router.metrics.unwrap()).await;
