@@ -399,20 +399,22 @@ const VARIANTS: [Variant; 6] = [
 ];
 const NAMES: [&str; 6] = ["tcp", "relay", "ours", "streams", "raw", "streams-tonic"];
 
-/// CPU seconds the thread named `name` has used (utime + stime, USER_HZ ticks).
-fn thread_cpu(name: &str) -> f64 {
+/// CPU seconds each thread named in `names` has used (utime + stime, USER_HZ ticks), in one
+/// pass over `/proc/self/task`; NaN for a thread not found.
+fn threads_cpu<const N: usize>(names: [&str; N]) -> [f64; N] {
+    let mut cpu = [f64::NAN; N];
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return f64::NAN;
+        return cpu;
     };
     for task in tasks.flatten() {
         let path = task.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
+        let Some(i) = names.iter().position(|n| *n == comm.trim()) else {
             continue;
-        }
+        };
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
         let Some((_, rest)) = stat.rsplit_once(") ") else {
-            break;
+            continue;
         };
         // Fields 14 and 15 of stat(5); `rest` starts at field 3.
         let f: Vec<&str> = rest.split(' ').collect();
@@ -421,9 +423,11 @@ fn thread_cpu(name: &str) -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(f64::NAN)
         };
-        return (ticks(11) + ticks(12)) / 100.0;
+        if cpu[i].is_nan() {
+            cpu[i] = (ticks(11) + ticks(12)) / 100.0;
+        }
     }
-    f64::NAN
+    cpu
 }
 
 /// An instant, with the CPU seconds the router's thread and the clients' threads had used by
@@ -438,11 +442,12 @@ struct Mark {
 
 impl Mark {
     fn now() -> Mark {
+        let [router, sender, receiver] = threads_cpu(["router", "sender", "receiver"]);
         Mark {
             at: Instant::now(),
-            router: thread_cpu("router"),
-            sender: thread_cpu("sender"),
-            receiver: thread_cpu("receiver"),
+            router,
+            sender,
+            receiver,
         }
     }
 }
@@ -790,7 +795,7 @@ fn throughput() {
     let mut cpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     // Sender and receiver CPU seconds per GiB.
     let mut ccpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
-    // The router's and the clients' CPU over each transfer's time (cores busy).
+    // Sender, router and receiver CPU over each transfer's time (cores busy).
     let mut busy: HashMap<(usize, usize), Vec<[f64; 3]>> = HashMap::new();
     let mut p50: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut p99: HashMap<usize, Vec<f64>> = HashMap::new();
