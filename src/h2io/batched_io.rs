@@ -22,8 +22,10 @@
 //! frame (a ping, a window update, a short message) is written at its flush, so latency does
 //! not wait on a wakeup. A full buffer that the socket does not take makes `poll_write`
 //! return `Pending`: backpressure is the socket's, with at most one batch held. A write of at
-//! least [`DIRECT`] bytes (a large frame) is not copied: it goes to the socket at once, in the
-//! same `writev` as what the buffer holds before it.
+//! least [`DIRECT`] bytes (a large frame) that would overflow the batch is not copied: it goes
+//! to the socket at once, in the same `writev` as what the buffer holds before it. A large
+//! write that fits is batched like a small one: a socket write per large frame wakes the peer
+//! per frame, and on a VM a wakeup costs more than the copy saved (see the README).
 //!
 //! Buffers exist only while bytes move: both are given up once drained, so an idle connection
 //! holds none. A drained buffer is kept as a spare of the thread's (at most [`SPARES`] of
@@ -46,9 +48,9 @@ pub(crate) const BULK: usize = 256 * 1024;
 pub(crate) const WRITE_BATCH: usize = BULK;
 /// The first flush since the last read writes at once when it finds fewer bytes than this.
 pub(crate) const EAGER: usize = 4 * 1024;
-/// Reads into a buffer with at least this much room, and writes of at least this many bytes,
-/// skip the wrapper's buffers (no copy). Measured in `benches/relay.rs` against copying them
-/// (see the README).
+/// Reads into a buffer with at least this much room skip the wrapper's buffer, and so do writes
+/// of at least this many bytes that would overflow the batch (no copy). Measured in
+/// `benches/relay.rs` against copying them (see the README).
 pub(crate) const DIRECT: usize = 32 * 1024;
 
 /// Drained buffers this thread keeps for the next batch, of any connection: at most this many.
@@ -193,10 +195,11 @@ impl<IO: AsyncWrite + Unpin> BatchedIo<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total >= DIRECT {
-            return self.poll_put_direct(cx, bufs);
-        }
         if self.out.len() + total > WRITE_BATCH {
+            if total >= DIRECT {
+                // The batch goes out now anyway: the large write goes with it, uncopied.
+                return self.poll_put_direct(cx, bufs);
+            }
             ready!(self.poll_drain(cx))?;
         }
         if self.out.capacity() == 0 {
@@ -485,26 +488,57 @@ mod tests {
         assert_eq!(got, frame);
     }
 
-    /// A large frame is not copied: it leaves at once, in the same write as the bytes buffered
-    /// before it, and the buffer is given up.
+    /// A large frame that fits in the batch is batched like a small one: it leaves with the
+    /// bytes before it, in one write at the next read, and the buffer is given up.
     #[tokio::test]
-    async fn a_large_frame_goes_out_uncopied_behind_the_buffered_bytes() {
+    async fn a_large_frame_that_fits_waits_for_the_batch() {
         let (mut io, writes, mut peer) = batched_pair().await;
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let small = [1u8; 100];
         let large: Vec<u8> = (0..64 * 1024 + 9).map(|i| i as u8).collect();
-        let r = Pin::new(&mut io).poll_write(&mut cx, &small);
-        assert!(matches!(r, Poll::Ready(Ok(100))), "{r:?}");
-        assert_eq!(
-            writes.load(Ordering::Relaxed),
-            0,
-            "a small write is buffered"
+        for f in [&small[..], &large[..]] {
+            let r = Pin::new(&mut io).poll_write(&mut cx, f);
+            assert!(matches!(r, Poll::Ready(Ok(n)) if n == f.len()), "{r:?}");
+        }
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writes.load(Ordering::Relaxed), 0, "both are buffered");
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "woken once, to read");
+        let mut b = [0u8; 64];
+        let mut rb = ReadBuf::new(&mut b);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(writes.load(Ordering::Relaxed), 1, "both in one write");
+        assert_eq!(io.out.capacity(), 0, "nothing held, no buffer kept");
+        let mut got = vec![0u8; 100 + large.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert!(
+            got[..100] == small && got[100..] == large[..],
+            "bytes differ"
         );
+    }
+
+    /// A large frame that would overflow the batch is not copied: it leaves at once, in the
+    /// same write as the bytes buffered before it, and the buffer is given up.
+    #[tokio::test]
+    async fn a_large_frame_past_the_batch_goes_out_uncopied_behind_it() {
+        let (mut io, writes, mut peer) = batched_pair().await;
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let held = frames(WRITE_BATCH / (16 * 1024) - 1, 16 * 1024);
+        let large: Vec<u8> = (0..64 * 1024 + 9).map(|i| i as u8).collect();
+        for f in &held {
+            let r = Pin::new(&mut io).poll_write(&mut cx, f);
+            assert!(matches!(r, Poll::Ready(Ok(n)) if n == f.len()), "{r:?}");
+        }
+        assert_eq!(writes.load(Ordering::Relaxed), 0, "buffered");
         let r = Pin::new(&mut io).poll_write(&mut cx, &large);
         assert!(matches!(r, Poll::Ready(Ok(n)) if n == large.len()), "{r:?}");
-        assert_eq!(writes.load(Ordering::Relaxed), 1, "both in one write");
+        assert_eq!(writes.load(Ordering::Relaxed), 1, "all in one write");
         assert_eq!(io.out.capacity(), 0, "nothing held, no buffer kept");
         assert!(matches!(
             Pin::new(&mut io).poll_flush(&mut cx),
@@ -512,12 +546,10 @@ mod tests {
         ));
         assert_eq!(writes.load(Ordering::Relaxed), 1);
         assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
-        let mut got = vec![0u8; 100 + large.len()];
+        let mut got = vec![0u8; held.concat().len() + large.len()];
         peer.read_exact(&mut got).await.unwrap();
-        assert!(
-            got[..100] == small && got[100..] == large[..],
-            "bytes differ"
-        );
+        let (a, b) = got.split_at(held.concat().len());
+        assert!(a == held.concat() && b == large, "bytes differ");
     }
 
     /// In bulk mode, a read into a buffer with room for a large frame goes straight there; a
