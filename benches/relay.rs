@@ -399,10 +399,11 @@ const VARIANTS: [Variant; 6] = [
 ];
 const NAMES: [&str; 6] = ["tcp", "relay", "ours", "streams", "raw", "streams-tonic"];
 
-/// CPU seconds each thread named in `names` has used (utime + stime, USER_HZ ticks), in one
-/// pass over `/proc/self/task`; NaN for a thread not found.
-fn threads_cpu<const N: usize>(names: [&str; N]) -> [f64; N] {
-    let mut cpu = [f64::NAN; N];
+/// CPU seconds each thread named in `names` has used (utime + stime, USER_HZ ticks) and the
+/// part of them in the kernel (stime), in one pass over `/proc/self/task`; NaN for a thread not
+/// found.
+fn threads_cpu<const N: usize>(names: [&str; N]) -> [(f64, f64); N] {
+    let mut cpu = [(f64::NAN, f64::NAN); N];
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return cpu;
     };
@@ -423,8 +424,8 @@ fn threads_cpu<const N: usize>(names: [&str; N]) -> [f64; N] {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(f64::NAN)
         };
-        if cpu[i].is_nan() {
-            cpu[i] = (ticks(11) + ticks(12)) / 100.0;
+        if cpu[i].0.is_nan() {
+            cpu[i] = ((ticks(11) + ticks(12)) / 100.0, ticks(12) / 100.0);
         }
     }
     cpu
@@ -438,6 +439,9 @@ struct Mark {
     router: f64,
     sender: f64,
     receiver: f64,
+    /// The kernel's part: the router's, and the sender's and receiver's together.
+    router_sys: f64,
+    clients_sys: f64,
 }
 
 impl Mark {
@@ -445,9 +449,11 @@ impl Mark {
         let [router, sender, receiver] = threads_cpu(["router", "sender", "receiver"]);
         Mark {
             at: Instant::now(),
-            router,
-            sender,
-            receiver,
+            router: router.0,
+            sender: sender.0,
+            receiver: receiver.0,
+            router_sys: router.1,
+            clients_sys: sender.1 + receiver.1,
         }
     }
 }
@@ -459,6 +465,8 @@ struct Measured {
     router: f64,
     sender: f64,
     receiver: f64,
+    router_sys: f64,
+    clients_sys: f64,
 }
 
 /// Reads `total` bytes (in `buf`-sized reads) and drops them.
@@ -625,6 +633,8 @@ fn run_throughput(
         router: end.router - start.router,
         sender: end.sender - start.sender,
         receiver: end.receiver - start.receiver,
+        router_sys: end.router_sys - start.router_sys,
+        clients_sys: end.clients_sys - start.clients_sys,
     }
 }
 
@@ -795,6 +805,8 @@ fn throughput() {
     let mut cpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     // Sender and receiver CPU seconds per GiB.
     let mut ccpu: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    // The kernel's part of the router's and of the clients' CPU seconds per GiB.
+    let mut sys: HashMap<(usize, usize), Vec<[f64; 2]>> = HashMap::new();
     // Sender, router and receiver CPU over each transfer's time (cores busy).
     let mut busy: HashMap<(usize, usize), Vec<[f64; 3]>> = HashMap::new();
     let mut p50: HashMap<usize, Vec<f64>> = HashMap::new();
@@ -821,6 +833,9 @@ fn throughput() {
                     .push((m.sender + m.receiver) / gib);
                 tput.entry((w, vi)).or_default().push(m.mibs);
                 cpu.entry((w, vi)).or_default().push(m.router / gib);
+                sys.entry((w, vi))
+                    .or_default()
+                    .push([m.router_sys / gib, m.clients_sys / gib]);
             }
         }
         for (vi, &v) in VARIANTS.iter().enumerate() {
@@ -892,8 +907,8 @@ fn throughput() {
     // the transfer (the router is one thread: 1.0 is all of it; the machine has 2 cores).
     println!();
     println!("CPU per GiB (clients: sender + receiver threads) and cores busy over each transfer, medians of {runs}");
-    println!("| writes | variant | clients s/GiB | router s/GiB | sender busy | router busy | receiver busy |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| writes | variant | clients s/GiB | router s/GiB | clients' kernel s/GiB | router's kernel s/GiB | sender busy | router busy | receiver busy |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &w in &sizes {
         for (vi, name) in NAMES.iter().enumerate() {
             if !on(vi) {
@@ -901,11 +916,14 @@ fn throughput() {
             }
             let med = |m: &HashMap<(usize, usize), Vec<f64>>| min_med_max(m[&(w, vi)].clone()).1;
             let b = |i: usize| min_med_max(busy[&(w, vi)].iter().map(|x| x[i]).collect()).1;
+            let k = |i: usize| min_med_max(sys[&(w, vi)].iter().map(|x| x[i]).collect()).1;
             println!(
-                "| {} KiB | {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} KiB | {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 w / KIB,
                 med(&ccpu),
                 med(&cpu),
+                k(1),
+                k(0),
                 b(0),
                 b(1),
                 b(2),
