@@ -405,6 +405,13 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakeups, and the count.
+    fn counting_waker() -> (Arc<Wakes>, std::task::Waker) {
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        (wakes, waker)
+    }
+
     /// A loopback connection: ours (batched, its socket writes counted, a send buffer large
     /// enough for a whole batch) and the peer's plain end.
     async fn batched_pair() -> (BatchedIo<Counted<TcpStream>>, Arc<AtomicUsize>, TcpStream) {
@@ -432,8 +439,7 @@ mod tests {
     #[tokio::test]
     async fn frames_flushed_one_by_one_go_out_together_at_the_next_read() {
         let (mut io, writes, mut peer) = batched_pair().await;
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let sent = frames(6, 16 * 1024 + 9);
         for f in &sent {
@@ -472,8 +478,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_small_frame_goes_out_at_its_flush() {
         let (mut io, writes, mut peer) = batched_pair().await;
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let frame = [7u8; 64 + 9];
         assert!(Pin::new(&mut io).poll_write(&mut cx, &frame).is_ready());
@@ -493,8 +498,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_frame_that_fits_waits_for_the_batch() {
         let (mut io, writes, mut peer) = batched_pair().await;
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let small = [1u8; 100];
         let large: Vec<u8> = (0..64 * 1024 + 9).map(|i| i as u8).collect();
@@ -526,8 +530,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_frame_past_the_batch_goes_out_uncopied_behind_it() {
         let (mut io, writes, mut peer) = batched_pair().await;
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let held = frames(WRITE_BATCH / (16 * 1024) - 1, 16 * 1024);
         let large: Vec<u8> = (0..64 * 1024 + 9).map(|i| i as u8).collect();
@@ -606,7 +609,7 @@ mod tests {
     #[tokio::test]
     async fn a_drained_buffer_serves_the_next_batch_and_the_spares_are_bounded() {
         let (mut io, writes, mut peer) = batched_pair().await;
-        let waker = std::task::Waker::from(Arc::new(Wakes::default()));
+        let (_, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let frame = vec![5u8; 16 * 1024 + 9];
         let batch = |io: &mut BatchedIo<Counted<TcpStream>>, cx: &mut Context<'_>| {
