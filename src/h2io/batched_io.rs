@@ -668,11 +668,17 @@ mod tests {
     }
 
     /// A peer that does not read: the writes stop with at most one batch held, and every byte
-    /// arrives once it reads.
+    /// arrives once it reads; for small frames and for large ones (batched while they fit).
     #[tokio::test]
     async fn a_peer_that_does_not_read_stops_the_writes_with_one_batch_held() {
+        for len in [16 * 1024 + 9, 64 * 1024 + 9] {
+            stalled_peer(len).await;
+        }
+    }
+
+    async fn stalled_peer(len: usize) {
         let (mut io, _, mut peer) = batched_pair().await;
-        let frame = vec![3u8; 16 * 1024 + 9];
+        let frame = vec![3u8; len];
         let mut accepted = 0usize;
         // Write as h2 does (frame, flush, a read) until the wrapper says no.
         let blocked = std::future::poll_fn(|cx| {
