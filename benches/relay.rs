@@ -436,6 +436,12 @@ fn threads_cpu<const N: usize>(names: [&str; N]) -> [(f64, f64); N] {
 #[derive(Clone, Copy)]
 struct Mark {
     at: Instant,
+    cpu: Cpu,
+}
+
+/// CPU seconds of the router's, the sender's and the receiver's threads.
+#[derive(Clone, Copy)]
+struct Cpu {
     router: f64,
     sender: f64,
     receiver: f64,
@@ -444,16 +450,31 @@ struct Mark {
     clients_sys: f64,
 }
 
+impl Cpu {
+    /// What was used between `start` and this.
+    fn since(&self, start: &Cpu) -> Cpu {
+        Cpu {
+            router: self.router - start.router,
+            sender: self.sender - start.sender,
+            receiver: self.receiver - start.receiver,
+            router_sys: self.router_sys - start.router_sys,
+            clients_sys: self.clients_sys - start.clients_sys,
+        }
+    }
+}
+
 impl Mark {
     fn now() -> Mark {
         let [router, sender, receiver] = threads_cpu(["router", "sender", "receiver"]);
         Mark {
             at: Instant::now(),
-            router: router.0,
-            sender: sender.0,
-            receiver: receiver.0,
-            router_sys: router.1,
-            clients_sys: sender.1 + receiver.1,
+            cpu: Cpu {
+                router: router.0,
+                sender: sender.0,
+                receiver: receiver.0,
+                router_sys: router.1,
+                clients_sys: sender.1 + receiver.1,
+            },
         }
     }
 }
@@ -462,11 +483,7 @@ impl Mark {
 struct Measured {
     mibs: f64,
     secs: f64,
-    router: f64,
-    sender: f64,
-    receiver: f64,
-    router_sys: f64,
-    clients_sys: f64,
+    cpu: Cpu,
 }
 
 /// Reads `total` bytes (in `buf`-sized reads) and drops them.
@@ -630,11 +647,7 @@ fn run_throughput(
     Measured {
         mibs: (total as f64 - 1.0) / MIB as f64 / secs,
         secs,
-        router: end.router - start.router,
-        sender: end.sender - start.sender,
-        receiver: end.receiver - start.receiver,
-        router_sys: end.router_sys - start.router_sys,
-        clients_sys: end.clients_sys - start.clients_sys,
+        cpu: end.cpu.since(&start.cpu),
     }
 }
 
@@ -822,20 +835,21 @@ fn throughput() {
                 }
                 n += 1;
                 let m = run_throughput(v, &roles, &slab, w, total, n);
+                let (c, secs) = (m.cpu, m.secs);
                 let gib = total as f64 / (1024.0 * MIB as f64);
                 busy.entry((w, vi)).or_default().push([
-                    m.sender / m.secs,
-                    m.router / m.secs,
-                    m.receiver / m.secs,
+                    c.sender / secs,
+                    c.router / secs,
+                    c.receiver / secs,
                 ]);
                 ccpu.entry((w, vi))
                     .or_default()
-                    .push((m.sender + m.receiver) / gib);
+                    .push((c.sender + c.receiver) / gib);
                 tput.entry((w, vi)).or_default().push(m.mibs);
-                cpu.entry((w, vi)).or_default().push(m.router / gib);
+                cpu.entry((w, vi)).or_default().push(c.router / gib);
                 sys.entry((w, vi))
                     .or_default()
-                    .push([m.router_sys / gib, m.clients_sys / gib]);
+                    .push([c.router_sys / gib, c.clients_sys / gib]);
             }
         }
         for (vi, &v) in VARIANTS.iter().enumerate() {
