@@ -6,9 +6,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use futures_core::Stream;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
-use crate::RouterStream;
+use crate::{Frame, RouterStream};
 
 /// Copies data both ways between `io` (a `TcpStream`, stdio, ...) and `stream` until both
 /// directions are done, like [`tokio::io::copy_bidirectional`]: when one side reaches EOF, the
@@ -25,9 +26,10 @@ use crate::RouterStream;
 /// # Errors
 ///
 /// The first error of either direction; the other direction stops with it.
-pub async fn bridge<T>(io: &mut T, stream: &mut RouterStream) -> io::Result<(u64, u64)>
+pub async fn bridge<T, S>(io: &mut T, stream: &mut RouterStream<S>) -> io::Result<(u64, u64)>
 where
     T: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: Stream<Item = Result<Frame, tonic::Status>> + Unpin,
 {
     let mut up = Up {
         eof: false,
@@ -41,8 +43,10 @@ where
         total: 0,
     };
     poll_fn(|cx| {
-        let up_ready = up.poll(cx, io, stream)?.is_ready();
+        // Down first: once it read the peer's GOAWAY, Up's wait for room in the stream also
+        // watches the call's final status, so an error ends the bridge while `io` is idle.
         let down_ready = down.poll(cx, stream, io)?.is_ready();
+        let up_ready = up.poll(cx, io, stream)?.is_ready();
         if up_ready && down_ready {
             Poll::Ready(Ok((up.total, down.total)))
         } else {
@@ -62,14 +66,15 @@ struct Up {
 
 impl Up {
     /// Flushes the stream whenever `io` has nothing more for now.
-    fn poll<T>(
+    fn poll<T, S>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut T,
-        stream: &mut RouterStream,
+        stream: &mut RouterStream<S>,
     ) -> Poll<io::Result<()>>
     where
         T: AsyncRead + Unpin + ?Sized,
+        S: Stream<Item = Result<Frame, tonic::Status>> + Unpin,
     {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -101,14 +106,15 @@ struct Down {
 }
 
 impl Down {
-    fn poll<T>(
+    fn poll<T, S>(
         &mut self,
         cx: &mut Context<'_>,
-        stream: &mut RouterStream,
+        stream: &mut RouterStream<S>,
         io: &mut T,
     ) -> Poll<io::Result<()>>
     where
         T: AsyncWrite + Unpin + ?Sized,
+        S: Stream<Item = Result<Frame, tonic::Status>> + Unpin,
     {
         if self.done {
             return Poll::Ready(Ok(()));

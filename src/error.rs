@@ -43,6 +43,12 @@ pub enum Error {
     /// The stream was dropped without a shutdown (sent to the peer as the cause of an abort).
     #[error("router stream dropped without shutdown")]
     Dropped,
+    /// The router ended the stream because the peer went (its process killed, its call
+    /// cancelled, its connection lost, a reset): a GOAWAY whose payload is the router's reason.
+    /// The router sends it so that Jumpstarter's peers, which end a session only on a GOAWAY,
+    /// end theirs; a peer's own GOAWAY has no payload.
+    #[error("router stream ended by the router: {0}")]
+    PeerGone(String),
 }
 
 /// Why a router connection could not be set up (feature `client`): a bad endpoint, token or
@@ -127,6 +133,7 @@ impl Error {
     /// |---|---|
     /// | RST_STREAM from the peer | `ConnectionReset` |
     /// | end of the call without GOAWAY | `UnexpectedEof` |
+    /// | the router's GOAWAY with a reason (the peer went) | `ConnectionAborted` |
     /// | write after shutdown, or after the call ended | `BrokenPipe` |
     /// | status `Unauthenticated`, `PermissionDenied` | `PermissionDenied` |
     /// | status `Unavailable`, `Cancelled`, `Aborted` | `ConnectionAborted`, or the kind of the underlying I/O error (e.g. `ConnectionRefused`) |
@@ -142,7 +149,7 @@ impl Error {
             Error::Reset => K::ConnectionReset,
             Error::UnexpectedEnd => K::UnexpectedEof,
             Error::WriteAfterShutdown | Error::CallEnded => K::BrokenPipe,
-            Error::Dropped => K::ConnectionAborted,
+            Error::Dropped | Error::PeerGone(_) => K::ConnectionAborted,
             Error::Status(s) => match s.code() {
                 Code::Unauthenticated | Code::PermissionDenied => K::PermissionDenied,
                 Code::Unavailable | Code::Cancelled | Code::Aborted => {

@@ -41,11 +41,17 @@ pub(crate) struct Scan {
     pub(crate) messages: u64,
     /// Of those, messages with frame type GOAWAY.
     pub(crate) goaways: u64,
+    /// Of those, messages with frame type RST_STREAM.
+    pub(crate) resets: u64,
     /// Payload bytes (field 1, the last one of each message, as prost reads it) of the
     /// messages that ended in the chunk.
     pub(crate) payload: u64,
     /// Why the stream stops being valid at `valid`.
     pub(crate) error: Option<StreamError>,
+    /// When the chunk ends inside a message: where that message starts in the chunk (0 when
+    /// it started in an earlier one). A forwarder holds those bytes back until the message is
+    /// whole, so that whatever it sends next starts at a message boundary.
+    pub(crate) open_from: Option<usize>,
 }
 
 /// What a reader of the messages (rather than a forwarder of their bytes) learns from
@@ -220,14 +226,23 @@ impl Parser {
             }
         }
         scan.valid = i;
+        if self.in_message() {
+            scan.open_from = Some(start);
+        }
         scan
+    }
+
+    /// Whether the bytes so far end inside a message (not at a boundary, not failed).
+    pub(crate) fn in_message(&self) -> bool {
+        !matches!(self.state, State::Prefix { n: 0, .. } | State::Failed)
     }
 
     /// The end of the body: an error if it ended inside a message.
     pub(crate) fn finish(&self) -> Result<(), StreamError> {
-        match self.state {
-            State::Prefix { n: 0, .. } | State::Failed => Ok(()),
-            _ => Err(StreamError::Truncated),
+        if self.in_message() {
+            Err(StreamError::Truncated)
+        } else {
+            Ok(())
         }
     }
 
@@ -376,6 +391,8 @@ impl Parser {
         scan.payload += std::mem::take(&mut self.payload);
         if frame_type == FrameType::Goaway as i32 {
             scan.goaways += 1;
+        } else if frame_type == FrameType::RstStream as i32 {
+            scan.resets += 1;
         }
         State::Prefix { n: 0, len: 0 }
     }
@@ -394,6 +411,8 @@ pub(crate) fn scan_split(
     let mut p = Parser::new(limit);
     let mut total = Scan::default();
     let mut events = PayloadCount::default();
+    // What a forwarder that holds back the open message releases, and holds.
+    let (mut released, mut held) = (0usize, 0usize);
     for w in points.windows(2) {
         let chunk = &stream[w[0]..w[1]];
         let s = p.scan_with(chunk, &mut events);
@@ -412,9 +431,26 @@ pub(crate) fn scan_split(
             s.error.is_some() || s.valid == chunk.len(),
             "drops bytes without an error"
         );
+        if s.messages > 0 {
+            let upto = s.open_from.unwrap_or(s.valid);
+            released += held + upto;
+            held = s.valid - upto;
+        } else {
+            held += s.valid;
+        }
+        if s.error.is_some() {
+            // The bad message's bytes from earlier chunks were held: they go nowhere.
+            held = 0;
+        }
+        assert_eq!(
+            s.open_from.is_some(),
+            p.in_message(),
+            "open_from and the parser disagree"
+        );
         total.valid += s.valid;
         total.messages += s.messages;
         total.goaways += s.goaways;
+        total.resets += s.resets;
         total.payload += s.payload;
         if s.error.is_some() {
             total.error = s.error;
@@ -424,10 +460,29 @@ pub(crate) fn scan_split(
                 (0, 0),
                 "reads after an error"
             );
+            assert_whole_messages(limit, &stream[..released]);
             return (total, Ok(()));
         }
     }
+    assert_whole_messages(limit, &stream[..released]);
+    assert_eq!(
+        released + held,
+        total.valid,
+        "a holding forwarder lost or made up bytes"
+    );
     (total, p.finish())
+}
+
+/// What a holding forwarder released is whole, valid messages: the router can always append
+/// a message of its own (its GOAWAY when a peer vanishes).
+#[cfg(any(test, fuzzing))]
+fn assert_whole_messages(limit: usize, released: &[u8]) {
+    let mut q = Parser::new(limit);
+    let r = q.scan(released);
+    assert!(
+        r.error.is_none() && !q.in_message(),
+        "released bytes that are not whole messages"
+    );
 }
 
 /// What [`scan_split`] checks the events against: the payload bytes of the messages that
@@ -538,8 +593,10 @@ mod tests {
                     valid: stream.len(),
                     messages: 7,
                     goaways: 1,
+                    resets: 1,
                     payload: 5 + 1 + 3 + 300,
                     error: None,
+                    open_from: None,
                 },
                 "chunk {chunk}"
             );

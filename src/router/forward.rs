@@ -8,34 +8,48 @@
 //!   caller A ◄── Forward(A) = A's response body ◄──request body──   caller B
 //! ```
 //!
+//! Only whole messages go out: the bytes of a message that is not complete yet (it spans
+//! HTTP/2 DATA frames) are held, as the received slices, until its last byte is in. So the
+//! router can always end a caller's response with a message of its own, and a peer that
+//! vanishes mid-message leaves no torn message behind.
+//!
 //! The states of one [`Forward`] (one caller's response body):
 //!
 //! ```text
 //!   Waiting ──(peer arrives)──► Forwarding ──(peer's GOAWAY)──► Draining
 //!      │                          │                              │    │
-//!      │ (deadline)               │ (peer's body fails, or       │    │ (peer's body ends)
-//!      │                          │  ends without GOAWAY;        │    ▼
-//!      │                          │  or our caller aborted)      │  Finishing
-//!      │                          ▼                              │    │ (our caller's
-//!      │                    Trailers(ABORTED) ◄──(as Forwarding)─┘    │  body ends)
-//!      ▼                          │                 (a failure after  ▼
-//!   Trailers(DEADLINE_EXCEEDED)   │                  our clean end) Trailers(OK, or ABORTED
-//!      │                          │                      │          if our caller aborted)
-//!      └──────────────────────────┴──────────► Done ◄────┴──────────────┘
+//!      │ (deadline)               │ (peer gone: its body fails,  │    │ (peer's body ends)
+//!      │                          │  or ends without GOAWAY)     │    ▼
+//!      │                          ▼                              │  Finishing
+//!      │                   GoAway(reason) ──► Trailers(ABORTED)  │    │ (our caller's
+//!      │                                          ▲   ▲          │    │  body ends)
+//!      │                  (our caller broke the   │   └──────────┘    ▼
+//!      ▼                   stream: no GOAWAY) ────┘  (peer gone)   Trailers(OK, or ABORTED
+//!   Trailers(DEADLINE_EXCEEDED)                                     if the peer left first)
+//!      │                                                                │
+//!      └──────────────────────────────► Done ◄──────────────────────────┘
 //! ```
 //!
-//! Draining ends like Forwarding, except that the end of the peer's body is a clean finish
-//! (`Finishing`), and a failure of the peer's call once our own caller finished cleanly loses
-//! nothing (`Trailers(OK)`): both sides sent GOAWAY.
+//! When a peer goes (its process killed, its call cancelled, a RST_STREAM frame, its
+//! connection lost), the survivor gets a GOAWAY frame whose payload says why, then its call
+//! ends with status `ABORTED` and the same words. Jumpstarter's peers close their local bridge
+//! only on a clean end of stream, so the GOAWAY is what tells them the session is over; the
+//! status (and the GOAWAY's payload, which Jumpstarter's peers ignore) is what tells a
+//! [`RouterStream`](crate::RouterStream) that it was not a clean finish. A survivor that has
+//! its peer's own GOAWAY already gets no second one.
 //!
 //! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
 //! body), its peer's response ends only once the peer's own request body has ended too
-//! (`Finishing`), so the peer can go on sending after it read EOF. When a caller aborts (an
-//! error, or an end without GOAWAY), the other caller's call ends at once with status
-//! `Aborted`. Every frame is forwarded as it is, RST_STREAM and unknown types included, and
-//! forwarding goes on after them (as in Jumpstarter's Go router): what a RST_STREAM means is
-//! for the endpoints.
+//! (`Finishing`), so the peer can go on sending after it read EOF. Every frame is forwarded as
+//! it is, RST_STREAM and unknown types included, and forwarding goes on after them (as in
+//! Jumpstarter's Go router): what a RST_STREAM means is for the endpoints.
+//!
+//! How a caller went (its [`Cause`]) is read from the end of its request body: h2's error
+//! (a reset with `CANCEL` is a cancelled call; an I/O error or a lost connection is `Lost`), a
+//! RST_STREAM frame before the end, or an invalid message. The pair's outcome is the first
+//! cause (or `finished`); each call is counted once, when the pair is over.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -48,6 +62,7 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
+use prost::Message;
 use tokio::sync::oneshot;
 use tonic::codegen::http;
 use tonic::Status;
@@ -81,6 +96,48 @@ impl Leg {
             Leg::Second => Direction::FirstToSecond,
         }
     }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Leg::First => "first",
+            Leg::Second => "second",
+        }
+    }
+}
+
+/// How a caller went, when it did not finish cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// It cancelled its call (HTTP/2 RST_STREAM `CANCEL` on a live connection): how a real
+    /// Jumpstarter client ends its session.
+    Cancelled,
+    /// Its connection died: reset, closed without ending the call, keepalive timeout.
+    Lost,
+    /// It sent a RST_STREAM frame (or its HTTP/2 stream was reset with an error code).
+    Reset,
+    /// It broke the stream: an invalid message, or an end without GOAWAY.
+    Aborted,
+}
+
+impl Cause {
+    fn result(self) -> CallResult {
+        match self {
+            Cause::Cancelled => CallResult::Cancelled,
+            Cause::Lost => CallResult::Lost,
+            Cause::Reset => CallResult::Reset,
+            Cause::Aborted => CallResult::Aborted,
+        }
+    }
+
+    /// What the survivor is told (the GOAWAY's payload and the status message).
+    fn for_peer(self, why: &str) -> String {
+        match self {
+            Cause::Cancelled => format!("peer cancelled its call: {why}"),
+            Cause::Lost => format!("peer vanished: its connection was lost: {why}"),
+            Cause::Reset => format!("peer reset the stream: {why}"),
+            Cause::Aborted => format!("peer aborted the stream: {why}"),
+        }
+    }
 }
 
 // ===== the request body of one caller, as the router reads it =====
@@ -88,17 +145,17 @@ impl Leg {
 /// What a caller's request body gave next.
 #[derive(Debug)]
 pub(super) enum Inbound {
-    /// Bytes to forward as they are: `goaway` when a GOAWAY message ended in them, `payload`
-    /// the payload bytes they held.
+    /// Whole messages to forward as they are (one or more slices of received chunks):
+    /// `goaway` when a GOAWAY message ended in them, `payload` the payload bytes they held.
     Data {
         bytes: Bytes,
         goaway: bool,
         payload: u64,
     },
-    /// The body ended after whole messages.
-    End,
-    /// The body failed, or stopped being a valid message stream.
-    Error(Status),
+    /// The body ended after whole messages; `reset` when a RST_STREAM frame went by.
+    End { reset: bool },
+    /// The caller went, or its body stopped being a valid message stream.
+    Gone(Cause, String),
 }
 
 /// A caller's request body, with the parser that follows its messages.
@@ -106,13 +163,21 @@ pub(super) struct RequestBody {
     body: tonic::body::Body,
     parser: Parser,
     state: BodyState,
+    /// Received slices: the first `released` are whole messages to hand out before reading
+    /// on, the rest the message that is not whole yet.
+    pieces: VecDeque<Bytes>,
+    released: usize,
+    /// The flags of the last released slice (`goaway`, `payload`).
+    flags: (bool, u64),
+    /// A RST_STREAM frame went by.
+    reset: bool,
 }
 
 enum BodyState {
     Open,
-    /// The valid part of a chunk was handed out; this error comes next.
-    Failing(Status),
-    /// `End` or `Error` was handed out: the body is never polled again.
+    /// The valid part of a chunk was handed out; this comes next.
+    Failing(Cause, String),
+    /// `End` or `Gone` was handed out: the body is never polled again.
     Done,
 }
 
@@ -122,33 +187,54 @@ impl RequestBody {
             body,
             parser: Parser::new(max_message_size),
             state: BodyState::Open,
+            pieces: VecDeque::new(),
+            released: 0,
+            flags: (false, 0),
+            reset: false,
         }
     }
 
     pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
+            if self.released > 0 {
+                self.released -= 1;
+                let bytes = self.pieces.pop_front().expect("a released piece");
+                let (goaway, payload) = if self.released == 0 {
+                    std::mem::take(&mut self.flags)
+                } else {
+                    (false, 0)
+                };
+                return Poll::Ready(Inbound::Data {
+                    bytes,
+                    goaway,
+                    payload,
+                });
+            }
             match std::mem::replace(&mut self.state, BodyState::Open) {
                 BodyState::Open => {}
-                BodyState::Failing(status) => {
+                BodyState::Failing(cause, why) => {
                     self.state = BodyState::Done;
-                    return Poll::Ready(Inbound::Error(status));
+                    return Poll::Ready(Inbound::Gone(cause, why));
                 }
                 BodyState::Done => {
                     self.state = BodyState::Done;
-                    return Poll::Ready(Inbound::End);
+                    return Poll::Ready(Inbound::End { reset: self.reset });
                 }
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
                 Some(Err(status)) => {
                     self.state = BodyState::Done;
-                    return Poll::Ready(Inbound::Error(status));
+                    self.pieces.clear();
+                    let (cause, why) = classify(&status, self.reset);
+                    return Poll::Ready(Inbound::Gone(cause, why));
                 }
                 None => {
                     self.state = BodyState::Done;
+                    self.pieces.clear();
                     return Poll::Ready(match self.parser.finish() {
-                        Ok(()) => Inbound::End,
-                        Err(e) => Inbound::Error(e.status()),
+                        Ok(()) => Inbound::End { reset: self.reset },
+                        Err(e) => Inbound::Gone(Cause::Aborted, describe(&e.status())),
                     });
                 }
             };
@@ -157,17 +243,38 @@ impl RequestBody {
                 continue;
             };
             let scan = self.parser.scan(&bytes);
+            self.reset |= scan.resets > 0;
             if let Some(e) = scan.error {
-                self.state = BodyState::Failing(e.status());
-                bytes.truncate(scan.valid);
+                self.state = BodyState::Failing(Cause::Aborted, describe(&e.status()));
+                // The bad message's bytes from earlier chunks go nowhere.
+                if scan.messages == 0 {
+                    self.pieces.clear();
+                }
             }
-            if !bytes.is_empty() {
+            bytes.truncate(scan.valid);
+            if scan.messages == 0 {
+                // Still inside one message: hold it all.
+                if !bytes.is_empty() {
+                    self.pieces.push_back(bytes);
+                }
+                continue;
+            }
+            // Whole messages up to where the open one starts; the rest is held.
+            let upto = scan.open_from.unwrap_or(bytes.len());
+            let tail = bytes.split_off(upto);
+            let goaway = scan.goaways > 0;
+            if self.pieces.is_empty() {
+                self.pieces.extend((!tail.is_empty()).then_some(tail));
                 return Poll::Ready(Inbound::Data {
                     bytes,
-                    goaway: scan.goaways > 0,
+                    goaway,
                     payload: scan.payload,
                 });
             }
+            self.pieces.push_back(bytes);
+            self.released = self.pieces.len();
+            self.flags = (goaway, scan.payload);
+            self.pieces.extend((!tail.is_empty()).then_some(tail));
         }
     }
 }
@@ -193,6 +300,49 @@ impl fmt::Debug for RequestBody {
     }
 }
 
+/// "Code: message", for the logs and the peer's status.
+fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// How a caller went, from the error its request body ended with: h2's error when there is
+/// one in the chain (tonic keeps hyper's error, which keeps h2's), else the status.
+fn classify(status: &Status, reset_frame: bool) -> (Cause, String) {
+    if reset_frame {
+        return (Cause::Reset, "it sent a RST_STREAM frame".into());
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return classify_h2(h2);
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            if hyper.is_timeout() {
+                return (Cause::Lost, format!("keepalive timeout ({hyper})"));
+            }
+        }
+        source = e.source();
+    }
+    (Cause::Lost, describe(status))
+}
+
+fn classify_h2(e: &h2::Error) -> (Cause, String) {
+    match e.reason() {
+        Some(h2::Reason::CANCEL) if e.is_reset() && e.is_remote() => {
+            (Cause::Cancelled, "HTTP/2 RST_STREAM CANCEL".into())
+        }
+        Some(reason) if e.is_reset() && e.is_remote() => {
+            (Cause::Reset, format!("HTTP/2 RST_STREAM {reason:?}"))
+        }
+        Some(reason) if e.is_go_away() && e.is_remote() => (
+            Cause::Lost,
+            format!("its connection was closed (HTTP/2 GOAWAY {reason:?})"),
+        ),
+        _ if e.is_io() => (Cause::Lost, format!("I/O error: {e}")),
+        _ => (Cause::Lost, e.to_string()),
+    }
+}
+
 // ===== the pair =====
 
 /// How a caller's request body ended.
@@ -200,23 +350,35 @@ impl fmt::Debug for RequestBody {
 enum End {
     /// GOAWAY, then the end of the body.
     Clean,
-    /// Anything else; the message says what.
-    Abort(String),
+    /// The caller went, or broke the stream.
+    Gone(Cause, String),
 }
 
 #[derive(Default)]
 struct LegEnd {
     /// How this caller's request body ended (set once, by the peer's forwarder, which reads it).
     end: OnceLock<End>,
-    /// The waker of this caller's own response, waiting for `end`.
+    /// The waker of this caller's own response, waiting for `end` (or for its peer to leave).
     waker: AtomicWaker,
+    /// This caller's response is gone: nobody reads its peer's frames any more.
+    left: AtomicBool,
+    /// This caller took its part in the pair (the waiting one may leave before it does): its
+    /// call is counted when the pair is over.
+    joined: AtomicBool,
 }
 
 /// State shared by the two forwarders of a pair.
 pub(super) struct Pair {
     legs: [LegEnd; 2],
-    /// Set with the first `End::Abort`: lets a busy forwarder notice it without the lock.
-    aborted: AtomicBool,
+    /// Set with the first `End::Gone`: lets a busy forwarder notice it without the lock.
+    gone: AtomicBool,
+    /// The router is shutting down past its grace period: both calls end now.
+    closing: AtomicBool,
+    /// A RST_STREAM frame came through from this caller: if the pair does not finish, that
+    /// reset is its outcome, whatever the other caller did next (ours cancels its call).
+    reset_by: [AtomicBool; 2],
+    /// The first caller that went, and how: the pair's outcome.
+    outcome: OnceLock<(Leg, Cause, String)>,
     /// Payload bytes each way, by [`Direction`]: added by each forwarder when it stops.
     bytes: [AtomicU64; 2],
     metrics: Metrics,
@@ -227,37 +389,64 @@ pub(super) struct Pair {
 impl Pair {
     pub(super) fn new(metrics: Metrics, tag: StreamTag) -> Arc<Pair> {
         metrics.pair_started();
-        Arc::new(Pair {
+        let pair = Pair {
             legs: Default::default(),
-            aborted: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            reset_by: Default::default(),
+            outcome: OnceLock::new(),
             bytes: Default::default(),
             metrics,
             tag,
             since: Instant::now(),
-        })
+        };
+        pair.legs[Leg::Second as usize]
+            .joined
+            .store(true, Ordering::Relaxed);
+        Arc::new(pair)
     }
 
     /// Records how caller `who`'s request body ended (the first word counts) and wakes its
     /// response.
     fn set_end(&self, who: Leg, end: End) {
         let leg = &self.legs[who as usize];
-        let abort = match &end {
-            End::Abort(why) => Some(why.clone()),
+        let gone = match &end {
+            End::Gone(cause, why) => Some((*cause, why.clone())),
             End::Clean => None,
         };
         if leg.end.set(end).is_err() {
             return;
         }
-        if let Some(why) = abort {
-            tracing::debug!(stream = %self.tag, caller = ?who, reason = %why, "caller aborted");
-            self.metrics.aborted();
-            self.aborted.store(true, Ordering::Release);
+        if let Some((cause, why)) = gone {
+            tracing::debug!(stream = %self.tag, caller = who.as_str(), ?cause, reason = %why, "caller went");
+            let _ = self.outcome.set((who, cause, why));
+            self.gone.store(true, Ordering::Release);
         }
         leg.waker.wake();
     }
 
-    /// How caller `who`'s request body ended; registers `cx` to be woken when it does. No
-    /// lock: an atomic waker, then the end checked again.
+    /// Ends both calls with a GOAWAY, then `UNAVAILABLE`: the router is shutting down.
+    pub(super) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        for leg in &self.legs {
+            leg.waker.wake();
+        }
+    }
+
+    /// Caller `who`'s response is gone: wakes its peer's response, which finds out why.
+    fn left(&self, who: Leg) {
+        self.legs[who as usize].left.store(true, Ordering::Release);
+        self.legs[who.other() as usize].waker.wake();
+    }
+
+    /// Whether caller `who`'s response is gone (see [`poll_end`](Pair::poll_end) for the
+    /// waker).
+    fn has_left(&self, who: Leg) -> bool {
+        self.legs[who as usize].left.load(Ordering::Acquire)
+    }
+
+    /// How caller `who`'s request body ended; registers `cx` to be woken when it does, or
+    /// when its peer leaves. No lock: an atomic waker, then the end checked again.
     fn poll_end(&self, who: Leg, cx: &mut Context<'_>) -> Option<&End> {
         let leg = &self.legs[who as usize];
         if let Some(end) = leg.end.get() {
@@ -267,34 +456,84 @@ impl Pair {
         leg.end.get()
     }
 
-    /// Our own caller aborted (the peer's forwarder saw it): why.
-    fn own_abort(&self, me: Leg, cx: &mut Context<'_>) -> Option<String> {
-        if !self.aborted.load(Ordering::Acquire) {
+    /// Our own caller went or broke the stream (the peer's forwarder saw it): why.
+    fn own_gone(&self, me: Leg, cx: &mut Context<'_>) -> Option<(Cause, String)> {
+        if !self.gone.load(Ordering::Acquire) {
             return None;
         }
         match self.poll_end(me, cx) {
-            Some(End::Abort(why)) => Some(why.clone()),
+            Some(End::Gone(cause, why)) => Some((*cause, why.clone())),
             _ => None,
         }
+    }
+
+    /// The peer's response is gone and its body had no more to say: how it went. A peer
+    /// that finished writing cleanly and left before reading everything counts as cancelled.
+    /// `reset`: a RST_STREAM frame came through from it (then it is a reset).
+    fn peer_left(&self, peer: Leg, reset: bool) -> (Cause, String) {
+        let (cause, why) = if reset {
+            (
+                Cause::Reset,
+                "it sent a RST_STREAM frame, then its call ended",
+            )
+        } else {
+            (Cause::Cancelled, "its call ended before it read everything")
+        };
+        self.set_end(peer, End::Gone(cause, why.into()));
+        if let Some(End::Gone(cause, why)) = self.legs[peer as usize].end.get() {
+            return (*cause, why.clone());
+        }
+        let _ = self.outcome.set((peer, cause, why.into()));
+        (cause, why.into())
     }
 }
 
 impl Drop for Pair {
-    /// The session is over: both forwarders are gone.
+    /// The session is over: both forwarders are gone. Each call is counted here, once.
     fn drop(&mut self) {
         let m = &self.metrics;
-        m.pair_ended();
         let duration = self.since.elapsed();
         Metrics::observe(&m.session_duration, duration);
-        let outcome = if self.aborted.load(Ordering::Acquire) {
-            "aborted"
-        } else {
-            "finished"
+        let reset = [Leg::First, Leg::Second]
+            .into_iter()
+            .find(|l| self.reset_by[*l as usize].load(Ordering::Relaxed));
+        let outcome = match (self.outcome.get(), reset) {
+            (Some(_), Some(leg)) => Some((leg, Cause::Reset, "it sent a RST_STREAM frame".into())),
+            (outcome, _) => outcome.cloned(),
+        };
+        for (i, leg) in self.legs.iter().enumerate() {
+            if !leg.joined.load(Ordering::Relaxed) {
+                continue;
+            }
+            let result = match (&outcome, leg.end.get()) {
+                (Some((who, cause, _)), _) if *who as usize == i => cause.result(),
+                (Some(_), _) if reset.is_some() => CallResult::PeerGone,
+                (_, Some(End::Gone(cause, _))) => cause.result(),
+                _ if self.closing.load(Ordering::Relaxed) => CallResult::Shutdown,
+                (None, _) => CallResult::Finished,
+                (Some(_), _) => CallResult::PeerGone,
+            };
+            m.call(result);
+            if matches!(
+                result,
+                CallResult::Lost | CallResult::Reset | CallResult::Aborted
+            ) {
+                m.aborted();
+            }
+        }
+        // Last: a waiter for `active == 0` finds every count of this pair in.
+        m.pair_ended();
+        let (outcome, caller, reason) = match &outcome {
+            Some((leg, cause, why)) => (cause.result().as_str(), leg.as_str(), why.as_str()),
+            None if self.closing.load(Ordering::Relaxed) => ("shutdown", "", SHUTDOWN),
+            None => ("finished", "", ""),
         };
         let [to_second, to_first] = &self.bytes;
         tracing::info!(
             stream = %self.tag,
             outcome,
+            caller,
+            reason,
             bytes_first_to_second = to_second.load(Ordering::Relaxed),
             bytes_second_to_first = to_first.load(Ordering::Relaxed),
             duration_ms = duration.as_millis() as u64,
@@ -311,19 +550,25 @@ pub(super) struct Link {
 
 impl Link {
     /// The waiting caller left before it took this link: nobody will read the second caller's
-    /// frames, so the second caller's call ends with an abort rather than waiting for ever
-    /// (even if the waiter had finished cleanly, what the second caller sends is lost).
+    /// frames, and the second caller learns it as from any peer that left.
     pub(super) fn abandon(self) {
         self.pair.set_end(
-            Leg::Second,
-            End::Abort("the waiting caller left while pairing".into()),
+            Leg::First,
+            End::Gone(
+                Cause::Cancelled,
+                "the waiting caller left while pairing".into(),
+            ),
         );
+        self.pair.left(Leg::First);
     }
 }
 
 // ===== Forward =====
 
 /// The response body of one caller of the router: its peer's request body, forwarded.
+///
+/// It is what [`RouterService`](super::RouterService) answers a `Stream` call with; it cannot
+/// be made or used on its own.
 pub struct Forward {
     state: State,
     inner: Arc<Inner>,
@@ -342,6 +587,9 @@ enum State {
         pair: Arc<Pair>,
         me: Leg,
     },
+    /// The peer went without GOAWAY: this one (its payload the reason) goes out, then the
+    /// status.
+    GoAway(Bytes, http::HeaderMap),
     /// The response's last frame: the call's status.
     Trailers(http::HeaderMap),
     Done,
@@ -367,8 +615,8 @@ struct Forwarding {
 enum Forwarded {
     /// Send these bytes; `goaway` when a GOAWAY message ended in them.
     Send(Bytes, bool),
-    /// The forwarding is over: the next state.
-    Next(State),
+    /// The forwarding is over: the next state (boxed: it happens once a call).
+    Next(Box<State>),
 }
 
 // ===== impl Forward =====
@@ -400,23 +648,61 @@ impl Forward {
     }
 }
 
-/// The end of a caller's call: counts it with `result`; its status goes out next.
-fn end(inner: &Inner, result: CallResult, status: Status) -> State {
-    inner.metrics.call(result);
+/// The trailers that carry `status`.
+fn trailers(status: &Status) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     if status.add_header(&mut trailers).is_err() {
         // Only a message that is no header value fails; the code alone still says it.
         let _ = Status::new(status.code(), "").add_header(&mut trailers);
     }
-    State::Trailers(trailers)
+    trailers
 }
 
-/// The status that ends a caller's call when its peer aborted.
-fn peer_aborted(why: &str) -> Status {
-    Status::aborted(format!("peer aborted the stream: {why}"))
+/// The end of a call with `status`.
+fn end(status: Status) -> State {
+    State::Trailers(trailers(&status))
 }
 
-/// The status that ends a caller's call when the caller itself aborted.
+/// The end of a survivor's call: GOAWAY with the reason (unless the peer's own GOAWAY went out
+/// already), then the status.
+fn peer_gone(cause: Cause, why: &str, had_goaway: bool) -> State {
+    let reason = cause.for_peer(why);
+    let status = trailers(&Status::aborted(reason.clone()));
+    if had_goaway {
+        return State::Trailers(status);
+    }
+    State::GoAway(goaway_message(reason), status)
+}
+
+/// A GOAWAY message (prefix and `StreamResponse`) with `reason` as its payload.
+fn goaway_message(reason: String) -> Bytes {
+    let msg = crate::proto::StreamResponse {
+        payload: reason.into(),
+        frame_type: crate::proto::FrameType::Goaway as i32,
+    };
+    let len = msg.encoded_len();
+    let mut out = Vec::with_capacity(5 + len);
+    out.push(0);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    // Encoding into a Vec with room cannot fail.
+    let _ = msg.encode(&mut out);
+    out.into()
+}
+
+/// What the callers of a pair are told when the router shuts down past its grace period.
+const SHUTDOWN: &str = "router shutting down: its grace period is over";
+
+/// The end of a call the router ends as it shuts down: GOAWAY with the reason (unless the
+/// peer's own went out already), then `UNAVAILABLE`.
+fn shutting_down(had_goaway: bool) -> State {
+    let status = trailers(&Status::unavailable(SHUTDOWN));
+    if had_goaway {
+        return State::Trailers(status);
+    }
+    State::GoAway(goaway_message(SHUTDOWN.into()), status)
+}
+
+/// The status that ends a caller's call when the caller itself broke the stream.
 fn own_abort(why: &str) -> Status {
     Status::aborted(format!("stream aborted: {why}"))
 }
@@ -426,21 +712,29 @@ fn own_abort(why: &str) -> Status {
 impl Waiting {
     fn poll(&mut self, inner: &Inner, cx: &mut Context<'_>) -> Poll<State> {
         // The peer first: a peer that arrived as the deadline passed is paired.
-        if let Poll::Ready(Ok(link)) = Pin::new(&mut self.rx).poll(cx) {
-            inner.metrics.call(CallResult::Paired);
-            return Poll::Ready(State::Forwarding(Forwarding::new(link, Leg::First)));
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(link)) => {
+                inner.metrics.call(CallResult::Paired);
+                link.pair.legs[Leg::First as usize]
+                    .joined
+                    .store(true, Ordering::Relaxed);
+                return Poll::Ready(State::Forwarding(Forwarding::new(link, Leg::First)));
+            }
+            // The sender stays in the table until a peer takes it or we remove it; only the
+            // router's shutdown drops it otherwise.
+            Poll::Ready(Err(_)) => {
+                inner.metrics.call(CallResult::Shutdown);
+                return Poll::Ready(end(Status::unavailable(SHUTDOWN)));
+            }
+            Poll::Pending => {}
         }
-        // (The sender stays in the pending table until it sends or we remove it: no `Err`.)
         ready!(self.deadline.as_mut().poll(cx));
         self.leave(inner, CallResult::TimedOut);
-        Poll::Ready(end(
-            inner,
-            CallResult::TimedOut,
-            Status::deadline_exceeded(self.why),
-        ))
+        inner.metrics.call(CallResult::TimedOut);
+        Poll::Ready(end(Status::deadline_exceeded(self.why)))
     }
 
-    /// Leaves the pending table, and aborts a peer that was paired with us just now.
+    /// Leaves the pending table, and tells a peer that was paired with us just now.
     fn leave(&mut self, inner: &Inner, result: CallResult) {
         tracing::debug!(stream = %self.entry.tag, result = result.as_str(), "stopped waiting for the peer");
         inner.remove_pending(&self.entry);
@@ -473,15 +767,15 @@ impl Forwarding {
     }
 
     /// `draining`: the peer sent GOAWAY, so the end of its body is a clean finish.
-    fn poll(&mut self, inner: &Inner, draining: bool, cx: &mut Context<'_>) -> Poll<Forwarded> {
+    fn poll(&mut self, draining: bool, cx: &mut Context<'_>) -> Poll<Forwarded> {
         let (me, peer) = (self.me, self.me.other());
-        if let Some(why) = self.pair.own_abort(me, cx) {
+        if let Some((_, why)) = self.pair.own_gone(me, cx) {
             self.stop();
-            return Poll::Ready(Forwarded::Next(end(
-                inner,
-                CallResult::Aborted,
-                own_abort(&why),
-            )));
+            return Poll::Ready(Forwarded::Next(Box::new(end(own_abort(&why)))));
+        }
+        if self.pair.closing.load(Ordering::Acquire) {
+            self.stop();
+            return Poll::Ready(Forwarded::Next(Box::new(shutting_down(draining))));
         }
         let next = match self.peer.poll_next(cx) {
             Poll::Ready(Inbound::Data {
@@ -491,56 +785,76 @@ impl Forwarding {
             }) => {
                 self.counter.inc_by(payload);
                 self.forwarded += payload;
+                if self.peer.reset {
+                    self.pair.reset_by[peer as usize].store(true, Ordering::Relaxed);
+                }
                 return Poll::Ready(Forwarded::Send(bytes, goaway));
             }
-            Poll::Ready(Inbound::Error(status))
+            Poll::Ready(Inbound::Gone(cause, why))
                 if draining && matches!(self.pair.poll_end(me, cx), Some(End::Clean)) =>
             {
-                // Both sides sent GOAWAY and our caller finished: a cancel of the peer's call
-                // now loses nothing.
-                tracing::trace!(code = ?status.code(), "router: error after both GOAWAYs");
+                // Both sides sent GOAWAY and our caller finished: the peer's call ending now
+                // loses nothing.
+                tracing::trace!(?cause, %why, "router: the peer went after both GOAWAYs");
                 self.pair.set_end(peer, End::Clean);
-                end(inner, CallResult::Finished, Status::ok(""))
+                end(Status::ok(""))
             }
-            Poll::Ready(Inbound::Error(status)) => {
-                let why = format!("{:?}: {}", status.code(), status.message());
-                self.pair.set_end(peer, End::Abort(why.clone()));
-                end(inner, CallResult::Aborted, peer_aborted(&why))
+            Poll::Ready(Inbound::Gone(cause, why)) => {
+                self.pair.set_end(peer, End::Gone(cause, why.clone()));
+                peer_gone(cause, &why, draining)
             }
-            Poll::Ready(Inbound::End) if draining => {
+            Poll::Ready(Inbound::End { .. }) if draining => {
                 self.pair.set_end(peer, End::Clean);
                 State::Finishing {
                     pair: self.pair.clone(),
                     me,
                 }
             }
-            Poll::Ready(Inbound::End) => {
-                let why = "ended its stream without GOAWAY";
-                self.pair.set_end(peer, End::Abort(why.into()));
-                end(inner, CallResult::Aborted, peer_aborted(why))
+            Poll::Ready(Inbound::End { reset }) => {
+                let (cause, why) = if reset {
+                    (
+                        Cause::Reset,
+                        "it sent a RST_STREAM frame, then ended its stream",
+                    )
+                } else {
+                    (Cause::Aborted, "it ended its stream without GOAWAY")
+                };
+                self.pair.set_end(peer, End::Gone(cause, why.into()));
+                peer_gone(cause, why, false)
             }
             Poll::Pending => {
-                // Our own caller may have aborted meanwhile (the peer's forwarder saw it).
-                let Some(End::Abort(why)) = self.pair.poll_end(me, cx) else {
-                    return Poll::Pending;
-                };
-                let why = why.clone();
-                end(inner, CallResult::Aborted, own_abort(&why))
+                // Our own caller may have gone meanwhile (the peer's forwarder saw it), or the
+                // peer's response may be gone with no word from its body.
+                match self.pair.poll_end(me, cx) {
+                    Some(End::Gone(_, why)) => end(own_abort(why)),
+                    _ if self.pair.has_left(peer) => {
+                        let (cause, why) = self.pair.peer_left(peer, self.peer.reset);
+                        peer_gone(cause, &why, draining)
+                    }
+                    _ => return Poll::Pending,
+                }
             }
         };
         self.stop();
-        Poll::Ready(Forwarded::Next(next))
+        Poll::Ready(Forwarded::Next(Box::new(next)))
     }
 }
 
-fn poll_finishing(inner: &Inner, pair: &Pair, me: Leg, cx: &mut Context<'_>) -> Poll<State> {
-    let Some(end_of_ours) = pair.poll_end(me, cx) else {
-        return Poll::Pending;
-    };
-    Poll::Ready(match end_of_ours {
-        End::Clean => end(inner, CallResult::Finished, Status::ok("")),
-        End::Abort(why) => end(inner, CallResult::Aborted, own_abort(why)),
-    })
+fn poll_finishing(pair: &Pair, me: Leg, cx: &mut Context<'_>) -> Poll<State> {
+    let end_of_ours = pair.poll_end(me, cx);
+    if end_of_ours.is_none() && pair.closing.load(Ordering::Acquire) {
+        return Poll::Ready(shutting_down(true));
+    }
+    match end_of_ours {
+        Some(End::Clean) => Poll::Ready(end(Status::ok(""))),
+        Some(End::Gone(_, why)) => Poll::Ready(end(own_abort(why))),
+        // The peer finished writing but left before it read what our caller still sent.
+        None if pair.has_left(me.other()) => {
+            let (cause, why) = pair.peer_left(me.other(), false);
+            Poll::Ready(peer_gone(cause, &why, true))
+        }
+        None => Poll::Pending,
+    }
 }
 
 // ===== impl Body for Forward =====
@@ -558,7 +872,7 @@ impl Body for Forward {
         loop {
             let next = match &mut this.state {
                 State::Waiting(w) => ready!(w.poll(inner, cx)),
-                State::Forwarding(f) => match ready!(f.poll(inner, false, cx)) {
+                State::Forwarding(f) => match ready!(f.poll(false, cx)) {
                     Forwarded::Send(bytes, goaway) => {
                         if goaway {
                             if let State::Forwarding(f) =
@@ -569,13 +883,18 @@ impl Body for Forward {
                         }
                         return Poll::Ready(Some(Ok(Frame::data(bytes))));
                     }
-                    Forwarded::Next(next) => next,
+                    Forwarded::Next(next) => *next,
                 },
-                State::Draining(f) => match ready!(f.poll(inner, true, cx)) {
+                State::Draining(f) => match ready!(f.poll(true, cx)) {
                     Forwarded::Send(bytes, _) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                    Forwarded::Next(next) => next,
+                    Forwarded::Next(next) => *next,
                 },
-                State::Finishing { pair, me } => ready!(poll_finishing(inner, pair, *me, cx)),
+                State::Finishing { pair, me } => ready!(poll_finishing(pair, *me, cx)),
+                State::GoAway(message, status) => {
+                    let message = std::mem::take(message);
+                    this.state = State::Trailers(std::mem::take(status));
+                    return Poll::Ready(Some(Ok(Frame::data(message))));
+                }
                 State::Trailers(trailers) => {
                     let trailers = std::mem::take(trailers);
                     this.state = State::Done;
@@ -605,23 +924,19 @@ impl Drop for Forward {
                 inner.metrics.call(CallResult::Left);
             }
             State::Forwarding(f) => {
-                // Our caller's call is gone, and with it the reader of the peer's frames.
-                f.pair.set_end(
-                    f.me.other(),
-                    End::Abort("the other caller left before reading everything".into()),
-                );
+                // Our caller's call is gone, and with it the reader of the peer's frames: the
+                // peer's response finds out why from our request body.
                 f.stop();
-                inner.metrics.call(CallResult::Aborted);
+                f.pair.left(f.me);
             }
             State::Draining(f) => {
                 // The peer sent GOAWAY: what it sends now has nowhere to go, but it finished.
                 f.pair.set_end(f.me.other(), End::Clean);
                 f.stop();
-                inner.metrics.call(CallResult::Aborted);
+                f.pair.left(f.me);
             }
-            // Dropped before its end: the call was cancelled.
-            State::Finishing { .. } => inner.metrics.call(CallResult::Aborted),
-            State::Trailers(_) | State::Done => {}
+            State::Finishing { pair, me } => pair.left(*me),
+            State::GoAway(..) | State::Trailers(_) | State::Done => {}
         }
     }
 }
@@ -633,6 +948,7 @@ impl fmt::Debug for Forward {
             State::Forwarding(_) => "Forwarding",
             State::Draining(_) => "Draining",
             State::Finishing { .. } => "Finishing",
+            State::GoAway(..) => "GoAway",
             State::Trailers(_) => "Trailers",
             State::Done => "Done",
         };
@@ -683,7 +999,10 @@ mod tests {
             expires: SystemTime::now() + Duration::from_secs(600),
         };
         let conn = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
-        inner.accept(grant, body, conn).map_err(|(s, _)| s).unwrap()
+        inner
+            .accept(grant, body, conn)
+            .map_err(|refused| refused.0)
+            .unwrap()
     }
 
     /// A gRPC message: prefix and `StreamRequest`.
@@ -708,6 +1027,14 @@ mod tests {
             Some(Ok(frame)) => frame.into_data().expect("a data frame"),
             other => panic!("expected data, got {other:?}"),
         }
+    }
+
+    /// The reason in a GOAWAY message of the router's.
+    fn goaway_reason(message: Bytes) -> String {
+        let m = crate::proto::StreamResponse::decode(&message[5..]).expect("a StreamResponse");
+        assert_eq!(m.frame_type, crate::proto::FrameType::Goaway as i32);
+        assert_eq!(message.len(), 5 + m.encoded_len(), "one whole message");
+        String::from_utf8(m.payload.to_vec()).expect("a UTF-8 reason")
     }
 
     /// The status in the trailers (as tonic's client reads it), then the end of the body.
@@ -782,21 +1109,26 @@ mod tests {
         chunk.extend_from_slice(&[9, 0, 0, 0, 0]);
         a_tx.send(Ok(Frame::data(Bytes::from(chunk)))).unwrap();
         assert_eq!(data(poll(&mut b)), good);
+        // B: a GOAWAY that says why, then the status with the same words.
+        let why = goaway_reason(data(poll(&mut b)));
+        assert!(why.contains("invalid compression flag"), "{why}");
         let (code, message) = status(&mut b);
         assert_eq!(code, tonic::Code::Aborted);
-        assert!(message.contains("invalid compression flag"), "{message}");
-        // A's own call ends as well, at once.
+        assert_eq!(message, why);
+        // A's own call ends as well, at once, with no GOAWAY: it broke the stream.
         assert!(a.is_woken());
         let (code, message) = status(&mut a);
         assert_eq!(code, tonic::Code::Aborted);
         assert!(message.contains("stream aborted"), "{message}");
         drop((a, b));
         assert_eq!(router.stats().active, 0);
-        assert_eq!(router.metrics().calls(CallResult::Aborted), 2);
+        assert_eq!(router.metrics().calls(CallResult::Aborted), 1);
+        assert_eq!(router.metrics().calls(CallResult::PeerGone), 1);
+        assert_eq!(router.stats().aborts_total, 1);
     }
 
     #[tokio::test]
-    async fn a_caller_that_leaves_mid_stream_aborts_its_peer() {
+    async fn a_caller_that_leaves_mid_stream_ends_its_peer_with_goaway_then_aborted() {
         let router = Router::builder(Auth::new(b"k")).build();
         let inner = router.inner.clone();
         let (_a_tx, a_body) = script();
@@ -804,15 +1136,142 @@ mod tests {
         let mut a = spawn(accept(&inner, "s", a_body));
         let b = spawn(accept(&inner, "s", b_body));
         assert_pending!(poll(&mut a));
-        // B's call is cancelled: its response body is dropped.
+        // B's call is cancelled: its response body is dropped, its request body says nothing.
         drop(b);
         assert!(a.is_woken());
+        let why = goaway_reason(data(poll(&mut a)));
+        assert!(why.contains("peer cancelled its call"), "{why}");
         let (code, message) = status(&mut a);
+        assert_eq!((code, message), (tonic::Code::Aborted, why));
+        drop(a);
+        // A cancel is no abort.
+        assert_eq!(router.stats().aborts_total, 0);
+        assert_eq!(router.metrics().calls(CallResult::Cancelled), 1);
+        assert_eq!(router.metrics().calls(CallResult::PeerGone), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_across_chunks_goes_out_whole_as_the_same_slices() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
+        assert_pending!(poll(&mut a));
+        // Two messages cut in three chunks: [m1 | m2 head] [m2 middle] [m2 tail].
+        let (m1, m2) = (msg(0, b"first"), msg(0, &[7u8; 300]));
+        let chunk = Bytes::from([m1.clone(), m2.clone()].concat());
+        let cuts = [0, m1.len() + 10, m1.len() + 100, chunk.len()];
+        for w in cuts.windows(2) {
+            a_tx.send(Ok(Frame::data(chunk.slice(w[0]..w[1])))).unwrap();
+        }
+        // m1 at once; m2's head, middle and tail only together, as the received slices.
+        let got = data(poll(&mut b));
+        assert_eq!((got.as_ptr(), &got[..]), (chunk.as_ptr(), &m1[..]));
+        let mut rest = Vec::new();
+        let starts = [m1.len(), cuts[1], cuts[2]];
+        for at in starts {
+            let piece = data(poll(&mut b));
+            assert_eq!(piece.as_ptr(), chunk[at..].as_ptr(), "no copy");
+            rest.extend_from_slice(&piece);
+        }
+        assert_eq!(rest, m2);
+        assert_pending!(poll(&mut b));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_vanishes_mid_message_leaves_whole_messages_then_goaway() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
+        assert_pending!(poll(&mut a));
+        let (m1, m2) = (msg(0, b"whole"), msg(0, b"torn message"));
+        let chunk = Bytes::from([m1.clone(), m2.clone()].concat());
+        // All of m1 and half of m2, then the body fails (a lost connection).
+        a_tx.send(Ok(Frame::data(chunk.slice(..m1.len() + 6))))
+            .unwrap();
+        a_tx.send(Err(Status::unavailable("connection reset")))
+            .unwrap();
+        assert_eq!(data(poll(&mut b)), m1);
+        // The torn half never goes out: B gets a GOAWAY on a message boundary.
+        let why = goaway_reason(data(poll(&mut b)));
+        assert!(why.contains("peer vanished"), "{why}");
+        assert!(why.contains("connection reset"), "{why}");
+        assert_eq!(status(&mut b).0, tonic::Code::Aborted);
+        drop((a, b));
+        assert_eq!(router.metrics().calls(CallResult::Lost), 1);
+        assert_eq!(router.metrics().calls(CallResult::PeerGone), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rst_stream_then_the_end_is_a_reset_and_the_peer_gets_both() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
+        assert_pending!(poll(&mut a));
+        a_tx.send(Ok(Frame::data(msg(3, b"")))).unwrap();
+        drop(a_tx);
+        // The RST_STREAM frame is forwarded as it is, then the router's GOAWAY and status.
+        assert_eq!(data(poll(&mut b)), msg(3, b""));
+        let why = goaway_reason(data(poll(&mut b)));
+        assert!(why.contains("peer reset the stream"), "{why}");
+        assert_eq!(status(&mut b).0, tonic::Code::Aborted);
+        drop((a, b));
+        assert_eq!(router.metrics().calls(CallResult::Reset), 1);
+    }
+
+    #[tokio::test]
+    async fn a_survivor_that_had_the_peers_goaway_gets_no_second_one() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
+        assert_pending!(poll(&mut a));
+        // A finishes writing (GOAWAY), then its connection dies before its body ends.
+        a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        assert_eq!(data(poll(&mut b)), msg(7, b""));
+        a_tx.send(Err(Status::unavailable("gone"))).unwrap();
+        let (code, message) = status(&mut b);
         assert_eq!(code, tonic::Code::Aborted);
-        assert!(
-            message.contains("left before reading everything"),
-            "{message}"
-        );
+        assert!(message.contains("peer vanished"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn end_all_calls_gives_each_caller_goaway_then_unavailable() {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let inner = router.inner.clone();
+        let (_a_tx, a_body) = script();
+        let (_b_tx, b_body) = script();
+        let (_c_tx, c_body) = script();
+        let mut a = spawn(accept(&inner, "s", a_body));
+        let mut b = spawn(accept(&inner, "s", b_body));
+        let mut waiter = spawn(accept(&inner, "t", c_body));
+        assert_pending!(poll(&mut a));
+        assert_pending!(poll(&mut b));
+        assert_pending!(poll(&mut waiter));
+        router.end_all_calls();
+        assert!(a.is_woken() && b.is_woken() && waiter.is_woken());
+        for f in [&mut a, &mut b] {
+            let why = goaway_reason(data(poll(f)));
+            assert!(why.contains("router shutting down"), "{why}");
+            assert_eq!(status(f), (tonic::Code::Unavailable, why));
+        }
+        let (code, message) = status(&mut waiter);
+        assert_eq!(code, tonic::Code::Unavailable);
+        assert!(message.contains("router shutting down"), "{message}");
+        drop((a, b, waiter));
+        let s = router.stats();
+        assert_eq!((s.active, s.pending, s.aborts_total), (0, 0, 0));
+        assert_eq!(router.metrics().calls(CallResult::Shutdown), 3);
     }
 
     #[tokio::test(start_paused = true)]

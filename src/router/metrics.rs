@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `jumpstarter_router_active_pairs` | gauge | pairs whose forwarding has not ended |
 //! | `jumpstarter_router_pending_callers` | gauge | callers waiting for their peer |
-//! | `jumpstarter_router_calls_total{result}` | counter | calls by what became of them: `paired` (found its peer; two per pair), `refused` (bad or missing token), `timed_out` (no peer before the pairing timeout or the token's expiry), `left` (left before a peer came), and for paired calls their end: `finished` (clean, status OK) or `aborted` |
+//! | `jumpstarter_router_calls_total{result}` | counter | calls by what became of them: `paired` (found its peer; two per pair), `refused` (bad or missing token), `timed_out` (no peer before the pairing timeout or the token's expiry), `left` (left before a peer came), and for paired calls their end: `finished` (clean, status OK), `cancelled` (its caller cancelled the call: the normal end of a real Jumpstarter client), `lost` (its caller's connection died), `reset` (its caller sent RST_STREAM), `aborted` (its caller broke the stream: an invalid message, an end without GOAWAY), `peer_gone` (ended because its peer went: GOAWAY, then `ABORTED`), `shutdown` (ended by the router's shutdown past its grace: GOAWAY, then `UNAVAILABLE`) |
 //! | `jumpstarter_router_pairs_total` | counter | pairs made |
 //! | `jumpstarter_router_bytes_forwarded_total{direction}` | counter | payload bytes, `first_to_second` (from the caller that waited to the one that came second) and `second_to_first` |
 //! | `jumpstarter_router_pairing_wait_seconds` | histogram | how long the first caller of a pair waited for the second |
@@ -47,18 +47,38 @@ pub enum CallResult {
     Left,
     /// A paired call that ended cleanly (status OK).
     Finished,
-    /// A paired call that ended in an abort (its own or its peer's).
+    /// A paired call that its caller cancelled (HTTP/2 `CANCEL` on a live connection): how a
+    /// real Jumpstarter client ends its session.
+    Cancelled,
+    /// A paired call whose caller's connection died (reset, closed, keepalive timeout).
+    Lost,
+    /// A paired call whose caller reset it (a RST_STREAM frame, or HTTP/2 RST_STREAM with an
+    /// error code).
+    Reset,
+    /// A paired call whose caller broke the stream (an invalid message, an end without
+    /// GOAWAY).
     Aborted,
+    /// A paired call that was ended because its peer went (cancelled, lost, reset or
+    /// aborted): it got a GOAWAY, then status `ABORTED` with the reason.
+    PeerGone,
+    /// A paired call that the router ended as it shut down past its grace period: a GOAWAY,
+    /// then status `UNAVAILABLE`.
+    Shutdown,
 }
 
 impl CallResult {
-    const ALL: [CallResult; 6] = [
+    const ALL: [CallResult; 11] = [
         CallResult::Paired,
         CallResult::Refused,
         CallResult::TimedOut,
         CallResult::Left,
         CallResult::Finished,
+        CallResult::Cancelled,
+        CallResult::Lost,
+        CallResult::Reset,
         CallResult::Aborted,
+        CallResult::PeerGone,
+        CallResult::Shutdown,
     ];
 
     /// The label value.
@@ -69,7 +89,12 @@ impl CallResult {
             CallResult::TimedOut => "timed_out",
             CallResult::Left => "left",
             CallResult::Finished => "finished",
+            CallResult::Cancelled => "cancelled",
+            CallResult::Lost => "lost",
+            CallResult::Reset => "reset",
             CallResult::Aborted => "aborted",
+            CallResult::PeerGone => "peer_gone",
+            CallResult::Shutdown => "shutdown",
         }
     }
 }
@@ -113,9 +138,10 @@ pub struct Metrics {
     pending_callers: Gauge,
     calls: Family<Labels, Counter>,
     /// `calls` by [`CallResult`], taken out of the family once.
-    by_result: [Counter; 6],
+    by_result: [Counter; CallResult::ALL.len()],
     pairs: Counter,
-    /// Callers that aborted (error, or end without GOAWAY): `RouterStats::aborts_total`.
+    /// Callers that went other than cleanly or by cancelling (lost, reset, aborted):
+    /// `RouterStats::aborts_total`.
     aborts: Counter,
     bytes: Family<Labels, Counter>,
     /// `bytes` by [`Direction`], taken out of the family once.
@@ -185,7 +211,7 @@ impl Metrics {
         );
         r.register(
             "calls",
-            "Calls by what became of them (paired, refused, timed_out, left; paired calls end finished or aborted)",
+            "Calls by what became of them (paired, refused, timed_out, left; paired calls end finished, cancelled, lost, reset, aborted, peer_gone or shutdown)",
             self.calls.clone(),
         );
         r.register("pairs", "Pairs made", self.pairs.clone());

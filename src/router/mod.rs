@@ -22,8 +22,15 @@
 //! - A third caller of a stream id never joins or breaks a pair: it waits for a fourth.
 //! - Half-close holds end to end: a caller that finished cleanly (GOAWAY, then the end of its
 //!   request stream) gets its response ended only once its peer's request stream has ended
-//!   too; a caller that aborts (error, or an end without GOAWAY) ends its peer's call at once
-//!   with status `Aborted`.
+//!   too.
+//! - A caller that goes any other way (its call cancelled, its connection lost, a RST_STREAM,
+//!   an invalid stream, an end without GOAWAY) ends its peer's call at once: the peer gets a
+//!   GOAWAY frame whose payload says why (unless it had its peer's own GOAWAY), then status
+//!   `Aborted` with the same words. Jumpstarter's peers end a session only on a GOAWAY; a
+//!   [`RouterStream`](crate::RouterStream) takes a GOAWAY with a reason as the error it is.
+//! - Only whole messages are forwarded: the part of a message that spans HTTP/2 frames is
+//!   held until its last byte is in, so a peer that vanishes mid-message leaves no torn
+//!   message, and the router's GOAWAY always lands on a message boundary.
 //! - Response headers go out as soon as a call is accepted, also to a waiting caller.
 //! - Frames are forwarded unchanged, RST_STREAM and unknown types included, and forwarding
 //!   goes on after them; a pair ends only when a call ends or fails.
@@ -102,6 +109,8 @@ pub struct RouterBuilder {
 pub(crate) struct Inner {
     auth: Auth,
     pending: Mutex<pairing::Table>,
+    /// Every pair made, for [`Router::end_all_calls`] (pruned of ended ones as it grows).
+    pairs: Mutex<Vec<std::sync::Weak<forward::Pair>>>,
     metrics: Metrics,
     health: tonic_health::server::HealthReporter,
     next_caller: AtomicU64,
@@ -122,7 +131,8 @@ pub struct RouterStats {
     pub active: usize,
     /// Pairs made since start.
     pub pairs_total: u64,
-    /// Callers that aborted (error, or end without GOAWAY) since start.
+    /// Callers that went other than cleanly or by cancelling their call (their connection
+    /// lost, a reset, an invalid stream, an end without GOAWAY) since start.
     pub aborts_total: u64,
     /// Payload bytes forwarded, both directions, since start.
     pub bytes_forwarded: u64,
@@ -184,6 +194,7 @@ impl RouterBuilder {
             inner: Arc::new(Inner {
                 auth: self.auth,
                 pending: Mutex::default(),
+                pairs: Mutex::default(),
                 metrics: Metrics::new(),
                 health: tonic_health::server::HealthReporter::new(),
                 next_caller: AtomicU64::new(1),
@@ -243,6 +254,22 @@ impl Router {
             }
             changed.await;
         }
+    }
+
+    /// Ends every call the router holds, at once: each paired caller gets a GOAWAY frame
+    /// whose payload says the router is shutting down (unless its peer's own GOAWAY went out
+    /// already), then status `UNAVAILABLE`; each waiting caller gets `UNAVAILABLE`. So
+    /// Jumpstarter's peers end their sessions, and a [`RouterStream`](crate::RouterStream)
+    /// fails with the reason, rather than their connections being cut. [`Router::run`] calls
+    /// it when the grace period after SIGTERM is over; call it yourself before you drop a
+    /// server you run.
+    pub fn end_all_calls(&self) {
+        let pairs =
+            std::mem::take(&mut *self.inner.pairs.lock().unwrap_or_else(|e| e.into_inner()));
+        for pair in pairs.iter().filter_map(std::sync::Weak::upgrade) {
+            pair.close();
+        }
+        self.inner.end_waiting();
     }
 
     /// The router's metrics: register them in your own `prometheus-client` registry with
@@ -322,7 +349,8 @@ impl Router {
                 let body = RequestBody::new(body, inner.max_message_size);
                 let forward = match inner.accept(grant, body, conn) {
                     Ok(forward) => forward,
-                    Err((status, body)) => {
+                    Err(refused) => {
+                        let (status, body) = *refused;
                         inner.metrics.call(CallResult::Refused);
                         // Dropped: drained, so the caller reads the status.
                         drop(body);

@@ -83,7 +83,7 @@ impl Inner {
         grant: Grant,
         body: RequestBody,
         conn: Option<SocketAddr>,
-    ) -> Result<Forward, (Status, RequestBody)> {
+    ) -> Result<Forward, Box<(Status, RequestBody)>> {
         let tag = StreamTag::of(&grant.stream);
         let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiter) = table.remove(&grant.stream) {
@@ -96,6 +96,7 @@ impl Inner {
             Metrics::observe(&m.pairing_wait, waited);
             tracing::info!(stream = %tag, waited_ms = waited.as_millis() as u64, "paired");
             let pair = Pair::new(m.clone(), tag);
+            self.register_pair(&pair);
             let mine = Link {
                 peer: waiter.body,
                 pair: pair.clone(),
@@ -121,7 +122,7 @@ impl Inner {
         if let Some(why) = full {
             drop(table);
             tracing::debug!(stream = %tag, "{why}");
-            return Err((Status::resource_exhausted(why), body));
+            return Err(Box::new((Status::resource_exhausted(why), body)));
         }
         if let Some(c) = conn {
             *table.per_conn.entry(c).or_default() += 1;
@@ -165,6 +166,31 @@ impl Inner {
             drop(waiter);
             self.metrics.pending(-1);
         }
+    }
+
+    /// Keeps a handle on `pair` for [`end_all_calls`](super::Router::end_all_calls); drops
+    /// the handles of ended pairs whenever the list would grow.
+    fn register_pair(&self, pair: &Arc<Pair>) {
+        let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        if pairs.len() == pairs.capacity() {
+            pairs.retain(|p| p.strong_count() > 0);
+        }
+        pairs.push(Arc::downgrade(pair));
+    }
+
+    /// Takes every waiting caller out of the table: each one's call ends with `UNAVAILABLE`
+    /// (its side of the link is dropped, which its [`Forward`] takes as the router closing).
+    pub(super) fn end_waiting(&self) {
+        let waiters: Vec<Waiter> = {
+            let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let streams: Vec<String> = table.waiters.keys().cloned().collect();
+            streams.iter().filter_map(|s| table.remove(s)).collect()
+        };
+        for _ in &waiters {
+            self.metrics.pending(-1);
+        }
+        // The request bodies are dropped (and drained) outside the lock.
+        drop(waiters);
     }
 
     /// When a waiting caller gives up: its token's expiry or the pairing timeout.

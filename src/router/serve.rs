@@ -360,8 +360,18 @@ impl Router {
         match tokio::time::timeout(config.grace, &mut server).await {
             Ok(r) => flatten(r),
             Err(_) => {
-                server.abort();
-                tracing::warn!("grace period over: closing the remaining streams");
+                let stats = self.stats();
+                tracing::warn!(
+                    active = stats.active,
+                    pending = stats.pending,
+                    "grace period over: ending the remaining calls (GOAWAY, then UNAVAILABLE)"
+                );
+                self.end_all_calls();
+                // The connections send those last frames and close; then the server is done.
+                if tokio::time::timeout(LAST_WORDS, &mut server).await.is_err() {
+                    server.abort();
+                    tracing::warn!("closing the connections that are still open");
+                }
                 Ok(())
             }
         }
@@ -447,6 +457,9 @@ impl Stream for Incoming {
         self.get_mut().rx.poll_recv(cx).map(|c| c.map(Ok))
     }
 }
+
+/// How long `run` gives the calls it ended at the end of the grace period to go out.
+const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// How often `run` logs the router's counters (when they changed).
 const STATS_EVERY: Duration = Duration::from_secs(60);

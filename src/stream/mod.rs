@@ -113,6 +113,12 @@ type CallFuture<S> = Pin<Box<dyn Future<Output = Result<S, Status>> + Send>>;
 /// - **Reads** hand out DATA payloads without copying ([`AsyncBufRead`],
 ///   [`read_chunk`](RouterStream::read_chunk)); empty DATA, PING and unknown frame types are
 ///   skipped. GOAWAY from the peer is EOF for the read half; the write half stays usable.
+///   A GOAWAY with a payload is the router's word that the peer went (its process killed,
+///   its call cancelled, its connection lost, a reset: Jumpstarter's peers end a session only
+///   on a GOAWAY, so the router sends one): reads, writes and shutdown fail with
+///   [`io::ErrorKind::ConnectionAborted`] and [`Error::PeerGone`], the reason inside. After
+///   a bare GOAWAY, an error status that ends the call fails the next write, flush or
+///   shutdown.
 ///   A call that ends without GOAWAY fails with [`io::ErrorKind::UnexpectedEof`], a RST_STREAM
 ///   with [`io::ErrorKind::ConnectionReset`], an error status with the kind of
 ///   [`Error::kind`]; the [`Error`] is the inner error of the `io::Error`.
@@ -501,6 +507,12 @@ where
                 Some(Ok(Frame::Unknown { frame_type, .. })) => {
                     tracing::trace!(frame_type, "router stream: ignoring unknown frame type");
                 }
+                // The router's GOAWAY on behalf of a peer that went carries the reason; a
+                // peer's own has none.
+                Some(Ok(Frame::GoAway(reason))) if !reason.is_empty() => {
+                    let reason = String::from_utf8_lossy(&reason).into_owned();
+                    break ReadEnd::Failed(Error::PeerGone(reason));
+                }
                 Some(Ok(Frame::GoAway(_))) => break ReadEnd::Eof,
                 Some(Ok(Frame::RstStream(_))) => break ReadEnd::Failed(Error::Reset),
                 Some(Err(status)) => break ReadEnd::Failed(Error::Status(status)),
@@ -611,6 +623,7 @@ where
         cx: &mut Context<'_>,
         frame: impl FnOnce(&mut BytesMut) -> Queued,
     ) -> Poll<io::Result<()>> {
+        self.check_final_status(cx);
         let tx = match &mut self.write {
             WriteState::Open(tx) | WriteState::GoingAway(tx) => tx,
             _ => return Poll::Ready(Err(self.not_writable())),
@@ -628,6 +641,40 @@ where
             Poll::Ready(Ok(()))
         } else {
             Poll::Ready(Err(self.call_ended(cx)))
+        }
+    }
+
+    /// After the peer's GOAWAY nobody reads: a final error status that came since fails the
+    /// write half now (every write and frame sent checks), rather than the bytes going nowhere.
+    fn check_final_status(&mut self, cx: &mut Context<'_>) {
+        if let Some(error) = self.poll_final_error(cx) {
+            if !matches!(self.write, WriteState::Failed(_)) {
+                self.write = WriteState::Failed(error);
+            }
+        }
+    }
+
+    /// After the peer's GOAWAY (read half at EOF), what the call did since, without waiting:
+    /// an error status ends it (a router that sends GOAWAY, then an error, for a peer that
+    /// went); frames after the GOAWAY are dropped; a clean end leaves nothing to poll.
+    fn poll_final_error(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        let ReadState::Eof(Some(inbound)) = &mut self.read else {
+            return None;
+        };
+        loop {
+            match Pin::new(&mut *inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(status))) => {
+                    tracing::debug!(code = ?status.code(), message = status.message(), "router stream: error status after the peer's GOAWAY");
+                    self.read = ReadState::Eof(None);
+                    return Some(Error::Status(status));
+                }
+                Poll::Ready(None) => {
+                    self.read = ReadState::Eof(None);
+                    return None;
+                }
+                Poll::Pending => return None,
+            }
         }
     }
 
@@ -688,6 +735,7 @@ where
     /// Makes room in the frame being built: sends it first when it is full. For `write` and
     /// for [`bridge`](crate::bridge), with [`poll_fill_frame_from`](Self::poll_fill_frame_from).
     pub(crate) fn poll_frame_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check_final_status(cx);
         self.writable()?;
         if self.buffered() >= self.max_payload {
             ready!(self.poll_send_buffered(cx))?;

@@ -347,7 +347,9 @@ fn a_writer_after_eof_gets_the_final_status_of_the_call() {
     peer.fail(Status::aborted("peer reset the stream"));
     assert!(assert_ready_ok!(read(&mut task, &mut s, 8)).is_empty());
     drop(peer.sent);
-    assert_eq!(assert_ready_ok!(write(&mut task, &mut s, b"abcd")), 4);
+    // The status is in: the write fails with it at once, and so does a flush.
+    let e = assert_ready_err!(write(&mut task, &mut s, b"abcd"));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e}");
     let e = assert_ready_err!(flush(&mut task, &mut s));
     assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e}");
     assert_eq!(
@@ -399,4 +401,106 @@ fn close_waits_until_the_transport_has_dropped_the_sent_frames() {
     // Again: at once (found by the router_stream fuzz target: it panicked in tokio's oneshot).
     assert_ready_ok!(task.enter(|cx, _| s.poll_close(cx)));
     assert!(s.error().is_none());
+}
+
+#[test]
+fn a_goaway_with_a_reason_is_the_routers_word_that_the_peer_went() {
+    let (mut s, peer) = scripted(64);
+    let mut task = spawn(());
+    peer.send(data(b"last"));
+    let reason = "peer vanished: its connection was lost: I/O error";
+    peer.send(Frame::GoAway(Bytes::from_static(reason.as_bytes())));
+    // What came before is all there; then an error, never EOF.
+    assert_eq!(assert_ready_ok!(read(&mut task, &mut s, 16)), b"last");
+    let e = assert_ready_err!(read(&mut task, &mut s, 16));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    assert!(e.to_string().contains(reason), "{e}");
+    assert!(matches!(s.error(), Some(Error::PeerGone(r)) if r == reason));
+    // Writes and shutdown fail the same way: nobody reads what they would send.
+    let e = assert_ready_err!(write(&mut task, &mut s, b"x"));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    let e = assert_ready_err!(shutdown(&mut task, &mut s));
+    assert!(e.to_string().contains(reason), "{e}");
+}
+
+#[test]
+fn a_bare_goaway_then_an_error_status_fails_the_next_write_and_shutdown() {
+    let (mut s, peer) = scripted(64);
+    let mut task = spawn(());
+    peer.send(Frame::go_away());
+    assert!(assert_ready_ok!(read(&mut task, &mut s, 16)).is_empty());
+    // The half-closed writer goes on while the call is up.
+    assert_eq!(assert_ready_ok!(write(&mut task, &mut s, b"more")), 4);
+    assert_ready_ok!(flush(&mut task, &mut s));
+    // The call ends with an error: the next write fails with it, and so does shutdown.
+    peer.fail(Status::aborted("peer cancelled its call"));
+    let e = assert_ready_err!(write(&mut task, &mut s, b"lost"));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    assert!(e.to_string().contains("peer cancelled its call"), "{e}");
+    let e = assert_ready_err!(shutdown(&mut task, &mut s));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    // The read half stays at EOF.
+    assert!(assert_ready_ok!(read(&mut task, &mut s, 8)).is_empty());
+}
+
+#[test]
+fn a_bare_goaway_then_an_error_status_fails_shutdown_at_once() {
+    let (mut s, mut peer) = scripted(64);
+    let mut task = spawn(());
+    peer.send(Frame::go_away());
+    peer.fail(Status::aborted("peer vanished"));
+    assert!(assert_ready_ok!(read(&mut task, &mut s, 16)).is_empty());
+    let e = assert_ready_err!(shutdown(&mut task, &mut s));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    // No GOAWAY went out.
+    assert!(matches!(
+        peer.poll_sent(),
+        Poll::Ready(None) | Poll::Pending
+    ));
+}
+
+/// `copy_bidirectional` and `bridge` over a stream whose peer went, with an idle local side:
+/// both return the router's reason as an error at once.
+#[tokio::test]
+async fn copy_bidirectional_and_bridge_fail_when_the_router_says_the_peer_went() {
+    for use_bridge in [false, true] {
+        let (mut s, peer) = scripted(64);
+        let (mut local, mut app) = tokio::io::duplex(1024);
+        peer.send(data(b"hello"));
+        peer.send(Frame::GoAway(Bytes::from_static(b"peer reset the stream")));
+        let e = if use_bridge {
+            crate::bridge(&mut local, &mut s).await.unwrap_err()
+        } else {
+            tokio::io::copy_bidirectional(&mut local, &mut s)
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(
+            e.kind(),
+            ErrorKind::ConnectionAborted,
+            "bridge: {use_bridge}"
+        );
+        assert!(e.to_string().contains("peer reset the stream"), "{e}");
+        // What came before the GOAWAY reached the local side.
+        let mut got = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut app, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, b"hello");
+    }
+}
+
+/// A router that sends a bare GOAWAY, then an error: `bridge` sees the error while the local
+/// side is idle.
+#[tokio::test]
+async fn bridge_fails_on_an_error_after_a_bare_goaway_with_an_idle_local_side() {
+    let (mut s, peer) = scripted(64);
+    let (mut local, _app) = tokio::io::duplex(1024);
+    peer.send(Frame::go_away());
+    let bridged = tokio::spawn(async move { crate::bridge(&mut local, &mut s).await });
+    // The bridge is waiting on the idle local side; the call's error ends it.
+    tokio::task::yield_now().await;
+    peer.fail(Status::aborted("peer vanished"));
+    let e = bridged.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e}");
 }
