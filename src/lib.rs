@@ -30,6 +30,9 @@
 //! - `router`: the router service (`router` module), a drop-in for Jumpstarter's Go router.
 //! - `cli`: the `jumpstarter-router` binary.
 //!
+//! gRPC inside a stream (what Jumpstarter's session is): [`grpc::channel`] (client) and a
+//! [`RouterStream`] as a tonic server's connection (router): see the `grpc` module.
+//!
 //! With no features, the crate is the bare adapter: [`RouterStream`] over calls you make
 //! ([`RouterStream::from_call`]) or receive ([`RouterStream::accept`]), or over any frame
 //! transport ([`RouterStream::from_frames`]), and the [`Frame`] type.
@@ -49,6 +52,9 @@ mod wire;
 
 #[cfg(feature = "client")]
 mod client;
+
+#[cfg(any(feature = "client", feature = "router"))]
+pub mod grpc;
 
 #[cfg(feature = "router")]
 pub mod router;

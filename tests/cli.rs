@@ -378,3 +378,88 @@ async fn connect_progress_shows_live_bytes_while_the_tunnel_runs() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `connect` on stdio whose peer goes (another `connect`, SIGKILLed: the router's GOAWAY that
+/// says so, then `ABORTED`) exits non-zero with one line that says why, at once, though its
+/// stdin stays open and idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_exits_non_zero_with_the_reason_when_its_peer_goes() {
+    let router = serve().await;
+    let endpoint = router.endpoint();
+    let tok = token("cli-peer-goes");
+    let connect = || {
+        Proc(
+            cmd(&[
+                "connect",
+                "--endpoint",
+                &endpoint,
+                "--token",
+                &tok,
+                "--quiet",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        )
+    };
+    let (mut survivor, mut peer) = (connect(), connect());
+    // Paired and flowing: what the peer reads on stdin comes out of the survivor's stdout.
+    let mut peer_stdin = peer.0.stdin.take().unwrap();
+    std::io::Write::write_all(&mut peer_stdin, b"hello\n").unwrap();
+    let mut stdout = BufReader::new(survivor.0.stdout.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line
+    });
+    assert_eq!(
+        within(10, "hello on stdout", line).await.unwrap(),
+        "hello\n"
+    );
+    // The peer dies; the survivor's stdin (kept open here) has nothing to say.
+    let _stdin = survivor.0.stdin.take().unwrap();
+    let mut stderr = survivor.0.stderr.take().unwrap();
+    peer.0.kill().unwrap();
+    let status = within(5, "connect to exit", async {
+        tokio::task::spawn_blocking(move || survivor.0.wait().unwrap())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    let err = err.trim_end();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("jumpstarter-router: error: "), "{err}");
+    assert!(err.contains("peer vanished"), "{err}");
+}
+
+/// SIGTERM with a session that does not end: past `--grace`, both callers get the router's
+/// GOAWAY that says it is shutting down (then `UNAVAILABLE`), never a cut connection, and the
+/// router exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_grace_period_each_caller_is_told_the_router_is_shutting_down() {
+    let mut router = serve_with_grace("1").await;
+    let (mut a, mut b) = pair_up(&router.endpoint(), &token("cli-grace"), b"hello").await;
+    router.terminate();
+    router
+        .log("grace period over: ending the remaining calls (GOAWAY, then UNAVAILABLE)")
+        .await;
+    for (name, s) in [("a", &mut a), ("b", &mut b)] {
+        let err = read_to_error(s, 5, "the router's shutdown").await;
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionAborted,
+            "{name}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains("router shutting down"),
+            "{name}: {err}"
+        );
+    }
+    let status = router.exit_status(10).await;
+    assert!(status.success(), "{status:?}");
+}

@@ -14,16 +14,15 @@
 use support::process;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{connect, ResponseStream, RouterStream};
 use serde_json::Value;
+use support::python::{self, python, repo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -34,39 +33,6 @@ const MIB: u64 = 1024 * 1024;
 const SIZE: u64 = 16 * MIB;
 
 // ===== the harness =====
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's python, set up once per test binary; `None` when skipped explicitly.
-fn python() -> Option<&'static PathBuf> {
-    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PY.get_or_init(|| {
-        if std::env::var_os("JUMPSTARTER_ROUTER_SKIP_INTEROP")
-            .is_some_and(|v| v != "0" && !v.is_empty())
-        {
-            eprintln!("interop tests skipped: JUMPSTARTER_ROUTER_SKIP_INTEROP is set");
-            return None;
-        }
-        let venv = repo().join("target").join("interop-venv");
-        let out = Command::new("bash")
-            .arg(repo().join("tests/interop/setup_venv.sh"))
-            .arg(&venv)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run bash for the interop venv: {e}"));
-        assert!(
-            out.status.success(),
-            "cannot set up the interop venv (needs python3 with venv and pip, e.g. \
-             `apt-get install python3-venv`, and access to PyPI; or set \
-             JUMPSTARTER_ROUTER_SKIP_INTEROP=1 to skip):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(venv.join("bin").join("python"))
-    })
-    .as_ref()
-}
 
 /// A running harness process; killed when dropped. Its JSON lines arrive on `lines`.
 struct Py {
@@ -87,15 +53,8 @@ impl Py {
             .expect("start the Python harness");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let who = args.join(" ");
+        std::thread::spawn(move || python::read_events(stdout, &who, |v| tx.send(v).is_ok()));
         Py {
             child,
             lines: rx,

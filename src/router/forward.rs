@@ -36,7 +36,9 @@
 //! only on a clean end of stream, so the GOAWAY is what tells them the session is over; the
 //! status (and the GOAWAY's payload, which Jumpstarter's peers ignore) is what tells a
 //! [`RouterStream`](crate::RouterStream) that it was not a clean finish. A survivor that has
-//! its peer's own GOAWAY already gets no second one.
+//! its peer's own GOAWAY already gets no second one. When the router shuts down past its
+//! grace period ([`Router::end_all_calls`](super::Router::end_all_calls)), every forwarding
+//! state ends the same way, with status `UNAVAILABLE`.
 //!
 //! The half-close rule: when a caller finishes cleanly (GOAWAY, then the end of its request
 //! body), its peer's response ends only once the peer's own request body has ended too

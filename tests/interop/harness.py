@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -38,8 +39,17 @@ from jumpstarter.streams.router import RouterStream
 from jumpstarter_protocol import router_pb2, router_pb2_grpc
 
 
+_EMIT_LOCK = threading.Lock()
+
+
 def emit(event, **fields):
-    print(json.dumps({"event": event, **fields}), flush=True)
+    """One JSON line, written whole: `print` writes the object and the newline apart, so two
+    threads (or an `os._exit` between the two writes) could glue two events into one line that
+    is not JSON, and the test would miss an event."""
+    line = json.dumps({"event": event, **fields}) + "\n"
+    with _EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 # ===== the pattern (the same formula as tests/support/mod.rs) =====

@@ -3,13 +3,15 @@
 //!
 //! - [`raw`]: a scripted `RouterService` peer and raw tonic clients;
 //! - [`attack`]: raw HTTP/2 attackers for the abuse tests and bench (feature `router`);
-//! - [`process`]: processes of the `jumpstarter-router` binary (feature `cli`).
+//! - [`process`]: processes of the `jumpstarter-router` binary (feature `cli`);
+//! - [`python`]: the venv of the real Jumpstarter Python peers, and their scripts' events.
 #![allow(dead_code, unreachable_pub)]
 
 #[cfg(feature = "router")]
 pub mod attack;
 #[cfg(feature = "cli")]
 pub mod process;
+pub mod python;
 pub mod raw;
 mod rx_stream;
 
