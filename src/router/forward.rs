@@ -1007,6 +1007,25 @@ mod tests {
             .unwrap()
     }
 
+    /// Two callers of stream "s", paired, each response polled once: the router, each
+    /// caller's script sender and response.
+    fn paired() -> (
+        Router,
+        mpsc::UnboundedSender<Item>,
+        mpsc::UnboundedSender<Item>,
+        Spawn<Forward>,
+        Spawn<Forward>,
+    ) {
+        let router = Router::builder(Auth::new(b"k")).build();
+        let (a_tx, a_body) = script();
+        let (b_tx, b_body) = script();
+        let mut a = spawn(accept(&router.inner, "s", a_body));
+        let mut b = spawn(accept(&router.inner, "s", b_body));
+        assert_pending!(poll(&mut a));
+        assert_pending!(poll(&mut b));
+        (router, a_tx, b_tx, a, b)
+    }
+
     /// A gRPC message: prefix and `StreamRequest`.
     fn msg(frame_type: i32, payload: &[u8]) -> Bytes {
         let body = crate::proto::StreamRequest {
@@ -1097,14 +1116,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_message_ends_both_calls_after_the_valid_bytes() {
-        let router = Router::builder(Auth::new(b"k")).build();
-        let inner = router.inner.clone();
-        let (a_tx, a_body) = script();
-        let (_b_tx, b_body) = script();
-        let mut a = spawn(accept(&inner, "s", a_body));
-        let mut b = spawn(accept(&inner, "s", b_body));
-        assert_pending!(poll(&mut a));
-        assert_pending!(poll(&mut b));
+        let (router, a_tx, _b_tx, mut a, mut b) = paired();
         // One valid message, then a flag of 9, in one chunk.
         let good = msg(0, b"ok");
         let mut chunk = good.to_vec();
@@ -1131,13 +1143,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_leaves_mid_stream_ends_its_peer_with_goaway_then_aborted() {
-        let router = Router::builder(Auth::new(b"k")).build();
-        let inner = router.inner.clone();
-        let (_a_tx, a_body) = script();
-        let (_b_tx, b_body) = script();
-        let mut a = spawn(accept(&inner, "s", a_body));
-        let b = spawn(accept(&inner, "s", b_body));
-        assert_pending!(poll(&mut a));
+        let (router, _a_tx, _b_tx, mut a, b) = paired();
         // B's call is cancelled: its response body is dropped, its request body says nothing.
         drop(b);
         assert!(a.is_woken());
@@ -1154,13 +1160,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_across_chunks_goes_out_whole_as_the_same_slices() {
-        let router = Router::builder(Auth::new(b"k")).build();
-        let inner = router.inner.clone();
-        let (a_tx, a_body) = script();
-        let (_b_tx, b_body) = script();
-        let mut a = spawn(accept(&inner, "s", a_body));
-        let mut b = spawn(accept(&inner, "s", b_body));
-        assert_pending!(poll(&mut a));
+        let (_router, a_tx, _b_tx, _a, mut b) = paired();
         // Two messages cut in three chunks: [m1 | m2 head] [m2 middle] [m2 tail].
         let (m1, m2) = (msg(0, b"first"), msg(0, &[7u8; 300]));
         let chunk = Bytes::from([m1.clone(), m2.clone()].concat());
@@ -1184,13 +1184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_vanishes_mid_message_leaves_whole_messages_then_goaway() {
-        let router = Router::builder(Auth::new(b"k")).build();
-        let inner = router.inner.clone();
-        let (a_tx, a_body) = script();
-        let (_b_tx, b_body) = script();
-        let mut a = spawn(accept(&inner, "s", a_body));
-        let mut b = spawn(accept(&inner, "s", b_body));
-        assert_pending!(poll(&mut a));
+        let (router, a_tx, _b_tx, a, mut b) = paired();
         let (m1, m2) = (msg(0, b"whole"), msg(0, b"torn message"));
         let chunk = Bytes::from([m1.clone(), m2.clone()].concat());
         // All of m1 and half of m2, then the body fails (a lost connection).
@@ -1211,13 +1205,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rst_stream_then_the_end_is_a_reset_and_the_peer_gets_both() {
-        let router = Router::builder(Auth::new(b"k")).build();
-        let inner = router.inner.clone();
-        let (a_tx, a_body) = script();
-        let (_b_tx, b_body) = script();
-        let mut a = spawn(accept(&inner, "s", a_body));
-        let mut b = spawn(accept(&inner, "s", b_body));
-        assert_pending!(poll(&mut a));
+        let (router, a_tx, _b_tx, a, mut b) = paired();
         a_tx.send(Ok(Frame::data(msg(3, b"")))).unwrap();
         drop(a_tx);
         // The RST_STREAM frame is forwarded as it is, then the router's GOAWAY and status.
@@ -1231,13 +1219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_survivor_that_had_the_peers_goaway_gets_no_second_one() {
-        let router = Router::builder(Auth::new(b"k")).build();
-        let inner = router.inner.clone();
-        let (a_tx, a_body) = script();
-        let (_b_tx, b_body) = script();
-        let mut a = spawn(accept(&inner, "s", a_body));
-        let mut b = spawn(accept(&inner, "s", b_body));
-        assert_pending!(poll(&mut a));
+        let (_router, a_tx, _b_tx, _a, mut b) = paired();
         // A finishes writing (GOAWAY), then its connection dies before its body ends.
         a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
         assert_eq!(data(poll(&mut b)), msg(7, b""));
