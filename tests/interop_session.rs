@@ -10,7 +10,8 @@
 //!   per session.
 //! - `e_...`: the exporter SIGKILLed mid-call and mid-stream: the client raises, and how soon.
 //! - `f_...`: the client SIGKILLed: the exporter's session for it ends (its connections to the
-//!   router close), and the exporter keeps serving the lease.
+//!   router close), and the exporter keeps serving the lease. Its controller gives the two
+//!   sides two different tokens of the same stream (the others one token, as upstream).
 //!
 //! Knobs: `JMP_SESSION_RUNS=N` repeats the kill cases (default 3) and prints the figures;
 //! `JMP_SESSION_ROUTER=python` runs everything against the Python reference router
@@ -305,8 +306,10 @@ struct Lab {
 
 impl Lab {
     /// Certificates, the router (ours, or the Python one with `JMP_SESSION_ROUTER=python`)
-    /// serving them, and the controller handing out that router.
-    async fn start(py: &Path, name: &str) -> Lab {
+    /// serving them, and the controller handing out that router with `tokens` (`same`: one
+    /// token for both sides, as upstream; `distinct`: two tokens of the same stream;
+    /// `JMP_SESSION_TOKENS` overrides it).
+    async fn start(py: &Path, name: &str, tokens: &str) -> Lab {
         let dir = std::env::temp_dir().join(format!(
             "jumpstarter-router-session-{name}-{}",
             std::process::id()
@@ -341,7 +344,7 @@ impl Lab {
                 let port = serve.listen.port();
                 (RouterProc::Ours(serve), port)
             };
-        let tokens = std::env::var("JMP_SESSION_TOKENS").unwrap_or_else(|_| "same".into());
+        let tokens = std::env::var("JMP_SESSION_TOKENS").unwrap_or_else(|_| tokens.into());
         let router_ep = format!("127.0.0.1:{router_port}");
         let mut controller = Py::session(
             py,
@@ -411,6 +414,21 @@ impl Lab {
             .await
     }
 
+    /// The `outcome` of every `session ended` line of our router so far (none for the Python
+    /// router).
+    fn router_outcomes(&self) -> Vec<String> {
+        let RouterProc::Ours(serve) = &self._router else {
+            return Vec::new();
+        };
+        serve
+            .raw_logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "session ended")
+            .map(|v| v["outcome"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// The exporter's connections to the router.
     fn router_conns(&self, exporter: &Py) -> usize {
         tcp_conns_to(exporter.pid(), self.router_port)
@@ -466,7 +484,7 @@ async fn lease_warnings(exporter: &mut Py, from: usize) -> Vec<Value> {
 async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
     let Some(py) = python() else { return };
     let _serial = SERIAL.lock().await;
-    let mut lab = Lab::start(py, "abcd").await;
+    let mut lab = Lab::start(py, "abcd", "same").await;
     let mut exporter = lab.exporter();
     lab.controller_event("register", None).await;
     lab.controller_event("status", Some(("status", "AVAILABLE")))
@@ -602,6 +620,13 @@ async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
         worst <= 1.0,
         "more than 1 exporter WARNING line per normal session: {worst:.1}"
     );
+    // The router counts normal sessions as normal: a real client ends by cancelling its call.
+    let outcomes = lab.router_outcomes();
+    println!("   router outcomes of the normal sessions: {outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| o == "finished" || o == "cancelled"),
+        "a normal session counted as an abort: {outcomes:?}"
+    );
 }
 
 fn count(p: &Py, event: &str) -> usize {
@@ -653,7 +678,7 @@ async fn kill_exporter_once(lab: &mut Lab, case: &str) -> (Option<Duration>, Val
 async fn e_exporter_killed_mid_call_and_mid_stream_the_client_raises() {
     let Some(py) = python() else { return };
     let _serial = SERIAL.lock().await;
-    let mut lab = Lab::start(py, "e").await;
+    let mut lab = Lab::start(py, "e", "same").await;
     let n = runs();
     let mut failures = Vec::new();
     for (case, what) in [
@@ -721,7 +746,7 @@ async fn e_exporter_killed_mid_call_and_mid_stream_the_client_raises() {
 async fn f_client_killed_the_exporter_ends_its_session_and_keeps_serving() {
     let Some(py) = python() else { return };
     let _serial = SERIAL.lock().await;
-    let mut lab = Lab::start(py, "f").await;
+    let mut lab = Lab::start(py, "f", "distinct").await;
     let exporter = lab.exporter();
     lab.controller_event("register", None).await;
     let n = runs();

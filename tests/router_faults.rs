@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jumpstarter_router::router::{Auth, Router};
+use jumpstarter_router::router::{Auth, CallResult, Router};
 use jumpstarter_router::ClientBuilder;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,7 +201,17 @@ async fn a_blackhole_fails_both_ends_within_the_keepalive_timeout() {
         eb.kind()
     );
     assert!(took < Duration::from_secs(4), "{took:?}");
+    // B learns it from the router: a GOAWAY that says A's connection was lost.
+    assert_eq!(eb.kind(), std::io::ErrorKind::ConnectionAborted, "{eb:?}");
+    assert!(eb.to_string().contains("peer vanished"), "{eb}");
+    assert!(eb.to_string().contains("keepalive"), "{eb}");
+    eprintln!("blackhole: B was told: {eb}");
     r.wait_for("the pair to end", |s| s.active == 0).await;
+    let m = r.router.metrics();
+    assert_eq!(
+        (m.calls(CallResult::Lost), m.calls(CallResult::PeerGone)),
+        (1, 1)
+    );
 }
 
 /// The proxy resets both of its sockets mid-stream: an error on both ends, at once.

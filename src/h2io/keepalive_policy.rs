@@ -16,6 +16,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -171,12 +173,53 @@ impl PingPolicy {
     }
 }
 
+/// What became of a client connection, for the calls on it: hyper ends a request body the
+/// same way (no error) for an HTTP/2 cancel, a keepalive timeout and a caller that ended its
+/// stream, so the router asks the connection. Shared by the connection and its requests
+/// (through [`ConnInfo`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnFate(Arc<AtomicU8>);
+
+impl ConnFate {
+    const OPEN: u8 = 0;
+    const EOF: u8 = 1;
+    const FAILED: u8 = 2;
+    const DROPPED: u8 = 3;
+
+    /// The first word counts.
+    fn set(&self, fate: u8) {
+        let _ = self
+            .0
+            .compare_exchange(Self::OPEN, fate, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// How the connection ended, if it did.
+    pub(crate) fn ended(&self) -> Option<&'static str> {
+        match self.0.load(Ordering::Acquire) {
+            Self::OPEN => None,
+            Self::EOF => Some("its connection was closed from its end"),
+            Self::FAILED => Some("its connection failed"),
+            _ => {
+                Some("the router closed its connection (no answer to keepalive pings, or shutdown)")
+            }
+        }
+    }
+}
+
+/// The connect info of a router connection: its addresses, and its [`ConnFate`].
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) tcp: TcpConnectInfo,
+    pub(crate) fate: ConnFate,
+}
+
 /// A server connection whose inbound bytes go through a [`PingPolicy`], and that fails when
 /// the client's HTTP/2 preface does not arrive in time (hyper would wait for it for ever).
 pub(crate) struct KeepalivePolicy<IO> {
     io: IO,
     policy: PingPolicy,
     info: TcpConnectInfo,
+    fate: ConnFate,
     /// Until the preface is in: the deadline, and the bytes seen so far.
     preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
@@ -188,6 +231,7 @@ impl<IO> KeepalivePolicy<IO> {
             io,
             policy: PingPolicy::new(),
             info,
+            fate: ConnFate::default(),
             preface: Some((Box::pin(tokio::time::sleep_until(deadline)), 0)),
         }
     }
@@ -219,9 +263,21 @@ impl<IO: AsyncRead + Unpin> AsyncRead for KeepalivePolicy<IO> {
                 _ => {}
             }
         }
-        std::task::ready!(read)?;
+        if let Err(e) = std::task::ready!(read) {
+            me.fate.set(ConnFate::FAILED);
+            return Poll::Ready(Err(e));
+        }
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            me.fate.set(ConnFate::EOF);
+        }
         me.policy.feed(&buf.filled()[before..], Instant::now())?;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO> Drop for KeepalivePolicy<IO> {
+    fn drop(&mut self) {
+        self.fate.set(ConnFate::DROPPED);
     }
 }
 
@@ -262,10 +318,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for KeepalivePolicy<IO> {
 }
 
 impl<IO> Connected for KeepalivePolicy<IO> {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.info.clone()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            tcp: self.info.clone(),
+            fate: self.fate.clone(),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! - [`BatchedIo`]: large socket reads under load, and the frames h2 flushes one by one
 //!   written together;
 //! - [`KeepalivePolicy`] (router): the HTTP/2 keepalive enforcement of grpc-go's server, and
-//!   the deadline for the client's connection preface, on the decrypted bytes.
+//!   the deadline for the client's connection preface, on the decrypted bytes; and what
+//!   became of the connection ([`ConnFate`]), for the calls on it.
 
 mod batched_io;
 #[cfg(feature = "router")]
@@ -12,4 +13,4 @@ mod keepalive_policy;
 
 pub(crate) use batched_io::BatchedIo;
 #[cfg(feature = "router")]
-pub(crate) use keepalive_policy::KeepalivePolicy;
+pub(crate) use keepalive_policy::{ConnFate, ConnInfo, KeepalivePolicy};

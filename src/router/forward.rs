@@ -72,6 +72,7 @@ use tonic::Status;
 use super::metrics::{CallResult, Direction, Metrics};
 use super::pairing::Pending;
 use super::{Inner, StreamTag};
+use crate::h2io::ConnFate;
 use crate::wire::Parser;
 
 /// The two callers of a pair, in the order they came.
@@ -173,6 +174,8 @@ pub(super) struct RequestBody {
     flags: (bool, u64),
     /// A RST_STREAM frame went by.
     reset: bool,
+    /// What became of the caller's connection (our own server's connections say).
+    fate: Option<ConnFate>,
 }
 
 enum BodyState {
@@ -184,7 +187,11 @@ enum BodyState {
 }
 
 impl RequestBody {
-    pub(super) fn new(body: tonic::body::Body, max_message_size: usize) -> Self {
+    pub(super) fn new(
+        body: tonic::body::Body,
+        max_message_size: usize,
+        fate: Option<ConnFate>,
+    ) -> Self {
         RequestBody {
             body,
             parser: Parser::new(max_message_size),
@@ -193,6 +200,7 @@ impl RequestBody {
             released: 0,
             flags: (false, 0),
             reset: false,
+            fate,
         }
     }
 
@@ -278,6 +286,13 @@ impl RequestBody {
             self.flags = (goaway, scan.payload);
             self.pieces.extend((!tail.is_empty()).then_some(tail));
         }
+    }
+}
+
+impl RequestBody {
+    /// How the caller's connection ended, if it did.
+    fn connection_ended(&self) -> Option<&'static str> {
+        self.fate.as_ref().and_then(ConnFate::ended)
     }
 }
 
@@ -471,15 +486,16 @@ impl Pair {
 
     /// The peer's response is gone and its body had no more to say: how it went. A peer
     /// that finished writing cleanly and left before reading everything counts as cancelled.
-    /// `reset`: a RST_STREAM frame came through from it (then it is a reset).
-    fn peer_left(&self, peer: Leg, reset: bool) -> (Cause, String) {
-        let (cause, why) = if reset {
-            (
+    /// `reset`: a RST_STREAM frame came through from it (then it is a reset); `connection`:
+    /// how its connection ended, if it did (then it is lost).
+    fn peer_left(&self, peer: Leg, reset: bool, connection: Option<&str>) -> (Cause, String) {
+        let (cause, why) = match connection {
+            _ if reset => (
                 Cause::Reset,
                 "it sent a RST_STREAM frame, then its call ended",
-            )
-        } else {
-            (Cause::Cancelled, "its call ended before it read everything")
+            ),
+            Some(why) => (Cause::Lost, why),
+            None => (Cause::Cancelled, "its call ended before it read everything"),
         };
         self.set_end(peer, End::Gone(cause, why.into()));
         if let Some(End::Gone(cause, why)) = self.legs[peer as usize].end.get() {
@@ -611,6 +627,9 @@ struct Forwarding {
     /// The router's counter of payload bytes in this direction, and this forwarder's own.
     counter: Counter,
     forwarded: u64,
+    /// The peer's body ended without GOAWAY: until when to wait for why (see
+    /// [`Forwarding::poll_verdict`]).
+    verdict: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What a forwarding state's poll decided.
@@ -691,6 +710,10 @@ fn goaway_message(reason: String) -> Bytes {
     out.into()
 }
 
+/// How long a forwarder waits to learn why its peer's body ended without GOAWAY (its
+/// response and its connection go at once when it was cancelled or lost).
+const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What the callers of a pair are told when the router shuts down past its grace period.
 const SHUTDOWN: &str = "router shutting down: its grace period is over";
 
@@ -759,7 +782,33 @@ impl Forwarding {
             pair: link.pair,
             me,
             forwarded: 0,
+            verdict: None,
         }
+    }
+
+    /// The peer's body ended without GOAWAY (and without RST_STREAM): why. hyper ends a body
+    /// that way for a caller that ended its stream, for an HTTP/2 cancel (`CANCEL`,
+    /// `NO_ERROR`) and for a connection it closed (a keepalive timeout): the caller's
+    /// connection and its response tell them apart. A caller whose connection and response
+    /// are still there after [`VERDICT_WAIT`] ended its stream without GOAWAY.
+    fn poll_verdict(&mut self, cx: &mut Context<'_>) -> Poll<(Cause, String)> {
+        let peer = self.me.other();
+        if let Some(why) = self.peer.connection_ended() {
+            return Poll::Ready((Cause::Lost, why.into()));
+        }
+        // Registers for the peer's leaving (it wakes our response).
+        let _ = self.pair.poll_end(self.me, cx);
+        if self.pair.has_left(peer) {
+            return Poll::Ready(match self.peer.connection_ended() {
+                Some(why) => (Cause::Lost, why.into()),
+                None => (Cause::Cancelled, "it cancelled its call".into()),
+            });
+        }
+        let timer = self
+            .verdict
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(VERDICT_WAIT)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready((Cause::Aborted, "it ended its stream without GOAWAY".into()))
     }
 
     /// Adds what this forwarder carried to its pair's count, as it stops.
@@ -816,13 +865,13 @@ impl Forwarding {
                 let (cause, why) = if reset {
                     (
                         Cause::Reset,
-                        "it sent a RST_STREAM frame, then ended its stream",
+                        "it sent a RST_STREAM frame, then ended its stream".into(),
                     )
                 } else {
-                    (Cause::Aborted, "it ended its stream without GOAWAY")
+                    ready!(self.poll_verdict(cx))
                 };
-                self.pair.set_end(peer, End::Gone(cause, why.into()));
-                peer_gone(cause, why, false)
+                self.pair.set_end(peer, End::Gone(cause, why.clone()));
+                peer_gone(cause, &why, false)
             }
             Poll::Pending => {
                 // Our own caller may have gone meanwhile (the peer's forwarder saw it), or the
@@ -830,7 +879,8 @@ impl Forwarding {
                 match self.pair.poll_end(me, cx) {
                     Some(End::Gone(_, why)) => end(own_abort(why)),
                     _ if self.pair.has_left(peer) => {
-                        let (cause, why) = self.pair.peer_left(peer, self.peer.reset);
+                        let ended = self.peer.connection_ended();
+                        let (cause, why) = self.pair.peer_left(peer, self.peer.reset, ended);
                         peer_gone(cause, &why, draining)
                     }
                     _ => return Poll::Pending,
@@ -852,7 +902,7 @@ fn poll_finishing(pair: &Pair, me: Leg, cx: &mut Context<'_>) -> Poll<State> {
         Some(End::Gone(_, why)) => Poll::Ready(end(own_abort(why))),
         // The peer finished writing but left before it read what our caller still sent.
         None if pair.has_left(me.other()) => {
-            let (cause, why) = pair.peer_left(me.other(), false);
+            let (cause, why) = pair.peer_left(me.other(), false, None);
             Poll::Ready(peer_gone(cause, &why, true))
         }
         None => Poll::Pending,
@@ -991,7 +1041,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             tx,
-            RequestBody::new(tonic::body::Body::new(Script(rx)), 1024),
+            RequestBody::new(tonic::body::Body::new(Script(rx)), 1024, None),
         )
     }
 

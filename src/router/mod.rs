@@ -337,16 +337,23 @@ impl Router {
                 return response;
             }
         }
-        let conn = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|c| c.remote_addr());
+        // Our own server's connections say what became of them; another server's give the
+        // address at most.
+        let (conn, fate) = match req.extensions().get::<crate::h2io::ConnInfo>() {
+            Some(info) => (info.tcp.remote_addr(), Some(info.fate.clone())),
+            None => (
+                req.extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|c| c.remote_addr()),
+                None,
+            ),
+        };
         let (parts, body) = req.into_parts();
         let metadata = MetadataMap::from_headers(parts.headers);
         let inner = &self.inner;
         match inner.auth.verify_metadata(&metadata) {
             Ok(grant) => {
-                let body = RequestBody::new(body, inner.max_message_size);
+                let body = RequestBody::new(body, inner.max_message_size, fate);
                 let forward = match inner.accept(grant, body, conn) {
                     Ok(forward) => forward,
                     Err(refused) => {
