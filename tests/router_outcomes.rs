@@ -156,9 +156,6 @@ async fn an_end_without_goaway_is_an_abort() {
 async fn a_dropped_router_stream_is_a_reset() {
     let r = TestRouter::start().await;
     let token = r.token("dropped");
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("jumpstarter_router=debug")
-        .try_init();
     let (a, mut b) = pair_up(&r.endpoint(), &token, b"hi").await;
     drop(a);
     let e = read_to_error(&mut b, 5, "the survivor of a dropped stream").await;

@@ -74,9 +74,13 @@ use forward::RequestBody;
 /// How long a new connection may take for its TLS handshake and HTTP/2 preface by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The router's HTTP/2 keepalive by default: a PING every 60 s, 20 s for the answer.
+/// The router's HTTP/2 keepalive by default: a PING every 10 s, 180 s for the answer. These are
+/// the defaults of Jumpstarter's operator (`grpc.keepalive.intervalTime` and `timeout`), so an
+/// operator-installed Go router and this one behave alike; the long timeout keeps a session up
+/// while an exporter's network is saturated (flashing), and the PINGs keep proxies' idle
+/// timers (nginx's 60 s) from closing a quiet session.
 pub const DEFAULT_KEEPALIVE: (Option<Duration>, Duration) =
-    (Some(Duration::from_secs(60)), Duration::from_secs(20));
+    (Some(Duration::from_secs(10)), Duration::from_secs(180));
 
 /// The gRPC path of the one method the router serves.
 const STREAM_PATH: &str = "/jumpstarter.v1.RouterService/Stream";
@@ -181,8 +185,9 @@ impl RouterBuilder {
 
     /// HTTP/2 keepalive from the router: a PING to each client connection every `interval`
     /// (`None`: never), and the connection closed, with every call on it, when no answer comes
-    /// within `timeout` (default [`DEFAULT_KEEPALIVE`]: 60 s and 20 s, so a client that
-    /// vanished without a FIN or RST is noticed within 80 s and its peer's call aborted).
+    /// within `timeout` (default [`DEFAULT_KEEPALIVE`]: 10 s and 180 s, as Jumpstarter's
+    /// operator sets the Go router, so a client that vanished without a FIN or RST is noticed
+    /// within 190 s and its peer told).
     pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
         self.keepalive = (interval, timeout);
         self

@@ -1,5 +1,6 @@
 //! `jumpstarter-router`: serve a Jumpstarter router, or tunnel TCP or stdio through one.
 
+mod operator;
 mod progress;
 
 use std::net::SocketAddr;
@@ -79,6 +80,11 @@ enum Command {
         /// (the kubelet's); NOT_SERVING from the start of a graceful shutdown (default: off).
         #[arg(long, value_name = "ADDR")]
         health_listen: Option<SocketAddr>,
+        /// Seconds between reads of the EXTERNAL_CERT_PEM / EXTERNAL_KEY_PEM files: a renewed
+        /// pair (a Secret volume's ..data swap) is used for new connections without a restart,
+        /// a bad one is refused with a log line (0: read once).
+        #[arg(long, value_name = "SECS", env = "TLS_RELOAD_INTERVAL", default_value_t = ServeConfig::DEFAULT_TLS_RELOAD.as_secs())]
+        tls_reload_interval: u64,
     },
     /// Client side: bridge stdin/stdout (or, with --listen, one TCP connection) to a router
     /// stream. Usable as `ssh -o ProxyCommand='jumpstarter-router connect ...'`.
@@ -143,10 +149,33 @@ impl ClientArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Serve { .. } => "info",
-        _ => "warn",
+    // Started as `/router`, as Jumpstarter's operator runs its router image: the Go router's
+    // flags, environment and ports.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let go = if operator::started_as_router(&argv0) {
+        let args: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        match operator::parse(&args) {
+            Ok(flags) => Some(flags),
+            Err(e) => {
+                eprintln!("{}: {e}", operator::NAME);
+                // Go's flag package exits 2 on a bad command line.
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let cli = match &go {
+        Some(flags) => operator_cli(flags),
+        None => Cli::parse(),
+    };
+    let default_level = match (&go, &cli.command) {
+        (Some(flags), _) => flags.level.as_str(),
+        (None, Command::Serve { .. }) => "info",
+        (None, _) => "warn",
     };
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -160,6 +189,25 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    if let Some(flags) = &go {
+        tracing::info!(
+            "started as /{}: serving as Jumpstarter's operator runs the Go router (gRPC :{}, metrics {}, health :{}, grace {} s)",
+            operator::NAME,
+            operator::GRPC_PORT,
+            flags.metrics.map_or("off".to_string(), |a| a.to_string()),
+            operator::HEALTH_PORT,
+            operator::GRACE_SECS
+        );
+        for flag in &flags.ignored {
+            tracing::info!(flag = %flag, "ignoring a Go router flag that has no effect here");
+        }
+        if std::env::var_os("NAMESPACE").is_some() {
+            tracing::warn!(
+                "NAMESPACE is set, but the jumpstarter-controller ConfigMap is not read: the \
+                 keepalive settings are the operator's defaults (PING every 10 s, 180 s timeout)"
+            );
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -170,6 +218,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// `serve` as the operator's `/router`: its ports and the Go router's settings.
+fn operator_cli(flags: &operator::GoFlags) -> Cli {
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    Cli {
+        log_format: if flags.json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        command: Command::Serve {
+            listen: any(operator::GRPC_PORT),
+            plaintext: false,
+            grace: operator::GRACE_SECS,
+            pairing_timeout: None,
+            handshake_timeout: jumpstarter_router::router::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+            keepalive_interval: jumpstarter_router::router::DEFAULT_KEEPALIVE
+                .0
+                .map_or(0, |d| d.as_secs()),
+            keepalive_timeout: jumpstarter_router::router::DEFAULT_KEEPALIVE.1.as_secs(),
+            max_pending: None,
+            max_pending_per_connection: None,
+            metrics_listen: flags.metrics,
+            health_listen: Some(any(operator::HEALTH_PORT)),
+            tls_reload_interval: ServeConfig::DEFAULT_TLS_RELOAD.as_secs(),
+        },
     }
 }
 
@@ -192,10 +268,13 @@ async fn run(cmd: Command) -> Result<(), String> {
             max_pending_per_connection,
             metrics_listen,
             health_listen,
+            tls_reload_interval,
         } => {
             let auth = Auth::from_env().map_err(|e| e.to_string())?;
             let mut config = ServeConfig::from_env();
             config.listen = listen;
+            config.tls_reload =
+                (tls_reload_interval > 0).then(|| Duration::from_secs(tls_reload_interval));
             config.grace = Duration::from_secs(grace);
             config.metrics_listen = metrics_listen;
             config.health_listen = health_listen;
