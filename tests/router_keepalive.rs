@@ -1,5 +1,6 @@
 //! HTTP/2 keepalive enforcement, like the Go router: PINGs are welcome with no call open and
-//! at most once a second; a client that floods PINGs is disconnected.
+//! at most once a second; a client that floods PINGs gets GOAWAY `ENHANCE_YOUR_CALM` and is
+//! disconnected.
 #![cfg(all(feature = "router", feature = "client"))]
 
 mod support;
@@ -64,12 +65,11 @@ async fn a_ping_flood_closes_the_connection() {
     }
     // The first ping and two early ones pass (grpc-go's maxPingStrikes = 2); the 4th closes.
     assert!(answered <= 3, "{answered} rapid pings were answered");
-    // The router closed it: the connection task ends (h2 takes a server's close with no
-    // stream open as a clean end, or reports the GOAWAY; either way it ends).
+    // The router said why, as grpc-go does: GOAWAY ENHANCE_YOUR_CALM "too_many_pings".
     let ended = within(5, "connection to end", conn).await.unwrap();
-    if let Err(e) = &ended {
-        assert!(e.is_go_away() || e.is_io(), "{e:?}");
-    }
+    let e = ended.expect_err("the connection ends with the router's GOAWAY");
+    assert!(e.is_go_away() && e.is_remote(), "{e:?}");
+    assert_eq!(e.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{e:?}");
     // The router itself keeps serving others.
     let tok = r.token("after-flood");
     let a = jumpstarter_router::connect(&r.endpoint(), &tok)

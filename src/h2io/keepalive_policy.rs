@@ -3,9 +3,11 @@
 //!
 //! Jumpstarter's clients ping every 20 s, also with no call open: that is always allowed. A
 //! client that pings more often than once a second more than [`MAX_PING_STRIKES`] times in a
-//! row has its connection closed, where grpc-go closes it with GOAWAY `ENHANCE_YOUR_CALM`
-//! "too_many_pings" (this wrapper sits under hyper and cannot send a GOAWAY of its own: the
-//! connection is closed, and the router logs "too_many_pings"). As in grpc-go, a ping that follows DATA or HEADERS *sent by the server*
+//! row gets a GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings", as grpc-go sends it, and its
+//! connection is closed. hyper has no such policy, so the wrapper writes that GOAWAY itself,
+//! between two of hyper's frames (it follows the frame boundaries of what hyper writes; in
+//! the rare case hyper is mid-frame, the connection is closed without it), and hyper's later
+//! writes wait until it is out. As in grpc-go, a ping that follows DATA or HEADERS *sent by the server*
 //! resets the strikes: a client receiving data may ping as often as its flow control wants
 //! (BDP probes of grpc-core and of hyper's adaptive window do exactly that).
 //!
@@ -37,6 +39,8 @@ const FRAME_HEADER_LEN: usize = 9;
 const TYPE_DATA: u8 = 0x0;
 const TYPE_HEADERS: u8 = 0x1;
 const TYPE_PING: u8 = 0x6;
+const TYPE_GOAWAY: u8 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 const FLAG_ACK: u8 = 0x1;
 
 /// Finds the frame headers in one direction of an HTTP/2 byte stream.
@@ -55,11 +59,16 @@ impl Scan {
         Scan::Header([0; FRAME_HEADER_LEN], 0)
     }
 
-    /// Feeds bytes; calls `on_frame(type, flags)` for each frame header completed.
+    /// Between two frames: a frame of our own can go in here.
+    fn at_boundary(&self) -> bool {
+        matches!(self, Scan::Header(_, 0))
+    }
+
+    /// Feeds bytes; calls `on_frame(type, flags, stream id)` for each frame header completed.
     fn feed<E>(
         &mut self,
         mut bytes: &[u8],
-        mut on_frame: impl FnMut(u8, u8) -> Result<(), E>,
+        mut on_frame: impl FnMut(u8, u8, u32) -> Result<(), E>,
     ) -> Result<(), E> {
         while !bytes.is_empty() {
             match self {
@@ -80,12 +89,13 @@ impl Scan {
                         let len =
                             usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                         let (ty, flags) = (h[3], h[4]);
+                        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                         *self = if len == 0 {
                             Scan::header()
                         } else {
                             Scan::Payload(len)
                         };
-                        on_frame(ty, flags)?;
+                        on_frame(ty, flags, stream)?;
                     }
                 }
             }
@@ -103,6 +113,8 @@ pub(crate) struct PingPolicy {
     strikes: u32,
     /// The server sent DATA or HEADERS since the last ping (grpc-go's `resetPingStrikes`).
     reset: bool,
+    /// The highest stream the client opened (for a GOAWAY's last stream id).
+    last_stream: u32,
 }
 
 impl PingPolicy {
@@ -113,6 +125,7 @@ impl PingPolicy {
             last_ping: None,
             strikes: 0,
             reset: false,
+            last_stream: 0,
         }
     }
 
@@ -123,9 +136,13 @@ impl PingPolicy {
             last_ping,
             strikes,
             reset,
+            last_stream,
             ..
         } = self;
-        inbound.feed(bytes, |ty, flags| {
+        inbound.feed(bytes, |ty, flags, stream| {
+            if ty == TYPE_HEADERS {
+                *last_stream = (*last_stream).max(stream);
+            }
             if ty != TYPE_PING || flags & FLAG_ACK != 0 {
                 return Ok(());
             }
@@ -138,9 +155,6 @@ impl PingPolicy {
                 *strikes += 1;
             }
             if *strikes > MAX_PING_STRIKES {
-                tracing::warn!(
-                    "router: closing a connection that pings too often (too_many_pings)"
-                );
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "too_many_pings: the client pings more often than once a second",
@@ -153,12 +167,27 @@ impl PingPolicy {
     /// Feeds bytes the server wrote.
     pub(crate) fn sent(&mut self, bytes: &[u8]) {
         let reset = &mut self.reset;
-        let _ = self.outbound.feed(bytes, |ty, _| {
+        let _ = self.outbound.feed(bytes, |ty, _, _| {
             if ty == TYPE_DATA || ty == TYPE_HEADERS {
                 *reset = true;
             }
             Ok::<(), ()>(())
         });
+    }
+
+    /// A GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings", as grpc-go sends it, when it can go out
+    /// now (the server's bytes are between two frames).
+    fn calm_down(&self) -> Option<Vec<u8>> {
+        if !self.outbound.at_boundary() {
+            return None;
+        }
+        const DEBUG: &[u8] = b"too_many_pings";
+        let len = 8 + DEBUG.len();
+        let mut f = vec![0, 0, len as u8, TYPE_GOAWAY, 0, 0, 0, 0, 0];
+        f.extend_from_slice(&self.last_stream.to_be_bytes());
+        f.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+        f.extend_from_slice(DEBUG);
+        Some(f)
     }
 
     fn sent_vectored(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
@@ -220,6 +249,8 @@ pub(crate) struct KeepalivePolicy<IO> {
     policy: PingPolicy,
     info: TcpConnectInfo,
     fate: ConnFate,
+    /// A GOAWAY of ours going out (and how much of it went) before the connection fails.
+    closing: Option<(Vec<u8>, usize)>,
     /// Until the preface is in: the deadline, and the bytes seen so far.
     preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
@@ -232,18 +263,55 @@ impl<IO> KeepalivePolicy<IO> {
             policy: PingPolicy::new(),
             info,
             fate: ConnFate::default(),
+            closing: None,
             preface: Some((Box::pin(tokio::time::sleep_until(deadline)), 0)),
         }
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for KeepalivePolicy<IO> {
+impl<IO: AsyncWrite + Unpin> KeepalivePolicy<IO> {
+    /// Writes what is left of our GOAWAY, and flushes it.
+    fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((frame, written)) = &mut self.closing {
+            while *written < frame.len() {
+                let n =
+                    std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &frame[*written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
+            }
+            std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The client pinged too often: GOAWAY `ENHANCE_YOUR_CALM` (when it can go in between
+    /// two of hyper's frames), then the connection fails.
+    fn poll_too_many_pings(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closing.is_none() {
+            tracing::warn!("router: closing a connection that pings too often (too_many_pings)");
+            self.closing = Some((self.policy.calm_down().unwrap_or_default(), 0));
+        }
+        // A write error here changes nothing: the connection fails either way.
+        let _ = std::task::ready!(self.poll_goaway(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "too_many_pings: the client pings more often than once a second",
+        )))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for KeepalivePolicy<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        if me.closing.is_some() {
+            return me.poll_too_many_pings(cx);
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut me.io).poll_read(cx, buf);
         if let Some((deadline, seen)) = &mut me.preface {
@@ -270,7 +338,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for KeepalivePolicy<IO> {
         if buf.filled().len() == before && buf.remaining() > 0 {
             me.fate.set(ConnFate::EOF);
         }
-        me.policy.feed(&buf.filled()[before..], Instant::now())?;
+        if me
+            .policy
+            .feed(&buf.filled()[before..], Instant::now())
+            .is_err()
+        {
+            return me.poll_too_many_pings(cx);
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -288,6 +362,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for KeepalivePolicy<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
+        // Our GOAWAY goes out whole before anything more of hyper's.
+        std::task::ready!(me.poll_goaway(cx))?;
         let n = std::task::ready!(Pin::new(&mut me.io).poll_write(cx, buf))?;
         me.policy.sent(&buf[..n]);
         Poll::Ready(Ok(n))
@@ -299,6 +375,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for KeepalivePolicy<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
+        std::task::ready!(me.poll_goaway(cx))?;
         let n = std::task::ready!(Pin::new(&mut me.io).poll_write_vectored(cx, bufs))?;
         me.policy.sent_vectored(bufs, n);
         Poll::Ready(Ok(n))
@@ -423,6 +500,28 @@ mod tests {
             local_addr: None,
             remote_addr: None,
         };
+        // The flood's answer: GOAWAY ENHANCE_YOUR_CALM "too_many_pings", last stream 0.
+        let mut goaway = vec![
+            0,
+            0,
+            22,
+            TYPE_GOAWAY,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xb,
+        ];
+        goaway.extend_from_slice(b"too_many_pings");
+        script.write(&goaway);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut io = KeepalivePolicy::new(script.build(), info, deadline);
         let mut buf = [0u8; 64];
