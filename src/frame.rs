@@ -102,6 +102,23 @@ impl Frame {
         }
     }
 
+    /// The frame as one whole gRPC message on the wire: the 5-byte prefix, then the
+    /// `StreamRequest` (which is `StreamResponse` on the wire too). For control frames, whose
+    /// payload is small; DATA is built in place elsewhere.
+    #[cfg(any(feature = "client", feature = "router"))]
+    pub(crate) fn into_message(self) -> Bytes {
+        use bytes::BufMut;
+        use prost::Message;
+        let m = StreamRequest::from(self);
+        let len = m.encoded_len();
+        let mut buf = bytes::BytesMut::with_capacity(5 + len);
+        buf.put_u8(0);
+        buf.put_u32(len as u32);
+        // A buffer with room for the message: encoding cannot fail.
+        let _ = m.encode(&mut buf);
+        buf.freeze()
+    }
+
     /// The frame's payload.
     pub fn payload(&self) -> &Bytes {
         match self {

@@ -64,7 +64,6 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
-use prost::Message;
 use tokio::sync::oneshot;
 use tonic::codegen::http;
 use tonic::Status;
@@ -155,8 +154,9 @@ pub(super) enum Inbound {
         goaway: bool,
         payload: u64,
     },
-    /// The body ended after whole messages; `reset` when a RST_STREAM frame went by.
-    End { reset: bool },
+    /// The body ended after whole messages (whether a RST_STREAM frame went by:
+    /// [`RequestBody::reset`]).
+    End,
     /// The caller went, or its body stopped being a valid message stream.
     Gone(Cause, String),
 }
@@ -228,7 +228,7 @@ impl RequestBody {
                 }
                 BodyState::Done => {
                     self.state = BodyState::Done;
-                    return Poll::Ready(Inbound::End { reset: self.reset });
+                    return Poll::Ready(Inbound::End);
                 }
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
@@ -243,7 +243,7 @@ impl RequestBody {
                     self.state = BodyState::Done;
                     self.pieces.clear();
                     return Poll::Ready(match self.parser.finish() {
-                        Ok(()) => Inbound::End { reset: self.reset },
+                        Ok(()) => Inbound::End,
                         Err(e) => Inbound::Gone(Cause::Aborted, describe(&e.status())),
                     });
                 }
@@ -287,9 +287,7 @@ impl RequestBody {
             self.pieces.extend((!tail.is_empty()).then_some(tail));
         }
     }
-}
 
-impl RequestBody {
     /// How the caller's connection ended, if it did.
     fn connection_ended(&self) -> Option<&'static str> {
         self.fate.as_ref().and_then(ConnFate::ended)
@@ -684,30 +682,21 @@ fn end(status: Status) -> State {
     State::Trailers(trailers(&status))
 }
 
-/// The end of a survivor's call: GOAWAY with the reason (unless the peer's own GOAWAY went out
-/// already), then the status.
-fn peer_gone(cause: Cause, why: &str, had_goaway: bool) -> State {
-    let reason = cause.for_peer(why);
-    let status = trailers(&Status::aborted(reason.clone()));
+/// The end of a call the router ends for its caller (its peer went, or the router shuts
+/// down): a GOAWAY whose payload is the status's message (unless the peer's own GOAWAY went
+/// out already), then the status.
+fn goaway_then(status: Status, had_goaway: bool) -> State {
+    let trailers = trailers(&status);
     if had_goaway {
-        return State::Trailers(status);
+        return State::Trailers(trailers);
     }
-    State::GoAway(goaway_message(reason), status)
+    let reason = Bytes::copy_from_slice(status.message().as_bytes());
+    State::GoAway(crate::Frame::GoAway(reason).into_message(), trailers)
 }
 
-/// A GOAWAY message (prefix and `StreamResponse`) with `reason` as its payload.
-fn goaway_message(reason: String) -> Bytes {
-    let msg = crate::proto::StreamResponse {
-        payload: reason.into(),
-        frame_type: crate::proto::FrameType::Goaway as i32,
-    };
-    let len = msg.encoded_len();
-    let mut out = Vec::with_capacity(5 + len);
-    out.push(0);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    // Encoding into a Vec with room cannot fail.
-    let _ = msg.encode(&mut out);
-    out.into()
+/// The end of a survivor's call: its peer went.
+fn peer_gone(cause: Cause, why: &str, had_goaway: bool) -> State {
+    goaway_then(Status::aborted(cause.for_peer(why)), had_goaway)
 }
 
 /// How long a forwarder waits to learn why its peer's body ended without GOAWAY (its
@@ -717,14 +706,9 @@ const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// What the callers of a pair are told when the router shuts down past its grace period.
 const SHUTDOWN: &str = "router shutting down: its grace period is over";
 
-/// The end of a call the router ends as it shuts down: GOAWAY with the reason (unless the
-/// peer's own went out already), then `UNAVAILABLE`.
+/// The end of a call the router ends as it shuts down.
 fn shutting_down(had_goaway: bool) -> State {
-    let status = trailers(&Status::unavailable(SHUTDOWN));
-    if had_goaway {
-        return State::Trailers(status);
-    }
-    State::GoAway(goaway_message(SHUTDOWN.into()), status)
+    goaway_then(Status::unavailable(SHUTDOWN), had_goaway)
 }
 
 /// The status that ends a caller's call when the caller itself broke the stream.
@@ -792,23 +776,26 @@ impl Forwarding {
     /// connection and its response tell them apart. A caller whose connection and response
     /// are still there after [`VERDICT_WAIT`] ended its stream without GOAWAY.
     fn poll_verdict(&mut self, cx: &mut Context<'_>) -> Poll<(Cause, String)> {
-        let peer = self.me.other();
-        if let Some(why) = self.peer.connection_ended() {
-            return Poll::Ready((Cause::Lost, why.into()));
+        if self.peer.connection_ended().is_some() {
+            return Poll::Ready(self.peer_left());
         }
         // Registers for the peer's leaving (it wakes our response).
         let _ = self.pair.poll_end(self.me, cx);
-        if self.pair.has_left(peer) {
-            return Poll::Ready(match self.peer.connection_ended() {
-                Some(why) => (Cause::Lost, why.into()),
-                None => (Cause::Cancelled, "it cancelled its call".into()),
-            });
+        if self.pair.has_left(self.me.other()) {
+            return Poll::Ready(self.peer_left());
         }
         let timer = self
             .verdict
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(VERDICT_WAIT)));
         ready!(timer.as_mut().poll(cx));
         Poll::Ready((Cause::Aborted, "it ended its stream without GOAWAY".into()))
+    }
+
+    /// The peer's response is gone, or its connection: how it went (see [`Pair::peer_left`]).
+    fn peer_left(&self) -> (Cause, String) {
+        let connection = self.peer.connection_ended();
+        self.pair
+            .peer_left(self.me.other(), self.peer.reset, connection)
     }
 
     /// Adds what this forwarder carried to its pair's count, as it stops.
@@ -854,15 +841,15 @@ impl Forwarding {
                 self.pair.set_end(peer, End::Gone(cause, why.clone()));
                 peer_gone(cause, &why, draining)
             }
-            Poll::Ready(Inbound::End { .. }) if draining => {
+            Poll::Ready(Inbound::End) if draining => {
                 self.pair.set_end(peer, End::Clean);
                 State::Finishing {
                     pair: self.pair.clone(),
                     me,
                 }
             }
-            Poll::Ready(Inbound::End { reset }) => {
-                let (cause, why) = if reset {
+            Poll::Ready(Inbound::End) => {
+                let (cause, why) = if self.peer.reset {
                     (
                         Cause::Reset,
                         "it sent a RST_STREAM frame, then ended its stream".into(),
@@ -879,8 +866,7 @@ impl Forwarding {
                 match self.pair.poll_end(me, cx) {
                     Some(End::Gone(_, why)) => end(own_abort(why)),
                     _ if self.pair.has_left(peer) => {
-                        let ended = self.peer.connection_ended();
-                        let (cause, why) = self.pair.peer_left(peer, self.peer.reset, ended);
+                        let (cause, why) = self.peer_left();
                         peer_gone(cause, &why, draining)
                     }
                     _ => return Poll::Pending,

@@ -81,20 +81,9 @@ impl Queued {
     /// The whole gRPC message (a control frame is encoded here: its payload is small).
     #[cfg(feature = "client")]
     pub(super) fn into_message(self) -> Bytes {
-        use bytes::BufMut;
-        use prost::Message;
         match self {
             Queued::Message { bytes, .. } => bytes,
-            Queued::Frame(f) => {
-                let m = StreamRequest::from(f);
-                let len = m.encoded_len();
-                let mut buf = BytesMut::with_capacity(5 + len);
-                buf.put_u8(0);
-                buf.put_u32(len as u32);
-                m.encode(&mut buf)
-                    .expect("the buffer has room for the message");
-                buf.freeze()
-            }
+            Queued::Frame(f) => f.into_message(),
         }
     }
 }
