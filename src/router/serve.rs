@@ -199,21 +199,21 @@ impl ResolvesServerCert for CurrentCert {
 }
 
 /// The contents of the certificate file and of the key file.
-type Pair = (Vec<u8>, Vec<u8>);
+type PemPair = (Vec<u8>, Vec<u8>);
 
 /// The certificate files behind a [`CurrentCert`]. (No `Debug`: it holds the key.)
 struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
     /// What the current certificate was made from at start.
-    loaded: Pair,
+    loaded: PemPair,
     resolver: Arc<CurrentCert>,
 }
 
 impl CertFiles {
     /// Both files; `None` when the certificate changed while they were read (a Secret
     /// volume's `..data` swapped under us): the next tick reads the settled pair.
-    fn read(&self) -> Result<Option<Pair>, String> {
+    fn read(&self) -> Result<Option<PemPair>, String> {
         let read =
             |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let cert = read(&self.cert)?;
@@ -223,7 +223,7 @@ impl CertFiles {
 
     async fn poll(self: Arc<Self>, every: Duration) {
         // What the files held at the last look: a change is acted on (and logged) once.
-        let mut seen: Result<Pair, String> = Ok(self.loaded.clone());
+        let mut seen: Result<PemPair, String> = Ok(self.loaded.clone());
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -683,17 +683,7 @@ where
     /// GOAWAY nobody reads any more), so the writer gets the real error (a reset, an abort)
     /// rather than a bare "call ended".
     fn call_ended(&mut self, cx: &mut Context<'_>) -> io::Error {
-        let mut error = Error::CallEnded;
-        if let ReadState::Eof(Some(inbound)) = &mut self.read {
-            loop {
-                match Pin::new(&mut *inbound).poll_next(cx) {
-                    Poll::Ready(Some(Ok(_))) => continue,
-                    Poll::Ready(Some(Err(status))) => error = Error::Status(status),
-                    Poll::Ready(None) | Poll::Pending => {}
-                }
-                break;
-            }
-        }
+        let error = self.poll_final_error(cx).unwrap_or(Error::CallEnded);
         self.write = WriteState::Failed(error.clone());
         error.into()
     }

@@ -221,32 +221,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// `serve` as the operator's `/router`: its ports and the Go router's settings.
+/// `serve` as the operator's `/router`: its ports and the Go router's settings, given to
+/// the same command line as `serve`'s, so every other setting keeps `serve`'s default (and its
+/// environment variable).
 fn operator_cli(flags: &operator::GoFlags) -> Cli {
-    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
-    Cli {
-        log_format: if flags.json {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
-        },
-        command: Command::Serve {
-            listen: any(operator::GRPC_PORT),
-            plaintext: false,
-            grace: operator::GRACE_SECS,
-            pairing_timeout: None,
-            handshake_timeout: jumpstarter_router::router::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
-            keepalive_interval: jumpstarter_router::router::DEFAULT_KEEPALIVE
-                .0
-                .map_or(0, |d| d.as_secs()),
-            keepalive_timeout: jumpstarter_router::router::DEFAULT_KEEPALIVE.1.as_secs(),
-            max_pending: None,
-            max_pending_per_connection: None,
-            metrics_listen: flags.metrics,
-            health_listen: Some(any(operator::HEALTH_PORT)),
-            tls_reload_interval: ServeConfig::DEFAULT_TLS_RELOAD.as_secs(),
-        },
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port)).to_string();
+    let mut args = vec![
+        "jumpstarter-router".to_string(),
+        "--log-format".into(),
+        if flags.json { "json" } else { "text" }.into(),
+        "serve".into(),
+        "--listen".into(),
+        any(operator::GRPC_PORT),
+        "--grace".into(),
+        operator::GRACE_SECS.to_string(),
+        "--health-listen".into(),
+        any(operator::HEALTH_PORT),
+    ];
+    if let Some(metrics) = flags.metrics {
+        args.extend(["--metrics-listen".into(), metrics.to_string()]);
     }
+    Cli::parse_from(args)
 }
 
 fn fail(msg: &str) -> ExitCode {
