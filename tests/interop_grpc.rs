@@ -22,89 +22,20 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes};
 use jumpstarter_router::ClientBuilder;
 use prost::Message;
-use serde_json::Value;
 use support::process::Serve;
-use support::python::{self, python, repo};
+use support::python::{python, Py};
 use support::within;
-use tokio::sync::mpsc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 // ===== the venv and the lab =====
-
-/// A Python script of tests/interop running; killed when dropped. Its JSON lines arrive on
-/// `lines`; `stdin` stays open until [`Py::close_stdin`].
-struct Py {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<Value>,
-    name: String,
-}
-
-impl Py {
-    fn spawn(py: &Path, script: &str, args: &[&str]) -> Py {
-        let mut child = Command::new(py)
-            .arg(repo().join("tests/interop").join(script))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the Python script");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let who = script.to_string();
-        std::thread::spawn(move || python::read_events(stdout, &who, |v| tx.send(v).is_ok()));
-        Py {
-            stdin: child.stdin.take(),
-            child,
-            lines: rx,
-            name: format!("{script} {}", args.join(" ")),
-        }
-    }
-
-    /// The next JSON line for which `f` holds; an "error" line fails the test.
-    async fn next(&mut self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-        let what = format!("{what} from `{}`", self.name);
-        within(secs, &what, async {
-            loop {
-                let v = self
-                    .lines
-                    .recv()
-                    .await
-                    .unwrap_or_else(|| panic!("the script ended before {what}"));
-                assert_ne!(v["event"], "error", "{what}: {v}");
-                if v["event"] == "log" && !matches!(v["level"].as_str(), Some("INFO" | "DEBUG")) {
-                    eprintln!("{}: {v}", self.name);
-                }
-                if f(&v) {
-                    return v;
-                }
-            }
-        })
-        .await
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ===== gRPC over the router stream, with no .proto =====
 
@@ -224,8 +155,9 @@ async fn rust_calls_the_real_exporter_over_our_router() {
         py,
         "harness.py",
         &["certs", "--dir", &dir_arg, "--key-type", "ecdsa"],
+        false,
     );
-    certs.next("certs", 60, |v| v["event"] == "certs").await;
+    certs.next("certs", 60).await;
     let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let router = Serve::start_with_env(
         &[],
@@ -250,13 +182,20 @@ async fn rust_calls_the_real_exporter_over_our_router() {
             "--certs",
             &dir_arg,
         ],
+        true,
     );
     // The controller logs its own "dial" (no token); the lab's line has the router's.
     let dial = lab
-        .next("the dial event", 120, |v| {
-            v["event"] == "dial" && v["router_token"].is_string()
+        .wait_for(120, "the dial event", |v| {
+            (v["event"] == "dial" && v["router_token"].is_string()) || v["event"] == "error"
         })
         .await;
+    assert_eq!(
+        dial["event"],
+        "dial",
+        "the lab failed: {dial}\n{}",
+        lab.stderr()
+    );
     eprintln!("router on {endpoint}; lab ready after {:?}", t0.elapsed());
     let ca = std::fs::read(dial["ca"].as_str().unwrap()).unwrap();
     let client =
@@ -366,7 +305,7 @@ async fn rust_calls_the_real_exporter_over_our_router() {
     // Done: our side goes away, and the lab (lease deleted, exporter stopped) exits cleanly.
     drop(channel);
     lab.close_stdin();
-    lab.next("lab_exit", 60, |v| v["event"] == "lab_exit").await;
+    lab.next("lab_exit", 60).await;
     eprintln!("whole case in {:?}", t0.elapsed());
     drop(router);
     let _ = std::fs::remove_dir_all(&dir);

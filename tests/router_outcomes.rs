@@ -17,7 +17,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tonic::codegen::http;
 
 /// A caller made with the `h2` crate: its HTTP/2 connection's task, and its request body.
 struct RawCaller {
@@ -33,15 +32,7 @@ impl RawCaller {
         let conn = tokio::spawn(async move {
             let _ = conn.await;
         });
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/jumpstarter.v1.RouterService/Stream",
-                r.addr
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("authorization", format!("Bearer {token}"))
+        let request = support::attack::stream_request(r.addr, &format!("Bearer {token}"))
             .body(())
             .unwrap();
         let (response, body) = send.send_request(request, false).unwrap();
@@ -52,11 +43,11 @@ impl RawCaller {
         }
     }
 
-    /// Sends one DATA frame's message.
-    fn send_data(&mut self, payload: &[u8]) {
+    /// Sends one message: a frame of `frame_type` with `payload`.
+    fn send(&mut self, frame_type: i32, payload: &[u8]) {
         let msg = jumpstarter_router::proto::StreamRequest {
             payload: payload.to_vec().into(),
-            frame_type: 0,
+            frame_type,
         }
         .encode_to_vec();
         let mut out = vec![0u8];
@@ -73,7 +64,7 @@ async fn paired(r: &TestRouter, stream: &str) -> (RawCaller, RouterStream) {
     let mut ours = jumpstarter_router::connect(&r.endpoint(), &token)
         .await
         .unwrap();
-    raw.send_data(b"hello");
+    raw.send(0, b"hello");
     let mut buf = [0u8; 5];
     within(10, "the raw caller's hello", ours.read_exact(&mut buf))
         .await
@@ -172,14 +163,7 @@ async fn a_peer_lost_after_its_goaway_fails_the_survivors_writes() {
     let r = TestRouter::start().await;
     let (mut raw, mut ours) = paired(&r, "half-closed").await;
     // The raw caller finishes writing (GOAWAY) but never ends its request: then it is lost.
-    let goaway = jumpstarter_router::proto::StreamRequest {
-        payload: Bytes::new(),
-        frame_type: 7,
-    }
-    .encode_to_vec();
-    let mut msg = vec![0u8, 0, 0, 0, goaway.len() as u8];
-    msg.extend_from_slice(&goaway);
-    raw.body.send_data(msg.into(), false).unwrap();
+    raw.send(7, b"");
     let mut rest = Vec::new();
     within(5, "EOF", ours.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty());

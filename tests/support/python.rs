@@ -3,12 +3,16 @@
 //! scripts in `tests/interop/` print.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::within;
 
 /// The repository (where `tests/interop/` is).
 pub fn repo() -> &'static Path {
@@ -16,7 +20,7 @@ pub fn repo() -> &'static Path {
 }
 
 /// A script of `tests/interop/`.
-pub fn script(name: &str) -> PathBuf {
+pub fn script_path(name: &str) -> PathBuf {
     repo().join("tests/interop").join(name)
 }
 
@@ -69,5 +73,195 @@ pub fn read_events(from: impl Read, name: &str, mut each: impl FnMut(Value) -> b
                 }
             }
         }
+    }
+}
+
+/// A Python process whose stdout lines are JSON events, each stamped with the instant it was
+/// read; killed when dropped.
+pub struct Py {
+    child: Child,
+    name: String,
+    lines: mpsc::UnboundedReceiver<(Instant, Value)>,
+    /// Every event so far (the log lines are counted from here).
+    pub all: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Py {
+    pub fn spawn(py: &Path, script: &str, args: &[&str], stdin: bool) -> Py {
+        let mut child = Command::new(py)
+            .arg(script_path(script))
+            .args(args)
+            .env("NONINTERACTIVE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start python");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let keep = all.clone();
+        let who = script.to_string();
+        std::thread::spawn(move || {
+            read_events(stdout, &who, |v| {
+                keep.lock().unwrap().push(v.clone());
+                let _ = tx.send((Instant::now(), v));
+                true
+            })
+        });
+        let err = Arc::new(Mutex::new(String::new()));
+        let keep = err.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut s = keep.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let stdin = child.stdin.take();
+        Py {
+            child,
+            name: format!("{script} {}", args.first().copied().unwrap_or_default()),
+            lines: rx,
+            all,
+            stderr: err,
+            stdin,
+        }
+    }
+
+    pub fn session(py: &Path, args: &[&str]) -> Py {
+        Self::spawn(py, "session.py", args, false)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next event matching `f` within `limit`, with the instant it was read; `None` on
+    /// timeout.
+    pub async fn try_wait_for(
+        &mut self,
+        limit: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Option<(Value, Instant)> {
+        tokio::time::timeout(limit, async {
+            loop {
+                match self.lines.recv().await {
+                    Some((at, v)) if f(&v) => return Some((v, at)),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The next event matching `f` within `secs`; panics with the process's stderr otherwise.
+    pub async fn wait_for(&mut self, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        match self.try_wait_for(Duration::from_secs(secs), f).await {
+            Some((v, _)) => v,
+            None => panic!(
+                "no {what} from `{}` within {secs} s (or it ended)\nstderr:\n{}\nlast events:\n{}",
+                self.name,
+                self.stderr(),
+                self.tail(15)
+            ),
+        }
+    }
+
+    /// The next event named `event` (an "error" event fails the test).
+    pub async fn next(&mut self, event: &str, secs: u64) -> Value {
+        let v = self
+            .wait_for(secs, event, |v| {
+                v["event"] == event || v["event"] == "error"
+            })
+            .await;
+        assert_eq!(
+            v["event"],
+            event,
+            "`{}` failed: {v}\n{}",
+            self.name,
+            self.stderr()
+        );
+        v
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        let all = self.all.lock().unwrap();
+        all[all.len().saturating_sub(n)..]
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Its log lines at WARNING or above so far.
+    pub fn warnings(&self) -> Vec<Value> {
+        self.all
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["event"] == "log"
+                    && matches!(v["level"].as_str(), Some("WARNING" | "ERROR" | "CRITICAL"))
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes its stdin (a `lab` then ends).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&self) {
+        let pid = self.pid().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Its exit status, within `secs`.
+    pub async fn exit_status(&mut self, secs: u64) -> ExitStatus {
+        let what = format!("`{}` to exit", self.name);
+        within(secs, &what, async {
+            loop {
+                if let Some(s) = self.child.try_wait().unwrap() {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
