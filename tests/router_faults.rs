@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jumpstarter_router::router::{Auth, CallResult, Router};
+use jumpstarter_router::router::{Auth, CallResult, Keepalive, Router};
 use jumpstarter_router::ClientBuilder;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,9 +176,10 @@ async fn pair_through_proxy(
 }
 
 fn router_with_keepalive() -> Router {
-    Router::builder(Auth::new(KEY))
-        .keepalive(Some(Duration::from_secs(1)), Duration::from_secs(2))
-        .build()
+    let mut keepalive = Keepalive::default();
+    keepalive.interval = Some(Duration::from_secs(1));
+    keepalive.timeout = Duration::from_secs(2);
+    Router::builder(Auth::new(KEY)).keepalive(keepalive).build()
 }
 
 /// A blackhole between A and the router: A's keepalive fails A, the router's fails A's call

@@ -1,9 +1,10 @@
 //! HTTP/2 keepalive enforcement, like the Go router's gRPC server
-//! (`keepalive.EnforcementPolicy{MinTime: 1s, PermitWithoutStream: true}`).
+//! (`keepalive.EnforcementPolicy`, by default `{MinTime: 1s, PermitWithoutStream: true}`).
 //!
-//! Jumpstarter's clients ping every 20 s, also with no call open: that is always allowed. A
-//! client that pings more often than once a second more than [`MAX_PING_STRIKES`] times in a
-//! row gets a GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings", as grpc-go sends it, and its
+//! Jumpstarter's clients ping every 20 s, also with no call open: that is allowed by default.
+//! A client that pings more often than `min_time` more than [`MAX_PING_STRIKES`] times in a
+//! row (or, without `permit_without_stream`, more often than every two hours with no call
+//! open) gets a GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings", as grpc-go sends it, and its
 //! connection is closed. hyper has no such policy, so the wrapper writes that GOAWAY itself,
 //! between two of hyper's frames (it follows the frame boundaries of what hyper writes; in
 //! the rare case hyper is mid-frame, the connection is closed without it), and hyper's later
@@ -18,8 +19,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,10 +30,29 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Pings closer together than this earn a strike.
-pub(crate) const MIN_PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Strikes allowed before the connection is closed (grpc-go's `maxPingStrikes`).
 pub(crate) const MAX_PING_STRIKES: u32 = 2;
+/// Without `permit_without_stream`, pings with no call open closer together than this are
+/// strikes (grpc-go's `defaultPingTimeout`).
+const PING_WITHOUT_STREAM_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// The client ping policy of a connection (grpc-go's `keepalive.EnforcementPolicy`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PingRules {
+    /// Pings closer together than this earn a strike.
+    pub(crate) min_time: Duration,
+    /// Pings are allowed with no call open.
+    pub(crate) permit_without_stream: bool,
+}
+
+impl Default for PingRules {
+    fn default() -> Self {
+        PingRules {
+            min_time: Duration::from_secs(1),
+            permit_without_stream: true,
+        }
+    }
+}
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
@@ -107,6 +127,7 @@ impl Scan {
 /// grpc-go's ping policy for one server connection.
 #[derive(Debug)]
 pub(crate) struct PingPolicy {
+    rules: PingRules,
     inbound: Scan,
     outbound: Scan,
     last_ping: Option<Instant>,
@@ -118,8 +139,9 @@ pub(crate) struct PingPolicy {
 }
 
 impl PingPolicy {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(rules: PingRules) -> Self {
         PingPolicy {
+            rules,
             inbound: Scan::Preface(PREFACE_LEN),
             outbound: Scan::header(),
             last_ping: None,
@@ -129,9 +151,16 @@ impl PingPolicy {
         }
     }
 
-    /// Feeds bytes the client sent; `Err` when it pinged too often.
-    pub(crate) fn feed(&mut self, bytes: &[u8], now: Instant) -> io::Result<()> {
+    /// Feeds bytes the client sent; `Err` when it pinged too often. `calls()` says how many
+    /// calls the connection has open (asked only for a PING).
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+        calls: impl Fn() -> usize,
+    ) -> io::Result<()> {
         let Self {
+            rules,
             inbound,
             last_ping,
             strikes,
@@ -151,14 +180,16 @@ impl PingPolicy {
                 *strikes = 0;
                 return Ok(());
             }
-            if last.is_some_and(|t| now.duration_since(t) < MIN_PING_INTERVAL) {
+            let min = if rules.permit_without_stream || calls() > 0 {
+                rules.min_time
+            } else {
+                PING_WITHOUT_STREAM_INTERVAL
+            };
+            if last.is_some_and(|t| now.duration_since(t) < min) {
                 *strikes += 1;
             }
             if *strikes > MAX_PING_STRIKES {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "too_many_pings: the client pings more often than once a second",
-                ));
+                return Err(too_many_pings());
             }
             Ok(())
         })
@@ -202,14 +233,58 @@ impl PingPolicy {
     }
 }
 
-/// What became of a client connection, for the calls on it: hyper ends a request body the
-/// same way (no error) for an HTTP/2 cancel, a keepalive timeout and a caller that ended its
-/// stream, so the router asks the connection. Shared by the connection and its requests
-/// (through [`ConnInfo`]).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct ConnFate(Arc<AtomicU8>);
+fn too_many_pings() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "too_many_pings: the client pings more often than the router's keepalive policy allows",
+    )
+}
 
-impl ConnFate {
+/// What the calls and the server loop of a client connection know of it, shared by the
+/// connection and its requests (through [`ConnInfo`]):
+///
+/// - What became of it: hyper ends a request body the same way (no error) for an HTTP/2
+///   cancel, a keepalive timeout and a caller that ended its stream, so the router asks the
+///   connection.
+/// - How many calls it has open, and since when it has had none (for the ping policy and
+///   `max_connection_idle`).
+#[derive(Clone, Debug)]
+pub(crate) struct ConnState(Arc<ConnShared>);
+
+#[derive(Debug)]
+struct ConnShared {
+    fate: AtomicU8,
+    calls: AtomicUsize,
+    /// When the last call ended (or the connection began).
+    idle_since: Mutex<Instant>,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState(Arc::new(ConnShared {
+            fate: AtomicU8::new(Self::OPEN),
+            calls: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }))
+    }
+}
+
+/// One call open on a connection, until dropped.
+#[derive(Debug)]
+pub(crate) struct CallGuard(ConnState);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let shared = &(self.0).0;
+        if shared.calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut since) = shared.idle_since.lock() {
+                *since = Instant::now();
+            }
+        }
+    }
+}
+
+impl ConnState {
     const OPEN: u8 = 0;
     const EOF: u8 = 1;
     const FAILED: u8 = 2;
@@ -219,12 +294,30 @@ impl ConnFate {
     fn set(&self, fate: u8) {
         let _ = self
             .0
+            .fate
             .compare_exchange(Self::OPEN, fate, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A call begins; it ends when the guard is dropped.
+    pub(crate) fn call(&self) -> CallGuard {
+        self.0.calls.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// How many calls are open.
+    pub(crate) fn calls(&self) -> usize {
+        self.0.calls.load(Ordering::Acquire)
+    }
+
+    /// Since when the connection has had no call open; `None` while it has one.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let since = *self.0.idle_since.lock().ok()?;
+        (self.calls() == 0).then_some(since)
     }
 
     /// How the connection ended, if it did.
     pub(crate) fn ended(&self) -> Option<&'static str> {
-        match self.0.load(Ordering::Acquire) {
+        match self.0.fate.load(Ordering::Acquire) {
             Self::OPEN => None,
             Self::EOF => Some("its connection was closed from its end"),
             Self::FAILED => Some("its connection failed"),
@@ -235,11 +328,11 @@ impl ConnFate {
     }
 }
 
-/// The connect info of a router connection: its addresses, and its [`ConnFate`].
+/// The connect info of a router connection: its addresses, and its [`ConnState`].
 #[derive(Clone, Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) tcp: TcpConnectInfo,
-    pub(crate) fate: ConnFate,
+    pub(crate) state: ConnState,
 }
 
 /// A server connection whose inbound bytes go through a [`PingPolicy`], and that fails when
@@ -248,7 +341,7 @@ pub(crate) struct KeepalivePolicy<IO> {
     io: IO,
     policy: PingPolicy,
     info: TcpConnectInfo,
-    fate: ConnFate,
+    state: ConnState,
     /// A GOAWAY of ours going out (and how much of it went) before the connection fails.
     closing: Option<(Vec<u8>, usize)>,
     /// Until the preface is in: the deadline, and the bytes seen so far.
@@ -257,12 +350,17 @@ pub(crate) struct KeepalivePolicy<IO> {
 
 impl<IO> KeepalivePolicy<IO> {
     /// `deadline`: when the connection fails if the preface is not in.
-    pub(crate) fn new(io: IO, info: TcpConnectInfo, deadline: tokio::time::Instant) -> Self {
+    pub(crate) fn new(
+        io: IO,
+        info: TcpConnectInfo,
+        deadline: tokio::time::Instant,
+        rules: PingRules,
+    ) -> Self {
         KeepalivePolicy {
             io,
-            policy: PingPolicy::new(),
+            policy: PingPolicy::new(rules),
             info,
-            fate: ConnFate::default(),
+            state: ConnState::default(),
             closing: None,
             preface: Some((Box::pin(tokio::time::sleep_until(deadline)), 0)),
         }
@@ -295,10 +393,7 @@ impl<IO: AsyncWrite + Unpin> KeepalivePolicy<IO> {
         }
         // A write error here changes nothing: the connection fails either way.
         let _ = std::task::ready!(self.poll_goaway(cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "too_many_pings: the client pings more often than once a second",
-        )))
+        Poll::Ready(Err(too_many_pings()))
     }
 }
 
@@ -332,15 +427,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for KeepalivePolicy<IO> {
             }
         }
         if let Err(e) = std::task::ready!(read) {
-            me.fate.set(ConnFate::FAILED);
+            me.state.set(ConnState::FAILED);
             return Poll::Ready(Err(e));
         }
         if buf.filled().len() == before && buf.remaining() > 0 {
-            me.fate.set(ConnFate::EOF);
+            me.state.set(ConnState::EOF);
         }
+        let state = &me.state;
         if me
             .policy
-            .feed(&buf.filled()[before..], Instant::now())
+            .feed(&buf.filled()[before..], Instant::now(), || state.calls())
             .is_err()
         {
             return me.poll_too_many_pings(cx);
@@ -351,7 +447,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for KeepalivePolicy<IO> {
 
 impl<IO> Drop for KeepalivePolicy<IO> {
     fn drop(&mut self) {
-        self.fate.set(ConnFate::DROPPED);
+        self.state.set(ConnState::DROPPED);
     }
 }
 
@@ -400,7 +496,7 @@ impl<IO> Connected for KeepalivePolicy<IO> {
     fn connect_info(&self) -> ConnInfo {
         ConnInfo {
             tcp: self.info.clone(),
-            fate: self.fate.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -433,43 +529,49 @@ mod tests {
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(0x4, 0, &[0; 6])); // SETTINGS
         let t0 = Instant::now();
-        let mut p = PingPolicy::new();
+        let mut p = PingPolicy::new(PingRules::default());
         for b in wire.chunks(1) {
-            p.feed(b, t0).unwrap();
+            p.feed(b, t0, || 1).unwrap();
         }
         let ping = frame(TYPE_PING, 0, &[1; 8]);
         // The first ping and MAX_PING_STRIKES early ones pass...
         for i in 0..=MAX_PING_STRIKES {
             for b in ping.chunks(1) {
-                p.feed(b, t0 + Duration::from_millis(10 * i as u64))
+                p.feed(b, t0 + Duration::from_millis(10 * i as u64), || 1)
                     .unwrap();
             }
         }
         // ... one more is too many.
-        assert!(p.feed(&ping, t0 + Duration::from_millis(50)).is_err());
+        assert!(p.feed(&ping, t0 + Duration::from_millis(50), || 1).is_err());
     }
 
     #[test]
     fn pings_a_second_apart_acks_and_activity_are_fine() {
-        let mut p = PingPolicy::new();
+        let mut p = PingPolicy::new(PingRules::default());
         let t0 = Instant::now();
-        p.feed(PREFACE, t0).unwrap();
+        p.feed(PREFACE, t0, || 1).unwrap();
         for i in 0..10 {
             p.feed(
                 &frame(TYPE_PING, 0, &[0; 8]),
                 t0 + Duration::from_millis(1001 * i),
+                || 1,
             )
             .unwrap();
             // ACKs never count
-            p.feed(&frame(TYPE_PING, FLAG_ACK, &[0; 8]), t0).unwrap();
+            p.feed(&frame(TYPE_PING, FLAG_ACK, &[0; 8]), t0, || 1)
+                .unwrap();
         }
         // Inbound DATA does not reset the strikes (as in grpc-go)...
         let t1 = t0 + Duration::from_secs(20);
         let mut struck = false;
         for i in 0..10 {
-            p.feed(&frame(TYPE_DATA, 0, &[7; 100]), t1).unwrap();
-            if p.feed(&frame(TYPE_PING, 0, &[0; 8]), t1 + Duration::from_millis(i))
-                .is_err()
+            p.feed(&frame(TYPE_DATA, 0, &[7; 100]), t1, || 1).unwrap();
+            if p.feed(
+                &frame(TYPE_PING, 0, &[0; 8]),
+                t1 + Duration::from_millis(i),
+                || 1,
+            )
+            .is_err()
             {
                 struck = true;
                 break;
@@ -523,7 +625,7 @@ mod tests {
         goaway.extend_from_slice(b"too_many_pings");
         script.write(&goaway);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut io = KeepalivePolicy::new(script.build(), info, deadline);
+        let mut io = KeepalivePolicy::new(script.build(), info, deadline, PingRules::default());
         let mut buf = [0u8; 64];
         assert_eq!(io.read(&mut buf).await.unwrap(), PREFACE.len());
         for _ in 0..4 {
@@ -547,7 +649,12 @@ mod tests {
             remote_addr: None,
         };
         let start = Instant::now();
-        let mut io = KeepalivePolicy::new(silent, info, start + Duration::from_secs(10));
+        let mut io = KeepalivePolicy::new(
+            silent,
+            info,
+            start + Duration::from_secs(10),
+            PingRules::default(),
+        );
         let e = io.read(&mut [0u8; 64]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         assert_eq!(start.elapsed(), Duration::from_secs(10));
@@ -555,26 +662,30 @@ mod tests {
 
     #[test]
     fn server_data_or_headers_reset_the_strikes() {
-        let mut p = PingPolicy::new();
+        let mut p = PingPolicy::new(PingRules::default());
         let t0 = Instant::now();
-        p.feed(PREFACE, t0).unwrap();
+        p.feed(PREFACE, t0, || 1).unwrap();
         // A receiving client's BDP pings: each follows DATA the server sent, split anywhere.
         for i in 0..100u64 {
             let mut out = frame(TYPE_DATA, 0, &[7; 300]);
             out.extend(frame(TYPE_PING, FLAG_ACK, &[0; 8]));
             let (a, b) = out.split_at((i as usize * 7) % out.len());
             p.sent_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)], out.len());
-            p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0 + Duration::from_millis(i))
-                .unwrap();
+            p.feed(
+                &frame(TYPE_PING, 0, &[0; 8]),
+                t0 + Duration::from_millis(i),
+                || 1,
+            )
+            .unwrap();
         }
         // HEADERS count too; PING ACKs and SETTINGS do not.
         p.sent(&frame(TYPE_HEADERS, 0x4, &[0; 20]));
-        p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0).unwrap();
+        p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0, || 1).unwrap();
         let mut struck = false;
         for _ in 0..=MAX_PING_STRIKES {
             p.sent(&frame(TYPE_PING, FLAG_ACK, &[0; 8]));
             p.sent(&frame(0x4, 0, &[]));
-            struck |= p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0).is_err();
+            struck |= p.feed(&frame(TYPE_PING, 0, &[0; 8]), t0, || 1).is_err();
         }
         assert!(struck, "control frames alone must not reset the strikes");
     }

@@ -5,7 +5,7 @@
 //!   written together;
 //! - [`KeepalivePolicy`] (router): the HTTP/2 keepalive enforcement of grpc-go's server, and
 //!   the deadline for the client's connection preface, on the decrypted bytes; and what
-//!   became of the connection ([`ConnFate`]), for the calls on it.
+//!   became of the connection and how many calls it has open ([`ConnState`]).
 
 mod batched_io;
 #[cfg(feature = "router")]
@@ -13,4 +13,4 @@ mod keepalive_policy;
 
 pub(crate) use batched_io::BatchedIo;
 #[cfg(feature = "router")]
-pub(crate) use keepalive_policy::{ConnFate, ConnInfo, KeepalivePolicy};
+pub(crate) use keepalive_policy::{CallGuard, ConnInfo, ConnState, KeepalivePolicy, PingRules};

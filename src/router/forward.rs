@@ -71,7 +71,7 @@ use tonic::Status;
 use super::metrics::{CallResult, Direction, Metrics};
 use super::pairing::Pending;
 use super::{Inner, StreamTag};
-use crate::h2io::ConnFate;
+use crate::h2io::ConnState;
 use crate::wire::Parser;
 
 /// The two callers of a pair, in the order they came.
@@ -175,7 +175,7 @@ pub(super) struct RequestBody {
     /// A RST_STREAM frame went by.
     reset: bool,
     /// What became of the caller's connection (our own server's connections say).
-    fate: Option<ConnFate>,
+    fate: Option<ConnState>,
 }
 
 enum BodyState {
@@ -190,7 +190,7 @@ impl RequestBody {
     pub(super) fn new(
         body: tonic::body::Body,
         max_message_size: usize,
-        fate: Option<ConnFate>,
+        fate: Option<ConnState>,
     ) -> Self {
         RequestBody {
             body,
@@ -290,7 +290,7 @@ impl RequestBody {
 
     /// How the caller's connection ended, if it did.
     fn connection_ended(&self) -> Option<&'static str> {
-        self.fate.as_ref().and_then(ConnFate::ended)
+        self.fate.as_ref().and_then(ConnState::ended)
     }
 }
 

@@ -42,8 +42,10 @@
 //!   `Unimplemented`: the router forwards messages as they are and reads their frame types.
 
 mod auth;
+mod connections;
 mod error;
 mod forward;
+mod keepalive;
 mod metrics;
 mod pairing;
 mod serve;
@@ -64,6 +66,7 @@ use tonic::Status;
 pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
 pub use error::ConfigError;
 pub use forward::Forward;
+pub use keepalive::Keepalive;
 pub use metrics::{CallResult, Direction, Metrics};
 /// The `prometheus-client` this crate's [`Metrics`] are made with, for [`Metrics::register`].
 pub use prometheus_client;
@@ -73,14 +76,6 @@ use forward::RequestBody;
 
 /// How long a new connection may take for its TLS handshake and HTTP/2 preface by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The router's HTTP/2 keepalive by default: a PING every 10 s, 180 s for the answer. These are
-/// the defaults of Jumpstarter's operator (`grpc.keepalive.intervalTime` and `timeout`), so an
-/// operator-installed Go router and this one behave alike; the long timeout keeps a session up
-/// while an exporter's network is saturated (flashing), and the PINGs keep proxies' idle
-/// timers (nginx's 60 s) from closing a quiet session.
-pub const DEFAULT_KEEPALIVE: (Option<Duration>, Duration) =
-    (Some(Duration::from_secs(10)), Duration::from_secs(180));
 
 /// The gRPC path of the one method the router serves.
 const STREAM_PATH: &str = "/jumpstarter.v1.RouterService/Stream";
@@ -107,7 +102,7 @@ pub struct RouterBuilder {
     max_message_size: usize,
     caps: pairing::Caps,
     handshake_timeout: Duration,
-    keepalive: (Option<Duration>, Duration),
+    keepalive: Keepalive,
 }
 
 pub(crate) struct Inner {
@@ -122,7 +117,7 @@ pub(crate) struct Inner {
     max_message_size: usize,
     caps: pairing::Caps,
     handshake_timeout: Duration,
-    keepalive: (Option<Duration>, Duration),
+    keepalive: Keepalive,
 }
 
 /// A snapshot of a router's counters.
@@ -183,13 +178,13 @@ impl RouterBuilder {
         self
     }
 
-    /// HTTP/2 keepalive from the router: a PING to each client connection every `interval`
-    /// (`None`: never), and the connection closed, with every call on it, when no answer comes
-    /// within `timeout` (default [`DEFAULT_KEEPALIVE`]: 10 s and 180 s, as Jumpstarter's
-    /// operator sets the Go router, so a client that vanished without a FIN or RST is noticed
-    /// within 190 s and its peer told).
-    pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
-        self.keepalive = (interval, timeout);
+    /// How client connections are kept alive, their pings policed and their age limited
+    /// (default [`Keepalive::default`]: a PING every 10 s and 180 s for the answer, as
+    /// Jumpstarter's operator sets the Go router, so a client that vanished without a FIN or
+    /// RST is noticed within 190 s and its peer told; the PINGs also keep proxies' idle timers
+    /// from closing a quiet session). Applies to the serve functions.
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
         self
     }
 
@@ -224,7 +219,7 @@ impl Router {
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             caps: pairing::Caps::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            keepalive: DEFAULT_KEEPALIVE,
+            keepalive: Keepalive::default(),
         }
     }
 
@@ -345,7 +340,7 @@ impl Router {
         // Our own server's connections say what became of them; another server's give the
         // address at most.
         let (conn, fate) = match req.extensions().get::<crate::h2io::ConnInfo>() {
-            Some(info) => (info.tcp.remote_addr(), Some(info.fate.clone())),
+            Some(info) => (info.tcp.remote_addr(), Some(info.state.clone())),
             None => (
                 req.extensions()
                     .get::<tonic::transport::server::TcpConnectInfo>()

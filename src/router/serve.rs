@@ -4,12 +4,10 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
 use std::convert::Infallible;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -29,7 +27,7 @@ use tonic_health::server::HealthService;
 
 use super::{ConfigError, Router};
 use crate::h2io::BatchedIo;
-use crate::h2io::KeepalivePolicy;
+use crate::h2io::{KeepalivePolicy, PingRules};
 
 /// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
 ///
@@ -498,15 +496,7 @@ impl Service<http::Request<tonic::body::Body>> for WithHealth {
 
 impl Router {
     /// Serves on `listener` without TLS until `shutdown` completes, then waits for open calls.
-    ///
-    /// # Errors
-    ///
-    /// When serving fails (tonic's transport error).
-    pub async fn serve_plaintext(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error> {
+    pub async fn serve_plaintext(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         self.serve_listener(listener, None, shutdown).await
     }
 
@@ -514,28 +504,25 @@ impl Router {
     /// for open calls to end. The router's [health service](Router::health_service) is served
     /// beside it, and says `NOT_SERVING` from the moment `shutdown` completes.
     ///
-    /// # Errors
-    ///
-    /// When the TLS settings are rejected or serving fails.
-    ///
     /// Connections are accepted by a small task that also runs the TLS handshakes (so a slow
-    /// client never holds up the others); it ends, closing the listener, when `shutdown`
-    /// completes. Each connection's inbound HTTP/2 frames go through the keepalive policy
-    /// of the Go router (PINGs at most once a second, also with no call open).
-    ///
-    /// This accept loop is ours rather than tonic's because that policy must see the
-    /// decrypted HTTP/2 bytes, under TLS too: tonic's own TLS layer hands the server a stream
-    /// with no place to put a wrapper between TLS and HTTP/2.
+    /// client never holds up the others). Each connection is served by hyper's HTTP/2 server
+    /// in a task of its own, under the router's [`Keepalive`](super::Keepalive) settings:
+    /// its PINGs, the ping policy of the Go router's gRPC server (checked on the decrypted
+    /// HTTP/2 frames), and the idle and age limits. When `shutdown` completes, the listener is
+    /// closed and every connection is sent a GOAWAY; this returns when all have closed.
     pub async fn serve_listener(
         self,
         listener: TcpListener,
         tls: Option<ServerTls>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error> {
-        let handshake = self.inner.handshake_timeout;
-        let (interval, timeout) = self.inner.keepalive;
+    ) {
+        let keepalive = self.inner.keepalive.clone();
+        let rules = PingRules {
+            min_time: keepalive.min_time,
+            permit_without_stream: keepalive.permit_without_stream,
+        };
         let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
-        let incoming = Incoming::spawn(listener, acceptor, handshake);
+        let incoming = Incoming::spawn(listener, acceptor, self.inner.handshake_timeout, rules);
         self.set_serving(true).await;
         let svc = WithHealth {
             health: self.health_service(),
@@ -545,15 +532,7 @@ impl Router {
             shutdown.await;
             self.set_serving(false).await;
         };
-        Server::builder()
-            .http2_keepalive_interval(interval)
-            .http2_keepalive_timeout(Some(timeout))
-            .max_frame_size(crate::MAX_FRAME_SIZE)
-            .initial_stream_window_size(crate::STREAM_WINDOW)
-            .initial_connection_window_size(crate::CONNECTION_WINDOW)
-            .tcp_nodelay(true)
-            .serve_with_incoming_shutdown(svc, incoming, shutdown)
-            .await
+        super::connections::serve(incoming.rx, svc, &keepalive, shutdown).await;
     }
 
     /// Serves as the `serve` command does: binds `config.listen`, logs the address, and on
@@ -636,7 +615,8 @@ impl Router {
     }
 }
 
-type Conn = KeepalivePolicy<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
+pub(super) type Conn =
+    KeepalivePolicy<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
 
 /// Accepted (and TLS-terminated) connections, from the acceptor task.
 struct Incoming {
@@ -644,7 +624,12 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, handshake: Duration) -> Self {
+    fn spawn(
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        handshake: Duration,
+        rules: PingRules,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Conn>(64);
         tokio::spawn(async move {
             loop {
@@ -676,7 +661,12 @@ impl Incoming {
                 match &tls {
                     None => {
                         if tx
-                            .send(KeepalivePolicy::new(Either::Left(tcp), info, deadline))
+                            .send(KeepalivePolicy::new(
+                                Either::Left(tcp),
+                                info,
+                                deadline,
+                                rules,
+                            ))
                             .await
                             .is_err()
                         {
@@ -688,8 +678,12 @@ impl Incoming {
                         tokio::spawn(async move {
                             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                                 Ok(Ok(tls)) => {
-                                    let guard =
-                                        KeepalivePolicy::new(Either::Right(tls), info, deadline);
+                                    let guard = KeepalivePolicy::new(
+                                        Either::Right(tls),
+                                        info,
+                                        deadline,
+                                        rules,
+                                    );
                                     let _ = tx.send(guard).await;
                                 }
                                 Ok(Err(e)) => {
@@ -705,14 +699,6 @@ impl Incoming {
             }
         });
         Incoming { rx }
-    }
-}
-
-impl Stream for Incoming {
-    type Item = Result<Conn, std::io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().rx.poll_recv(cx).map(|c| c.map(Ok))
     }
 }
 
@@ -746,14 +732,8 @@ impl Router {
     }
 }
 
-fn flatten(
-    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), ConfigError> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ConfigError::Serve(e.to_string())),
-        Err(e) => Err(ConfigError::Serve(format!("the router task failed: {e}"))),
-    }
+fn flatten(r: Result<(), tokio::task::JoinError>) -> Result<(), ConfigError> {
+    r.map_err(|e| ConfigError::Serve(format!("the router task failed: {e}")))
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,8 @@
 //! `jumpstarter-router`: serve a Jumpstarter router, or tunnel TCP or stdio through one.
 
+mod controller_config;
+#[cfg(feature = "kube")]
+mod kubernetes;
 mod operator;
 mod progress;
 
@@ -9,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
+use jumpstarter_router::router::{Auth, Keepalive, Router, ServeConfig, TlsMode};
 use jumpstarter_router::{ClientBuilder, RouterStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,13 +62,8 @@ enum Command {
         /// Seconds a new connection may take for its TLS handshake and HTTP/2 preface.
         #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
         handshake_timeout: u64,
-        /// Seconds between the router's HTTP/2 keepalive PINGs to each client connection (0:
-        /// none).
-        #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_KEEPALIVE.0.map_or(0, |d| d.as_secs()))]
-        keepalive_interval: u64,
-        /// Seconds a client has to answer a keepalive PING before its connection is closed.
-        #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_KEEPALIVE.1.as_secs())]
-        keepalive_timeout: u64,
+        #[command(flatten)]
+        keepalive: Box<KeepaliveArgs>,
         /// At most this many callers wait for their peer at once; past it, a caller that would
         /// wait gets RESOURCE_EXHAUSTED (default: no cap).
         #[arg(long, value_name = "CALLERS")]
@@ -112,6 +110,127 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+}
+
+/// The router's connection settings (grpc-go's server keepalive). A duration is a Go
+/// duration ("10s", "3m0s") or a number of seconds. Each flag overrides the configuration
+/// (--config or --kube-namespace), which overrides the defaults.
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Connection keepalive")]
+struct KeepaliveArgs {
+    /// Jumpstarter's controller configuration, YAML, as in the `config` key of the
+    /// jumpstarter-controller ConfigMap: its grpc.keepalive section is read as the Go router
+    /// reads it.
+    #[arg(long, value_name = "FILE", env = "JMP_ROUTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Read the controller configuration from the jumpstarter-controller ConfigMap in this
+    /// Kubernetes namespace (credentials: --kubeconfig, KUBECONFIG, ~/.kube/config, or the
+    /// pod's service account). `/router` does this with $NAMESPACE, as the Go router does.
+    #[cfg(feature = "kube")]
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "config")]
+    kube_namespace: Option<String>,
+    /// The kubeconfig for --kube-namespace.
+    #[cfg(feature = "kube")]
+    #[arg(long, value_name = "FILE", requires = "kube_namespace")]
+    kubeconfig: Option<PathBuf>,
+    /// How often the router PINGs each client connection (intervalTime; 0: never)
+    /// [default: 10s, the operator's].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    keepalive_interval: Option<Duration>,
+    /// How long a client has to answer a PING before its connection, with every call on it,
+    /// is closed (timeout) [default: 180s, the operator's; long, for an exporter whose network
+    /// is saturated while it flashes].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    keepalive_timeout: Option<Duration>,
+    /// Clients' PINGs closer together than this are strikes; past two in a row the client
+    /// gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings" (minTime) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    keepalive_min_time: Option<Duration>,
+    /// Whether clients may PING with no call open (permitWithoutStream) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    keepalive_permit_without_stream: Option<bool>,
+    /// Close a connection gracefully after this long with no call open (maxConnectionIdle;
+    /// 0: never) [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    max_connection_idle: Option<Duration>,
+    /// Send a connection this old a GOAWAY: no new calls, its calls go on
+    /// (maxConnectionAge; 0: never) [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    max_connection_age: Option<Duration>,
+    /// Close a connection past its max age this long after its GOAWAY, with its calls
+    /// (maxConnectionAgeGrace; 0: at once) [default: when its calls end].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    max_connection_age_grace: Option<Duration>,
+}
+
+/// A Go duration, or a number of seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => controller_config::parse_go_duration(s),
+    }
+}
+
+impl KeepaliveArgs {
+    /// The settings: defaults, then the configuration, then the flags.
+    async fn resolve(self) -> Result<Keepalive, String> {
+        let mut k = Keepalive::default();
+        let mut source = None;
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            source = Some((path.display().to_string(), text));
+        }
+        #[cfg(feature = "kube")]
+        if let Some(ns) = &self.kube_namespace {
+            let text = kubernetes::read_config(ns, self.kubeconfig.as_deref()).await?;
+            source = Some((
+                format!("ConfigMap {ns}/{}", controller_config::CONFIG_MAP),
+                text,
+            ));
+        }
+        if let Some((from, text)) = source {
+            k = controller_config::apply(&text, k)
+                .map_err(|e| format!("bad keepalive configuration in {from}: {e}"))?;
+            tracing::info!(from = %from, "keepalive configuration read");
+        }
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        if let Some(d) = self.keepalive_interval {
+            k.interval = nonzero(d);
+        }
+        if let Some(d) = self.keepalive_timeout {
+            k.timeout = d;
+        }
+        if let Some(d) = self.keepalive_min_time {
+            k.min_time = d;
+        }
+        if let Some(b) = self.keepalive_permit_without_stream {
+            k.permit_without_stream = b;
+        }
+        if let Some(d) = self.max_connection_idle {
+            k.max_connection_idle = nonzero(d);
+        }
+        if let Some(d) = self.max_connection_age {
+            k.max_connection_age = nonzero(d);
+        }
+        if let Some(d) = self.max_connection_age_grace {
+            k.max_connection_age_grace = Some(d);
+        }
+        if k.interval.is_some_and(|i| i < Keepalive::MIN_INTERVAL) {
+            tracing::warn!("keepalive interval below 1s: 1s, as grpc-go");
+        }
+        tracing::info!(
+            interval = ?k.interval,
+            timeout = ?k.timeout,
+            min_time = ?k.min_time,
+            permit_without_stream = k.permit_without_stream,
+            max_connection_idle = ?k.max_connection_idle,
+            max_connection_age = ?k.max_connection_age,
+            max_connection_age_grace = ?k.max_connection_age_grace,
+            "keepalive"
+        );
+        Ok(k)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -168,8 +287,17 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    let namespace = std::env::var("NAMESPACE").ok().filter(|n| !n.is_empty());
+    let configmap = match (&go, &namespace) {
+        (Some(flags), Some(ns)) => Some((ns.as_str(), flags.kubeconfig.as_deref())),
+        _ => None,
+    };
+    // The Go router reads the ConfigMap when it has a namespace (and dies without
+    // credentials); outside a cluster, this one says so and keeps its defaults.
+    let read_configmap = cfg!(feature = "kube")
+        && configmap.is_some_and(|(_, kubeconfig)| operator::kube_credentials(kubeconfig));
     let cli = match &go {
-        Some(flags) => operator_cli(flags),
+        Some(flags) => operator_cli(flags, configmap.filter(|_| read_configmap)),
         None => Cli::parse(),
     };
     let default_level = match (&go, &cli.command) {
@@ -201,10 +329,18 @@ fn main() -> ExitCode {
         for flag in &flags.ignored {
             tracing::info!(flag = %flag, "ignoring a Go router flag that has no effect here");
         }
-        if std::env::var_os("NAMESPACE").is_some() {
+        if let (Some(ns), false) = (&namespace, read_configmap) {
+            let why = if cfg!(feature = "kube") {
+                "there are no Kubernetes credentials (no -kubeconfig, KUBECONFIG, service \
+                 account or ~/.kube/config)"
+            } else {
+                "this binary is built without the `kube` feature"
+            };
             tracing::warn!(
-                "NAMESPACE is set, but the jumpstarter-controller ConfigMap is not read: the \
-                 keepalive settings are the operator's defaults (PING every 10 s, 180 s timeout)"
+                namespace = %ns,
+                "NAMESPACE is set, but the {} ConfigMap is not read: {why}; \
+                 the keepalive settings are the operator's defaults (PING every 10 s, 180 s timeout)",
+                controller_config::CONFIG_MAP
             );
         }
     }
@@ -224,7 +360,7 @@ fn main() -> ExitCode {
 /// `serve` as the operator's `/router`: its ports and the Go router's settings, given to
 /// the same command line as `serve`'s, so every other setting keeps `serve`'s default (and its
 /// environment variable).
-fn operator_cli(flags: &operator::GoFlags) -> Cli {
+fn operator_cli(flags: &operator::GoFlags, configmap: Option<(&str, Option<&str>)>) -> Cli {
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port)).to_string();
     let mut args = vec![
         "jumpstarter-router".to_string(),
@@ -240,6 +376,12 @@ fn operator_cli(flags: &operator::GoFlags) -> Cli {
     ];
     if let Some(metrics) = flags.metrics {
         args.extend(["--metrics-listen".into(), metrics.to_string()]);
+    }
+    if let Some((namespace, kubeconfig)) = configmap {
+        args.extend(["--kube-namespace".into(), namespace.into()]);
+        if let Some(path) = kubeconfig {
+            args.extend(["--kubeconfig".into(), path.into()]);
+        }
     }
     Cli::parse_from(args)
 }
@@ -257,8 +399,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             grace,
             pairing_timeout,
             handshake_timeout,
-            keepalive_interval,
-            keepalive_timeout,
+            keepalive,
             max_pending,
             max_pending_per_connection,
             metrics_listen,
@@ -266,6 +407,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             tls_reload_interval,
         } => {
             let auth = Auth::from_env().map_err(|e| e.to_string())?;
+            let keepalive = keepalive.resolve().await?;
             let mut config = ServeConfig::from_env();
             config.listen = listen;
             config.tls_reload =
@@ -279,10 +421,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             Router::builder(auth)
                 .pairing_timeout(pairing_timeout.map(Duration::from_secs))
                 .handshake_timeout(Duration::from_secs(handshake_timeout))
-                .keepalive(
-                    (keepalive_interval > 0).then(|| Duration::from_secs(keepalive_interval)),
-                    Duration::from_secs(keepalive_timeout),
-                )
+                .keepalive(keepalive)
                 .max_pending(max_pending)
                 .max_pending_per_connection(max_pending_per_connection)
                 .build()

@@ -29,6 +29,8 @@ pub(crate) struct GoFlags {
     pub(crate) level: String,
     /// Flags taken but without effect here, as given: said in the log.
     pub(crate) ignored: Vec<String>,
+    /// controller-runtime's `-kubeconfig`.
+    pub(crate) kubeconfig: Option<String>,
 }
 
 /// Whether the binary was started by the operator's name for it.
@@ -46,6 +48,7 @@ pub(crate) fn parse(args: &[String]) -> Result<GoFlags, String> {
         json: true,
         level: "info".into(),
         ignored: Vec::new(),
+        kubeconfig: None,
     };
     let mut devel = false;
     let (mut encoder, mut level) = (None, None);
@@ -93,6 +96,7 @@ pub(crate) fn parse(args: &[String]) -> Result<GoFlags, String> {
             "metrics-bind-address" => flags.metrics = bind_address(&value)?,
             "zap-encoder" => encoder = Some(value),
             "zap-log-level" => level = Some(value),
+            "kubeconfig" if cfg!(feature = "kube") => flags.kubeconfig = Some(value),
             _ => flags.ignored.push(format!("-{name}={value}")),
         }
     }
@@ -123,6 +127,17 @@ const VALUE_FLAGS: [&str; 6] = [
 
 fn all_interfaces(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// Whether the router has Kubernetes credentials, looked for where controller-runtime looks:
+/// `-kubeconfig`, `KUBECONFIG`, the pod's service account, `~/.kube/config`.
+pub(crate) fn kube_credentials(kubeconfig: Option<&str>) -> bool {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    kubeconfig.is_some()
+        || var("KUBECONFIG").is_some()
+        || (var("KUBERNETES_SERVICE_HOST").is_some()
+            && std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists())
+        || var("HOME").is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists())
 }
 
 /// A Go listen address: `:8080` (every interface), `host:port`, or `0` (off, as
@@ -221,14 +236,13 @@ mod tests {
             "-kubeconfig=/k",
         ]))
         .unwrap();
-        assert_eq!(
-            f.ignored,
-            [
-                "-zap-stacktrace-level=error",
-                "-zap-time-encoding=iso8601",
-                "-kubeconfig=/k"
-            ]
-        );
+        let mut ignored = vec!["-zap-stacktrace-level=error", "-zap-time-encoding=iso8601"];
+        if cfg!(feature = "kube") {
+            assert_eq!(f.kubeconfig.as_deref(), Some("/k"));
+        } else {
+            ignored.push("-kubeconfig=/k");
+        }
+        assert_eq!(f.ignored, ignored);
     }
 
     #[test]

@@ -1,0 +1,248 @@
+//! The router's HTTP/2 server: each accepted connection served by hyper in a task of its own,
+//! with grpc-go's connection limits, and a graceful shutdown of them all.
+//!
+//! This loop is ours rather than tonic's `Server` because grpc-go's limits need it:
+//!
+//! - `max_connection_idle`: a connection with no call open for that long is closed
+//!   gracefully. Neither tonic nor hyper counts a connection's calls; the service below does.
+//! - `max_connection_age` with `max_connection_age_grace`: grpc-go sends the GOAWAY at the
+//!   age, then closes the connection after the grace. tonic, given both, sends nothing at the
+//!   age and cuts the connection at age + grace.
+//!
+//! A graceful close is hyper's: a GOAWAY that refuses no call in flight, a PING, then the
+//! final GOAWAY, and the connection closes when its calls have ended.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::codegen::{http, Service};
+use tonic::transport::server::Connected;
+
+use super::serve::Conn;
+use super::Keepalive;
+use crate::h2io::{CallGuard, ConnInfo};
+
+/// Serves the connections from `incoming` with `svc` until `shutdown` completes; then sends
+/// each a GOAWAY and waits until all have closed.
+pub(super) async fn serve<S>(
+    mut incoming: mpsc::Receiver<Conn>,
+    svc: S,
+    keepalive: &Keepalive,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(keepalive.interval.map(|i| i.max(Keepalive::MIN_INTERVAL)))
+        .keep_alive_timeout(keepalive.timeout)
+        .max_frame_size(crate::MAX_FRAME_SIZE)
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW)
+        // The router bounds its callers itself (pending callers per connection, in all).
+        .max_concurrent_streams(None);
+    let limits = Limits::from(keepalive);
+    let (stop_tx, stop_rx) = watch::channel(());
+    {
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                conn = incoming.recv() => match conn {
+                    Some(io) => spawn(io, svc.clone(), &builder, limits, stop_rx.clone()),
+                    None => break,
+                },
+            }
+        }
+    }
+    // Dropping the receiver ends the accept task, which closes the listener.
+    drop(incoming);
+    let _ = stop_tx.send(());
+    drop(stop_rx);
+    tracing::debug!(
+        connections = stop_tx.receiver_count(),
+        "waiting for the connections to close"
+    );
+    stop_tx.closed().await;
+}
+
+/// grpc-go's connection limits.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    idle: Option<std::time::Duration>,
+    age: Option<std::time::Duration>,
+    grace: Option<std::time::Duration>,
+}
+
+impl From<&Keepalive> for Limits {
+    fn from(k: &Keepalive) -> Self {
+        let nonzero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+        Limits {
+            idle: nonzero(k.max_connection_idle),
+            age: nonzero(k.max_connection_age),
+            grace: k.max_connection_age_grace,
+        }
+    }
+}
+
+/// Serves one connection in a task of its own, until it closes; `stop` says the server is
+/// shutting down.
+fn spawn<S>(
+    io: Conn,
+    svc: S,
+    builder: &http2::Builder<TokioExecutor>,
+    limits: Limits,
+    mut stop: watch::Receiver<()>,
+) where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let info = io.connect_info();
+    let state = info.state.clone();
+    let conn = builder.serve_connection(TokioIo::new(io), ConnService { svc, info });
+    tokio::spawn(async move {
+        let mut conn = pin!(conn);
+        let start = Instant::now();
+        // The next idle check, the age, and when a draining connection is closed.
+        let mut idle_check = limits.idle.map(|idle| start + idle);
+        let mut age = limits.age.map(|age| start + age);
+        let mut close_at = None;
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "router: connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed(), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                () = until(age) => {
+                    age = None;
+                    tracing::debug!("router: connection reached its max age: GOAWAY");
+                    if !draining {
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
+                    close_at = limits.grace.map(|grace| Instant::now() + grace);
+                }
+                () = until(close_at) => {
+                    tracing::debug!("router: closing a connection past its max age and grace");
+                    return;
+                }
+                () = until(idle_check) => {
+                    let idle = limits.idle.unwrap_or_default();
+                    idle_check = match state.idle_since() {
+                        Some(since) if since + idle <= Instant::now() => {
+                            tracing::debug!("router: connection idle for its max idle time: GOAWAY");
+                            if !draining {
+                                conn.as_mut().graceful_shutdown();
+                                draining = true;
+                            }
+                            None
+                        }
+                        Some(since) => Some(since + idle),
+                        None => Some(Instant::now() + idle),
+                    };
+                }
+            }
+        }
+    });
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The router's service for one connection: gives each request the connection's
+/// [`ConnInfo`], and counts the call open until its response body is dropped.
+#[derive(Clone)]
+struct ConnService<S> {
+    svc: S,
+    info: ConnInfo,
+}
+
+impl<S> hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService<S>
+where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<CallBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let call = self.info.state.call();
+        let mut req = req.map(tonic::body::Body::new);
+        req.extensions_mut().insert(self.info.clone());
+        // The router's services are always ready (see `WithHealth`).
+        let response = self.svc.clone().call(req);
+        Box::pin(async move {
+            let Ok(response) = response.await;
+            Ok(response.map(|body| CallBody { body, _call: call }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call counted on the connection until hyper drops it
+    /// (at the end of the call's HTTP/2 stream, or when it is reset).
+    struct CallBody {
+        #[pin]
+        body: tonic::body::Body,
+        _call: CallGuard,
+    }
+}
+
+impl http_body::Body for CallBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
