@@ -477,7 +477,8 @@ fn containerfile_entrypoint_is_serve() {
         "ENTRYPOINT runs {}",
         argv[0]
     );
-    // ... the binary the run stage copies there, built with the CLI.
+    // ... the binary the run stage copies there, built with the CLI and the Kubernetes client
+    // (`kube` includes `cli`): under the operator it reads the ConfigMap.
     assert!(
         containerfile_instructions("COPY")
             .iter()
@@ -490,9 +491,9 @@ fn containerfile_entrypoint_is_serve() {
             r.contains("cargo build")
                 && r.contains("--release")
                 && r.contains("--locked")
-                && r.contains("--features cli")
+                && r.contains("--features kube")
         }),
-        "no `cargo build --release --locked --features cli`"
+        "no `cargo build --release --locked --features kube`"
     );
     assert!(
         containerfile_instructions("CMD").is_empty(),

@@ -122,14 +122,27 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     std::fs::write(dir.join("tls/tls.crt"), &cert_pem).unwrap();
     std::fs::write(dir.join("tls/tls.key"), ck.signing_key.serialize_pem()).unwrap();
 
+    // With the `kube` feature, the pod's credentials reach a stand-in API server that serves
+    // the operator's ConfigMap, with a PING every second and two seconds to answer.
+    #[cfg(feature = "kube")]
+    let api = support::apiserver::ApiServer::start(
+        "jumpstarter-lab",
+        Some(support::apiserver::operator_config(&[
+            ("intervalTime", "1s"),
+            ("timeout", "2s"),
+        ])),
+    )
+    .await;
     let mut cmd = Command::new(&router);
     cmd.env_clear()
         .env("GRPC_ROUTER_ENDPOINT", "localhost:8083")
         .env("ROUTER_KEY", ROUTER_KEY)
         .env("NAMESPACE", "jumpstarter-lab")
         .env("EXTERNAL_CERT_PEM", dir.join("tls/tls.crt"))
-        .env("EXTERNAL_KEY_PEM", dir.join("tls/tls.key"))
-        .stdin(Stdio::null())
+        .env("EXTERNAL_KEY_PEM", dir.join("tls/tls.key"));
+    #[cfg(feature = "kube")]
+    cmd.env("KUBECONFIG", api.kubeconfig(&dir));
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = Proc(cmd.spawn().expect("start the router as /router"));
@@ -164,10 +177,60 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
         seen.iter().any(|m| m.contains("started as /router")),
         "{seen:?}"
     );
-    assert!(
-        seen.iter().any(|m| m.contains("ConfigMap is not read")),
-        "{seen:?}"
-    );
+    if cfg!(feature = "kube") {
+        assert!(
+            seen.iter()
+                .any(|m| m.contains("keepalive configuration read")),
+            "{seen:?}"
+        );
+    } else {
+        assert!(
+            seen.iter().any(|m| m.contains("ConfigMap is not read")),
+            "{seen:?}"
+        );
+    }
+    #[cfg(feature = "kube")]
+    {
+        let asked = api.requests();
+        assert_eq!(
+            asked.first().map(|s| s.line.as_str()),
+            Some(
+                "GET /api/v1/namespaces/jumpstarter-lab/configmaps/jumpstarter-controller HTTP/1.1"
+            ),
+            "{asked:?}"
+        );
+        // The ConfigMap's settings on the wire, through TLS on :8083: a client that does not
+        // answer gets a PING after about 1 s of quiet, and is closed about 2 s later.
+        use support::wire::{Pings, RawH2};
+        let mut c = RawH2::connect_tls(
+            SocketAddr::from(([127, 0, 0, 1], 8083)),
+            "localhost",
+            cert_pem.as_bytes(),
+            Pings::Ignore,
+        )
+        .await;
+        let ping = within(
+            10,
+            "the router's first PING",
+            c.until(|f| f.is_ping(), |_| {}),
+        )
+        .await
+        .expect("a PING before the connection closed");
+        let first = c.secs(ping.at);
+        assert!(
+            (0.5..5.0).contains(&first),
+            "first PING after {first:.2} s (intervalTime 1s)"
+        );
+        within(20, "the unanswering connection to close", async {
+            while c.next().await.is_some() {}
+        })
+        .await;
+        let closed = c.elapsed().as_secs_f64() - first;
+        assert!(
+            (1.5..15.0).contains(&closed),
+            "closed {closed:.2} s after the PING (timeout 2s)"
+        );
+    }
 
     // Metrics on :8080, health on :8081 (plaintext gRPC), the router on :8083 with the TLS pair.
     let metrics = scrape(SocketAddr::from(([127, 0, 0, 1], 8080))).await;

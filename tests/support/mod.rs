@@ -4,9 +4,14 @@
 //! - [`raw`]: a scripted `RouterService` peer and raw tonic clients;
 //! - [`attack`]: raw HTTP/2 attackers for the abuse tests and bench (feature `router`);
 //! - [`process`]: processes of the `jumpstarter-router` binary (feature `cli`);
-//! - [`python`]: the venv of the real Jumpstarter Python peers, and their scripts' events.
+//! - [`python`]: the venv of the real Jumpstarter Python peers, and their scripts' events;
+//! - [`wire`]: a raw HTTP/2 client that shows every frame the router sends (feature `router`);
+//! - [`apiserver`]: a stand-in Kubernetes API server serving the controller's ConfigMap
+//!   (feature `kube`).
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "kube")]
+pub mod apiserver;
 #[cfg(feature = "router")]
 pub mod attack;
 #[cfg(feature = "cli")]
@@ -14,6 +19,8 @@ pub mod process;
 pub mod python;
 pub mod raw;
 mod rx_stream;
+#[cfg(feature = "router")]
+pub mod wire;
 
 #[cfg(feature = "router")]
 use std::net::SocketAddr;
