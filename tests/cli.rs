@@ -463,3 +463,80 @@ async fn past_the_grace_period_each_caller_is_told_the_router_is_shutting_down()
     let status = router.exit_status(10).await;
     assert!(status.success(), "{status:?}");
 }
+
+/// Outside Kubernetes, the controller configuration comes from a file (`--config`), and each
+/// flag overrides it: the file's `grpc.keepalive` is read as the Go router reads it, the
+/// flag's PING interval is the one seen on the wire, and a malformed file stops `serve` with
+/// the file and the field named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_keepalive_from_a_config_file_and_flags_override_it() {
+    use support::wire::{Pings, RawH2};
+    let dir =
+        std::env::temp_dir().join(format!("jumpstarter-router-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yaml");
+    std::fs::write(
+        &file,
+        "grpc:\n  keepalive:\n    minTime: 3s\n    permitWithoutStream: true\n    intervalTime: 1m0s\n    timeout: 2s\n    maxConnectionAge: 1h0m0s\n",
+    )
+    .unwrap();
+    let serve = Serve::start(&[
+        "--plaintext",
+        "--config",
+        file.to_str().unwrap(),
+        "--keepalive-interval",
+        "1s",
+    ])
+    .await;
+    let logs = serve.raw_logs();
+    let keepalive = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "keepalive")
+        .unwrap_or_else(|| panic!("no keepalive line in {logs}"));
+    assert_eq!(keepalive["min_time"], "3s", "{keepalive}");
+    assert_eq!(keepalive["interval"], "1s", "{keepalive}");
+    assert_eq!(keepalive["timeout"], "2s", "{keepalive}");
+    assert_eq!(keepalive["max_connection_age"], "3600s", "{keepalive}");
+    assert_eq!(keepalive["max_connection_idle"], "none", "{keepalive}");
+    // On the wire: a PING after about 1 s of quiet (the flag), not a minute (the file).
+    let mut c = RawH2::connect(serve.listen, Pings::Answer).await;
+    let ping = within(
+        10,
+        "the router's first PING",
+        c.until(|f| f.is_ping(), |_| {}),
+    )
+    .await
+    .expect("a PING");
+    let at = c.secs(ping.at);
+    assert!(
+        (0.5..5.0).contains(&at),
+        "first PING after {at:.2} s (--keepalive-interval 1s)"
+    );
+
+    std::fs::write(
+        &file,
+        "grpc:\n  keepalive:\n    maxConnectionIdle: 5 minutes\n",
+    )
+    .unwrap();
+    let out = cmd(&[
+        "serve",
+        "--plaintext",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "bad keepalive configuration in {}",
+            file.display()
+        )) && err.contains("grpc.keepalive.maxConnectionIdle: unknown unit"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

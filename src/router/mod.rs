@@ -10,7 +10,7 @@
 //!
 //! let router = Router::builder(Auth::new(b"secret")).build();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8083").await?;
-//! router.serve_plaintext(listener, std::future::pending()).await?;
+//! router.serve_plaintext(listener, std::future::pending()).await;
 //! # Ok(()) }
 //! ```
 //!
@@ -32,6 +32,8 @@
 //!   held until its last byte is in, so a peer that vanishes mid-message leaves no torn
 //!   message, and the router's GOAWAY always lands on a message boundary.
 //! - Response headers go out as soon as a call is accepted, also to a waiting caller.
+//! - Connections are kept alive, their pings policed and their idle time and age limited as
+//!   grpc-go's server does it for the Go router: see [`Keepalive`].
 //! - Frames are forwarded unchanged, RST_STREAM and unknown types included, and forwarding
 //!   goes on after them; a pair ends only when a call ends or fails.
 //! - A refused caller gets its `Unauthenticated` status after its first message (or at most

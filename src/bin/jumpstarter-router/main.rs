@@ -62,8 +62,6 @@ enum Command {
         /// Seconds a new connection may take for its TLS handshake and HTTP/2 preface.
         #[arg(long, value_name = "SECS", default_value_t = jumpstarter_router::router::DEFAULT_HANDSHAKE_TIMEOUT.as_secs())]
         handshake_timeout: u64,
-        #[command(flatten)]
-        keepalive: Box<KeepaliveArgs>,
         /// At most this many callers wait for their peer at once; past it, a caller that would
         /// wait gets RESOURCE_EXHAUSTED (default: no cap).
         #[arg(long, value_name = "CALLERS")]
@@ -83,6 +81,8 @@ enum Command {
         /// a bad one is refused with a log line (0: read once).
         #[arg(long, value_name = "SECS", env = "TLS_RELOAD_INTERVAL", default_value_t = ServeConfig::DEFAULT_TLS_RELOAD.as_secs())]
         tls_reload_interval: u64,
+        #[command(flatten)]
+        keepalive: Box<KeepaliveArgs>,
     },
     /// Client side: bridge stdin/stdout (or, with --listen, one TCP connection) to a router
     /// stream. Usable as `ssh -o ProxyCommand='jumpstarter-router connect ...'`.
@@ -219,14 +219,15 @@ impl KeepaliveArgs {
         if k.interval.is_some_and(|i| i < Keepalive::MIN_INTERVAL) {
             tracing::warn!("keepalive interval below 1s: 1s, as grpc-go");
         }
+        let show = |d: Option<Duration>| d.map_or("none".to_string(), |d| format!("{d:?}"));
         tracing::info!(
-            interval = ?k.interval,
+            interval = %show(k.interval),
             timeout = ?k.timeout,
             min_time = ?k.min_time,
             permit_without_stream = k.permit_without_stream,
-            max_connection_idle = ?k.max_connection_idle,
-            max_connection_age = ?k.max_connection_age,
-            max_connection_age_grace = ?k.max_connection_age_grace,
+            max_connection_idle = %show(k.max_connection_idle),
+            max_connection_age = %show(k.max_connection_age),
+            max_connection_age_grace = %show(k.max_connection_age_grace),
             "keepalive"
         );
         Ok(k)
