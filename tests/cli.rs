@@ -501,14 +501,7 @@ async fn serve_takes_keepalive_from_a_config_file_and_flags_override_it() {
     assert_eq!(keepalive["max_connection_idle"], "none", "{keepalive}");
     // On the wire: a PING after about 1 s of quiet (the flag), not a minute (the file).
     let mut c = RawH2::connect(serve.listen, Pings::Answer).await;
-    let ping = within(
-        10,
-        "the router's first PING",
-        c.until(|f| f.is_ping(), |_| {}),
-    )
-    .await
-    .expect("a PING");
-    let at = c.secs(ping.at);
+    let at = c.first_ping(10).await;
     assert!(
         (0.5..5.0).contains(&at),
         "first PING after {at:.2} s (--keepalive-interval 1s)"

@@ -209,23 +209,12 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
             Pings::Ignore,
         )
         .await;
-        let ping = within(
-            10,
-            "the router's first PING",
-            c.until(|f| f.is_ping(), |_| {}),
-        )
-        .await
-        .expect("a PING before the connection closed");
-        let first = c.secs(ping.at);
+        let first = c.first_ping(10).await;
         assert!(
             (0.5..5.0).contains(&first),
             "first PING after {first:.2} s (intervalTime 1s)"
         );
-        within(20, "the unanswering connection to close", async {
-            while c.next().await.is_some() {}
-        })
-        .await;
-        let closed = c.elapsed().as_secs_f64() - first;
+        let closed = c.closed(20, "the unanswering connection to close").await - first;
         assert!(
             (1.5..15.0).contains(&closed),
             "closed {closed:.2} s after the PING (timeout 2s)"

@@ -91,27 +91,15 @@ fn token(name: &str) -> String {
 async fn the_routers_pings_and_their_timeout_follow_the_configmap() {
     let r = configured("pings", &[("intervalTime", "2s"), ("timeout", "3s")]).await;
     let mut c = RawH2::connect(r.serve.listen, Pings::Ignore).await;
-    let ping = within(
-        15,
-        "the router's first PING",
-        c.until(|f| f.is_ping(), |_| {}),
-    )
-    .await
-    .expect("a PING before the connection closed");
-    let first = c.secs(ping.at);
+    let first = c.first_ping(15).await;
     assert!(
         (1.5..8.0).contains(&first),
         "first PING after {first:.2} s (intervalTime 2s)"
     );
-    within(30, "the unanswering connection to close", async {
-        while c.next().await.is_some() {}
-    })
-    .await;
-    let closed = c.elapsed().as_secs_f64();
+    let closed = c.closed(30, "the unanswering connection to close").await - first;
     assert!(
-        (first + 2.5..first + 20.0).contains(&closed),
-        "closed {:.2} s after the unanswered PING (timeout 3s)",
-        closed - first
+        (2.5..20.0).contains(&closed),
+        "closed {closed:.2} s after the unanswered PING (timeout 3s)"
     );
 }
 
@@ -205,19 +193,12 @@ async fn a_connection_past_max_age_gets_a_goaway_and_its_calls_go_on_for_the_gra
         .connect(&tok)
         .await
         .unwrap();
-    let goaway = within(
-        15,
-        "a GOAWAY at the max age",
-        c.until(|f| f.ty == GOAWAY, |_| {}),
-    )
-    .await
-    .expect("a GOAWAY before the connection closed");
-    let at = c.secs(goaway.at);
+    let (at, code) = c.goaway(15, "a GOAWAY at the max age").await;
     assert!(
         (1.5..6.0).contains(&at),
         "GOAWAY after {at:.2} s (maxConnectionAge 2s)"
     );
-    assert_eq!(goaway.goaway().unwrap().1, NO_ERROR);
+    assert_eq!(code, NO_ERROR);
     // The session goes on, both ways.
     c.send_payload(stream, b"after the goaway").await.unwrap();
     let mut buf = [0u8; 16];
@@ -238,11 +219,9 @@ async fn a_connection_past_max_age_gets_a_goaway_and_its_calls_go_on_for_the_gra
     .await;
     assert!(back.is_some(), "the peer's bytes after the GOAWAY");
     // Then the grace ends: the connection closes, and the peer is told.
-    within(20, "the connection to close after the grace", async {
-        while c.next().await.is_some() {}
-    })
-    .await;
-    let closed = c.elapsed().as_secs_f64();
+    let closed = c
+        .closed(20, "the connection to close after the grace")
+        .await;
     assert!(
         (at + 2.0..at + 15.0).contains(&closed),
         "closed {:.2} s after the GOAWAY (maxConnectionAgeGrace 3s)",
@@ -259,23 +238,13 @@ async fn a_connection_without_calls_for_max_connection_idle_is_closed() {
     let mut idle = RawH2::connect(r.serve.listen, Pings::Answer).await;
     let mut busy = RawH2::connect(r.serve.listen, Pings::Answer).await;
     let stream = busy.open_stream_call(&token("idle-busy")).await;
-    let goaway = within(
-        15,
-        "the idle connection's GOAWAY",
-        idle.until(|f| f.ty == GOAWAY, |_| {}),
-    )
-    .await
-    .expect("a GOAWAY before the connection closed");
-    let at = idle.secs(goaway.at);
+    let (at, code) = idle.goaway(15, "the idle connection's GOAWAY").await;
     assert!(
         (1.5..6.0).contains(&at),
         "GOAWAY after {at:.2} s (maxConnectionIdle 2s)"
     );
-    assert_eq!(goaway.goaway().unwrap().1, NO_ERROR);
-    within(10, "the idle connection to close", async {
-        while idle.next().await.is_some() {}
-    })
-    .await;
+    assert_eq!(code, NO_ERROR);
+    idle.closed(10, "the idle connection to close").await;
     // The connection with a call open got nothing of the kind, even now, past its idle time
     // had it been idle.
     tokio::time::sleep_until((busy.start + Duration::from_secs(3)).into()).await;
@@ -283,16 +252,10 @@ async fn a_connection_without_calls_for_max_connection_idle_is_closed() {
         !busy.arrived().iter().any(|f| f.ty == GOAWAY),
         "a connection with a call open was sent a GOAWAY"
     );
-    let ended = std::time::Instant::now();
+    let ended = busy.elapsed().as_secs_f64();
     busy.cancel(stream).await.unwrap();
-    let goaway = within(
-        15,
-        "the GOAWAY once its call ended",
-        busy.until(|f| f.ty == GOAWAY, |_| {}),
-    )
-    .await
-    .expect("a GOAWAY before the connection closed");
-    let after = goaway.at.duration_since(ended).as_secs_f64();
+    let (at, _) = busy.goaway(15, "the GOAWAY once its call ended").await;
+    let after = at - ended;
     assert!(
         (1.5..6.0).contains(&after),
         "GOAWAY {after:.2} s after the call ended"

@@ -24,27 +24,18 @@ use tokio::time::Instant;
 use tonic::codegen::{http, Service};
 use tonic::transport::server::Connected;
 
-use super::serve::Conn;
+use super::serve::{Conn, WithHealth};
 use super::Keepalive;
 use crate::h2io::{CallGuard, ConnInfo};
 
 /// Serves the connections from `incoming` with `svc` until `shutdown` completes; then sends
 /// each a GOAWAY and waits until all have closed.
-pub(super) async fn serve<S>(
+pub(super) async fn serve(
     mut incoming: mpsc::Receiver<Conn>,
-    svc: S,
+    svc: WithHealth,
     keepalive: &Keepalive,
     shutdown: impl Future<Output = ()>,
-) where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -101,22 +92,13 @@ impl From<&Keepalive> for Limits {
 
 /// Serves one connection in a task of its own, until it closes; `stop` says the server is
 /// shutting down.
-fn spawn<S>(
+fn spawn(
     io: Conn,
-    svc: S,
+    svc: WithHealth,
     builder: &http2::Builder<TokioExecutor>,
     limits: Limits,
     mut stop: watch::Receiver<()>,
-) where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let info = io.connect_info();
     let state = info.state.clone();
     let conn = builder.serve_connection(TokioIo::new(io), ConnService { svc, info });
@@ -184,22 +166,12 @@ async fn until(deadline: Option<Instant>) {
 /// The router's service for one connection: gives each request the connection's
 /// [`ConnInfo`], and counts the call open until its response body is dropped.
 #[derive(Clone)]
-struct ConnService<S> {
-    svc: S,
+struct ConnService {
+    svc: WithHealth,
     info: ConnInfo,
 }
 
-impl<S> hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService<S>
-where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
     type Response = http::Response<CallBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;

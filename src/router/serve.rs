@@ -462,7 +462,7 @@ fn endpoint_host(endpoint: &str) -> &str {
 /// The router's service and its health service on one port, dispatched by path. (tonic's
 /// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
 #[derive(Clone)]
-struct WithHealth {
+pub(super) struct WithHealth {
     router: super::RouterService,
     health: HealthServer<HealthService>,
 }

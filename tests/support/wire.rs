@@ -261,6 +261,33 @@ impl RawH2 {
         v
     }
 
+    /// The router's first PING: seconds after the connection was made (within `secs`).
+    pub async fn first_ping(&mut self, secs: u64) -> f64 {
+        let ping = super::within(
+            secs,
+            "the router's first PING",
+            self.until(|f| f.is_ping(), |_| {}),
+        )
+        .await
+        .expect("a PING before the connection closed");
+        self.secs(ping.at)
+    }
+
+    /// The next GOAWAY (within `secs`): seconds after the connection was made, and its code.
+    pub async fn goaway(&mut self, secs: u64, what: &str) -> (f64, u32) {
+        let f = super::within(secs, what, self.until(|f| f.ty == GOAWAY, |_| {}))
+            .await
+            .expect("a GOAWAY before the connection closed");
+        (self.secs(f.at), f.goaway().expect("a GOAWAY payload").1)
+    }
+
+    /// Waits (at most `secs`) for the router to close the connection: seconds after it was
+    /// made.
+    pub async fn closed(&mut self, secs: u64, what: &str) -> f64 {
+        super::within(secs, what, async { while self.next().await.is_some() {} }).await;
+        self.elapsed().as_secs_f64()
+    }
+
     /// Seconds since the connection was made.
     pub fn secs(&self, at: Instant) -> f64 {
         at.duration_since(self.start).as_secs_f64()
