@@ -588,6 +588,56 @@ impl Link {
 pub struct Forward {
     state: State,
     inner: Arc<Inner>,
+    /// PING frames while nothing else goes to the caller ([`Keepalive::ping_frame_interval`]).
+    ///
+    /// [`Keepalive::ping_frame_interval`]: super::Keepalive::ping_frame_interval
+    idle: Option<IdlePing>,
+}
+
+/// A Jumpstarter PING frame as a gRPC message: `StreamResponse { frame_type: PING }`.
+const PING_MESSAGE: &[u8] = &[0, 0, 0, 0, 2, 0x10, 0x06];
+
+/// When a caller's response gets a PING frame: `every` after the last frame it got. The timer
+/// is moved only when it fires (at most once per `every`), never per frame: a frame sent
+/// costs one clock read.
+struct IdlePing {
+    every: std::time::Duration,
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdlePing {
+    fn new(inner: &Inner) -> Option<IdlePing> {
+        let every = inner
+            .keepalive
+            .ping_frame_interval
+            .filter(|d| !d.is_zero())?;
+        Some(IdlePing {
+            every,
+            last: tokio::time::Instant::now(),
+            timer: None,
+        })
+    }
+
+    /// Ready when a PING is due (then the next is `every` from now).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let due = self.last + self.every;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let due = self.last + self.every;
+            let now = tokio::time::Instant::now();
+            if now >= due {
+                self.last = now;
+                timer.as_mut().reset(now + self.every);
+                return Poll::Ready(());
+            }
+            // A frame went out since the timer was set.
+            timer.as_mut().reset(due);
+        }
+    }
 }
 
 enum State {
@@ -655,6 +705,7 @@ impl Forward {
                 deadline: Box::pin(tokio::time::sleep_until(at)),
                 why,
             }),
+            idle: IdlePing::new(&inner),
             inner,
         }
     }
@@ -662,6 +713,7 @@ impl Forward {
     pub(super) fn forwarding(inner: Arc<Inner>, link: Link, me: Leg) -> Self {
         Forward {
             state: State::Forwarding(Forwarding::new(link, me)),
+            idle: IdlePing::new(&inner),
             inner,
         }
     }
@@ -906,6 +958,34 @@ impl Body for Forward {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
+        let polled = this.poll_state(cx);
+        let Some(idle) = &mut this.idle else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Some(Ok(_))) => idle.last = tokio::time::Instant::now(),
+            // Nothing to send, the call still open: a PING when one is due.
+            Poll::Pending if idle.poll(cx).is_ready() => {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))))
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Forward {
+    /// The next frame of the state machine.
+    fn poll_state(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self;
         let inner = &*this.inner;
         loop {
             let next = match &mut this.state {
@@ -942,14 +1022,6 @@ impl Body for Forward {
             };
             this.state = next;
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
@@ -1104,6 +1176,68 @@ mod tests {
         assert!(f.is_end_stream());
         let s = Status::from_header_map(&trailers).expect("grpc-status in the trailers");
         (s.code(), s.message().to_string())
+    }
+
+    /// A call with nothing sent to it gets a PING frame each `ping_frame_interval`: while it
+    /// waits for its peer, while paired, and once its peer finished; a call that gets data
+    /// never does. On paused time.
+    #[tokio::test(start_paused = true)]
+    async fn quiet_calls_get_ping_frames_and_busy_ones_none() {
+        assert_eq!(
+            Bytes::from_static(PING_MESSAGE),
+            crate::Frame::ping().into_message()
+        );
+        let every = Duration::from_secs(20);
+        let mut keepalive = crate::router::Keepalive::default();
+        keepalive.ping_frame_interval = Some(every);
+        let router = Router::builder(Auth::new(b"k"))
+            .keepalive(keepalive)
+            .build();
+        let inner = router.inner.clone();
+        let pings = |f: &mut Spawn<Forward>| {
+            let mut n = 0;
+            while let Poll::Ready(item) = poll(f) {
+                assert_eq!(data(Poll::Ready(item)), PING_MESSAGE);
+                n += 1;
+            }
+            n
+        };
+        // Waiting: nothing until 20 s have passed, then one PING.
+        let (a_tx, a_body) = script();
+        let mut a = spawn(accept(&inner, "s", a_body));
+        assert_pending!(poll(&mut a));
+        tokio::time::advance(every - Duration::from_millis(1)).await;
+        assert!(!a.is_woken());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(a.is_woken());
+        assert_eq!(pings(&mut a), 1);
+        // Paired: A sends to B every 10 s for a minute. B gets only data; A, sent nothing,
+        // gets a PING every 20 s.
+        let (b_tx, b_body) = script();
+        let mut b = spawn(accept(&inner, "s", b_body));
+        assert_pending!(poll(&mut b));
+        let mut a_pings = pings(&mut a);
+        for _ in 0..6 {
+            a_tx.send(Ok(Frame::data(msg(0, b"x")))).unwrap();
+            assert_eq!(data(poll(&mut b)), msg(0, b"x"));
+            assert_pending!(poll(&mut b));
+            tokio::time::advance(every / 2).await;
+            a_pings += pings(&mut a);
+        }
+        assert_eq!(a_pings, 3, "A: a PING every 20 s of its minute");
+        // A finishes; B, half-closed and quiet, gets its PINGs again.
+        a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        drop(a_tx);
+        assert_eq!(data(poll(&mut b)), msg(7, b""));
+        assert_pending!(poll(&mut b));
+        tokio::time::advance(every).await;
+        assert_eq!(pings(&mut b), 1);
+        // B finishes: both calls end OK, with no PING in between.
+        b_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        drop(b_tx);
+        assert_eq!(data(poll(&mut a)), msg(7, b""));
+        assert_eq!(status(&mut a), (tonic::Code::Ok, String::new()));
+        assert_eq!(status(&mut b), (tonic::Code::Ok, String::new()));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// The default is what Jumpstarter's operator configures: a PING every 10 s, 180 s for its
 /// answer (long, so a session lives through an exporter's saturated network while it
 /// flashes), pings from clients at most once a second and also with no call open, and no idle
-/// or age limit.
+/// or age limit; and, for proxies, a PING frame on a call after 20 s with nothing sent to it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -45,6 +45,14 @@ pub struct Keepalive {
     /// How long the calls of a connection past its `max_connection_age` may go on before the
     /// connection is closed with them (`maxConnectionAgeGrace`; `None`: until they end).
     pub max_connection_age_grace: Option<Duration>,
+    /// A Jumpstarter PING frame goes on a caller's response when nothing went to it for this
+    /// long (`None`: never). Not a grpc-go setting: proxies that count only stream data as
+    /// activity (HAProxy's `timeout server`, 30 s on OpenShift routes) close a quiet call
+    /// otherwise, HTTP/2 PINGs or not. Jumpstarter's peers and [`RouterStream`] skip PING
+    /// frames; a busy call never gets one.
+    ///
+    /// [`RouterStream`]: crate::RouterStream
+    pub ping_frame_interval: Option<Duration>,
 }
 
 impl Keepalive {
@@ -60,6 +68,7 @@ impl Keepalive {
         max_connection_idle: None,
         max_connection_age: None,
         max_connection_age_grace: None,
+        ping_frame_interval: Some(Duration::from_secs(20)),
     };
 }
 

@@ -161,6 +161,11 @@ struct KeepaliveArgs {
     /// (maxConnectionAgeGrace; 0: at once) [default: when its calls end].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     max_connection_age_grace: Option<Duration>,
+    /// Write a Jumpstarter PING frame on a call after this long with nothing sent to it, for
+    /// proxies that count only stream data as activity (HAProxy, OpenShift routes: 30 s);
+    /// Jumpstarter's peers skip PING frames (0: never) [default: 20s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    ping_frame_interval: Option<Duration>,
 }
 
 /// A Go duration, or a number of seconds.
@@ -216,6 +221,9 @@ impl KeepaliveArgs {
         if let Some(d) = self.max_connection_age_grace {
             k.max_connection_age_grace = Some(d);
         }
+        if let Some(d) = self.ping_frame_interval {
+            k.ping_frame_interval = nonzero(d);
+        }
         if k.interval.is_some_and(|i| i < Keepalive::MIN_INTERVAL) {
             tracing::warn!("keepalive interval below 1s: 1s, as grpc-go");
         }
@@ -228,6 +236,7 @@ impl KeepaliveArgs {
             max_connection_idle = %show(k.max_connection_idle),
             max_connection_age = %show(k.max_connection_age),
             max_connection_age_grace = %show(k.max_connection_age_grace),
+            ping_frame_interval = %show(k.ping_frame_interval),
             "keepalive"
         );
         Ok(k)
