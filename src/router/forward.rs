@@ -1188,8 +1188,10 @@ mod tests {
             crate::Frame::ping().into_message()
         );
         let every = Duration::from_secs(20);
-        let mut keepalive = crate::router::Keepalive::default();
-        keepalive.ping_frame_interval = Some(every);
+        let keepalive = crate::router::Keepalive {
+            ping_frame_interval: Some(every),
+            ..Default::default()
+        };
         let router = Router::builder(Auth::new(b"k"))
             .keepalive(keepalive)
             .build();
