@@ -244,7 +244,12 @@ impl RequestBody {
                     self.pieces.clear();
                     return Poll::Ready(match self.parser.finish() {
                         Ok(()) => Inbound::End,
-                        Err(e) => Inbound::Gone(Cause::Aborted, describe(&e.status())),
+                        Err(_) => Inbound::Gone(
+                            Cause::Aborted,
+                            "its request body ended in the middle of a message (cut short: \
+                             a proxy that gives up on a call does this)"
+                                .into(),
+                        ),
                     });
                 }
             };
@@ -396,6 +401,10 @@ pub(super) struct Pair {
     outcome: OnceLock<(Leg, Cause, String)>,
     /// Payload bytes each way, by [`Direction`]: added by each forwarder when it stops.
     bytes: [AtomicU64; 2],
+    /// When each caller was last sent a frame of its peer's, in ms from `since`: how quiet
+    /// the session was when it ended (a proxy's idle timeout ends a session after exactly
+    /// its timer of silence).
+    last_sent: [AtomicU64; 2],
     metrics: Metrics,
     tag: StreamTag,
     since: Instant,
@@ -411,6 +420,7 @@ impl Pair {
             reset_by: Default::default(),
             outcome: OnceLock::new(),
             bytes: Default::default(),
+            last_sent: Default::default(),
             metrics,
             tag,
             since: Instant::now(),
@@ -438,6 +448,15 @@ impl Pair {
             self.gone.store(true, Ordering::Release);
         }
         leg.waker.wake();
+    }
+
+    /// Caller `who` was sent a frame of its peer's at `now`.
+    fn sent(&self, who: Leg, now: tokio::time::Instant) {
+        let ms = now
+            .into_std()
+            .saturating_duration_since(self.since)
+            .as_millis();
+        self.last_sent[who as usize].store(ms as u64, Ordering::Relaxed);
     }
 
     /// Ends both calls with a GOAWAY, then `UNAVAILABLE`: the router is shutting down.
@@ -545,6 +564,12 @@ impl Drop for Pair {
             None => ("finished", "", ""),
         };
         let [to_second, to_first] = &self.bytes;
+        let last = self
+            .last_sent
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .max();
+        let quiet_ms = (duration.as_millis() as u64).saturating_sub(last.unwrap_or_default());
         tracing::info!(
             stream = %self.tag,
             outcome,
@@ -553,6 +578,7 @@ impl Drop for Pair {
             bytes_first_to_second = to_second.load(Ordering::Relaxed),
             bytes_second_to_first = to_first.load(Ordering::Relaxed),
             duration_ms = duration.as_millis() as u64,
+            quiet_ms,
             "session ended"
         );
     }
@@ -959,14 +985,21 @@ impl Body for Forward {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         let polled = this.poll_state(cx);
-        let Some(idle) = &mut this.idle else {
-            return polled;
-        };
-        match polled {
-            Poll::Ready(Some(Ok(_))) => idle.last = tokio::time::Instant::now(),
+        match (&polled, &mut this.idle) {
+            (Poll::Ready(Some(Ok(_))), idle) => {
+                let now = tokio::time::Instant::now();
+                if let Some(idle) = idle {
+                    idle.last = now;
+                }
+                if let State::Forwarding(f) | State::Draining(f) = &this.state {
+                    f.pair.sent(f.me, now);
+                }
+            }
             // Nothing to send, the call still open: a PING when one is due.
-            Poll::Pending if idle.poll(cx).is_ready() => {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))))
+            (Poll::Pending, Some(idle)) => {
+                if idle.poll(cx).is_ready() {
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))));
+                }
             }
             _ => {}
         }
@@ -1373,6 +1406,22 @@ mod tests {
         drop((a, b));
         assert_eq!(router.metrics().calls(CallResult::Lost), 1);
         assert_eq!(router.metrics().calls(CallResult::PeerGone), 1);
+    }
+
+    /// A request body that ends cleanly inside a message (what a proxy leaves when it gives
+    /// up on a call): its peer is told it was cut short, not that its caller finished.
+    #[tokio::test]
+    async fn a_body_cut_short_inside_a_message_is_named_as_such() {
+        let (router, a_tx, _b_tx, a, mut b) = paired();
+        let m = msg(0, b"cut short");
+        a_tx.send(Ok(Frame::data(m.slice(..7)))).unwrap();
+        drop(a_tx);
+        let why = goaway_reason(data(poll(&mut b)));
+        assert!(why.contains("peer aborted the stream"), "{why}");
+        assert!(why.contains("ended in the middle of a message"), "{why}");
+        assert_eq!(status(&mut b).0, tonic::Code::Aborted);
+        drop((a, b));
+        assert_eq!(router.metrics().calls(CallResult::Aborted), 1);
     }
 
     #[tokio::test]
