@@ -985,23 +985,22 @@ impl Body for Forward {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         let polled = this.poll_state(cx);
-        match (&polled, &mut this.idle) {
-            (Poll::Ready(Some(Ok(_))), idle) => {
-                let now = tokio::time::Instant::now();
-                if let Some(idle) = idle {
-                    idle.last = now;
-                }
-                if let State::Forwarding(f) | State::Draining(f) = &this.state {
-                    f.pair.sent(f.me, now);
-                }
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            let now = tokio::time::Instant::now();
+            if let Some(idle) = &mut this.idle {
+                idle.last = now;
             }
-            // Nothing to send, the call still open: a PING when one is due.
-            (Poll::Pending, Some(idle)) => {
-                if idle.poll(cx).is_ready() {
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))));
-                }
+            if let State::Forwarding(f) | State::Draining(f) = &this.state {
+                f.pair.sent(f.me, now);
             }
-            _ => {}
+        } else if polled.is_pending()
+            && this
+                .idle
+                .as_mut()
+                .is_some_and(|idle| idle.poll(cx).is_ready())
+        {
+            // Nothing to send, the call still open, and a PING due.
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))));
         }
         polled
     }
