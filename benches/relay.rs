@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --all-features --bench relay
 //! RELAY_RUNS=5 RELAY_MIB=256 RELAY_PINGS=2000 RELAY_PAIRS=1000,10000 cargo bench --all-features --bench relay
-//! RELAY_ONLY=throughput|memory ...
+//! RELAY_ONLY=throughput|memory|idle ...
 //! ```
 //!
 //! Layout, the same for every variant: sender, router and receiver each run on their own
@@ -23,6 +23,13 @@
 //! Memory: the router in a child process; its RSS per paired idle stream with many pairs over
 //! shared connections, and every process's RSS growth while a stalled reader's sender pushes
 //! 1 GiB.
+//!
+//! Idle cost (`RELAY_ONLY=idle`, not in the default run: minutes): what the router's keepalive
+//! traffic costs with idle pairs, the router in a child process: its CPU and the bytes it
+//! writes over `RELAY_IDLE_SECS` (60), per hour, with its HTTP/2 PINGs and its PING frames
+//! off, one of them on, or both (the defaults). 10,000 pairs over 64 shared connections, and
+//! 4,000 pairs with a connection per caller (this machine allows 20,000 open files per
+//! process).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -35,7 +42,7 @@ use bytes::Bytes;
 use jumpstarter_router::proto::router_service_client::RouterServiceClient;
 use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
 use jumpstarter_router::proto::{FrameType, StreamRequest, StreamResponse};
-use jumpstarter_router::router::{Auth, Router};
+use jumpstarter_router::router::{Auth, Keepalive, Router};
 use jumpstarter_router::{ClientBuilder, RouterStream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -73,6 +80,9 @@ fn main() {
     }
     if only.is_empty() || only == "memory" {
         memory();
+    }
+    if only == "idle" {
+        idle_cost();
     }
 }
 
@@ -1066,7 +1076,16 @@ fn child(role: &str) {
     match role {
         "router" => rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let router = Router::builder(Auth::new(KEY)).build();
+            // RELAY_ROUTER_PINGS: which of the router's keepalive traffic is on (default both).
+            let mut keepalive = Keepalive::default();
+            let pings = std::env::var("RELAY_ROUTER_PINGS").unwrap_or_default();
+            if pings == "off" || pings == "frames" {
+                keepalive.interval = None;
+            }
+            if pings == "off" || pings == "h2" {
+                keepalive.ping_frame_interval = None;
+            }
+            let router = Router::builder(Auth::new(KEY)).keepalive(keepalive).build();
             println!("{}", listener.local_addr().unwrap());
             tokio::spawn(
                 router
@@ -1276,4 +1295,87 @@ async fn idle_pairs(
         }
     }
     v
+}
+
+/// A process's CPU time (user + system) in seconds, and the bytes it wrote (`wchar`).
+fn cpu_and_written(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3; utime 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let wchar = io
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, wchar)
+}
+
+fn idle_cost() {
+    let secs: u64 = env_or("RELAY_IDLE_SECS", 60);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!();
+    println!("The router's keepalive traffic with idle pairs, over {secs} s, per hour (HTTP/2 PINGs every 10 s, PING frames after 20 s of quiet; the clients ping every 20 s in every row)");
+    println!("| pairs | connections | router's pings | router CPU s/hour | bytes written/hour | per pair: bytes/hour |");
+    println!("|---|---|---|---|---|---|");
+    for (pairs, per_caller) in [(10_000usize, false), (4_000, true)] {
+        for pings in ["off", "h2", "frames", "both"] {
+            let mut router =
+                ChildProc::spawn("router", &[("RELAY_ROUTER_PINGS", pings.to_string())]);
+            let addr: SocketAddr = router.line().parse().unwrap();
+            let conns = if per_caller { 2 * pairs } else { 64 };
+            let channels: Vec<Channel> = rt.block_on(async {
+                let mut v = Vec::with_capacity(conns);
+                for _ in 0..conns {
+                    v.push(
+                        ClientBuilder::new(format!("http://{addr}"))
+                            .channel()
+                            .await
+                            .unwrap(),
+                    );
+                }
+                v
+            });
+            let held = rt.block_on(idle_pairs(&channels, 0, pairs));
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let s = router.ask("stats");
+                let active: usize = s
+                    .split(' ')
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                if active >= pairs || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // Past the first PINGs of every connection and call.
+            std::thread::sleep(Duration::from_secs(25));
+            let pid = router.child.id();
+            let (cpu0, w0) = cpu_and_written(pid);
+            std::thread::sleep(Duration::from_secs(secs));
+            let (cpu1, w1) = cpu_and_written(pid);
+            let per_hour = 3600.0 / secs as f64;
+            let bytes = (w1 - w0) as f64 * per_hour;
+            println!(
+                "| {pairs} | {conns} | {pings} | {:.1} | {:.1} MB | {:.0} |",
+                (cpu1 - cpu0) * per_hour,
+                bytes / 1e6,
+                bytes / pairs as f64
+            );
+            for t in held {
+                t.abort();
+            }
+            drop(channels);
+            drop(router);
+        }
+    }
 }
