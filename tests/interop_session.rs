@@ -7,7 +7,8 @@
 //!
 //! - `a_b_c_d_...`: driver calls (p50/p99), 16 MiB through `TcpNetwork` (SHA-256), 5 connects in
 //!   one lease, a clean end (lease released, exporter exits 0), and the exporter's WARNING lines
-//!   per session.
+//!   per session. The router writes a Jumpstarter PING frame on each call quiet for 20 ms
+//!   (`--ping-frame-interval`, 20 s by default, for proxies): the real peers skip them.
 //! - `e_...`: the exporter SIGKILLed mid-call and mid-stream: the client raises, and how soon.
 //! - `f_...`: the client SIGKILLed: the exporter's session for it ends (its connections to the
 //!   router close), and the exporter keeps serving the lease. Its controller gives the two
@@ -117,8 +118,8 @@ impl Lab {
     /// Certificates, the router (ours, or the Python one with `JMP_SESSION_ROUTER=python`)
     /// serving them, and the controller handing out that router with `tokens` (`same`: one
     /// token for both sides, as upstream; `distinct`: two tokens of the same stream;
-    /// `JMP_SESSION_TOKENS` overrides it).
-    async fn start(py: &Path, name: &str, tokens: &str) -> Lab {
+    /// `JMP_SESSION_TOKENS` overrides it). Our router gets `router_args` too.
+    async fn start(py: &Path, name: &str, tokens: &str, router_args: &[&str]) -> Lab {
         let dir = std::env::temp_dir().join(format!(
             "jumpstarter-router-session-{name}-{}",
             std::process::id()
@@ -146,7 +147,7 @@ impl Lab {
             } else {
                 let (cert, key) = (path("cert.pem"), path("key.pem"));
                 let serve = Serve::start_with_env(
-                    &[],
+                    router_args,
                     &[("EXTERNAL_CERT_PEM", &cert), ("EXTERNAL_KEY_PEM", &key)],
                 )
                 .await;
@@ -293,7 +294,18 @@ async fn lease_warnings(exporter: &mut Py, from: usize) -> Vec<Value> {
 async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
     let Some(py) = python() else { return };
     let _serial = SERIAL.lock().await;
-    let mut lab = Lab::start(py, "abcd", "same").await;
+    let mut lab = Lab::start(
+        py,
+        "abcd",
+        "same",
+        &[
+            "--ping-frame-interval",
+            "100ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
     let mut exporter = lab.exporter();
     lab.controller_event("register", None).await;
     lab.controller_event("status", Some(("status", "AVAILABLE")))
@@ -302,8 +314,10 @@ async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
 
     // a. driver calls: MockPower on, off, read (a streaming call).
     let w0 = exporter.warnings().len();
-    let mut client = lab.client("calls", &["--calls", "200"], false);
+    // Then 0.5 s of quiet in the session (PING frames to both sides), and calls again.
+    let mut client = lab.client("calls", &["--calls", "200", "--pause", "0.5"], false);
     let lat = client.next("latency", 120).await;
+    client.next("after_pause", 60).await;
     client.next("released", 60).await;
     assert!(
         client.exit_status(30).await.success(),
@@ -436,6 +450,16 @@ async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
         outcomes.iter().all(|o| o == "finished" || o == "cancelled"),
         "a normal session counted as an abort: {outcomes:?}"
     );
+    // PING frames went to the real peers all along, and every session above still held.
+    if let RouterProc::Ours(serve) = &lab._router {
+        let metrics = support::process::scrape(serve.metrics.expect("the metrics address")).await;
+        let pings = metrics
+            .get("jumpstarter_router_ping_frames_total")
+            .copied()
+            .unwrap_or_default();
+        println!("   PING frames the router wrote on quiet calls: {pings}");
+        assert!(pings > 0.0, "no PING frame reached the peers: {metrics:?}");
+    }
 }
 
 fn count(p: &Py, event: &str) -> usize {
@@ -487,7 +511,7 @@ async fn kill_exporter_once(lab: &mut Lab, case: &str) -> (Option<Duration>, Val
 async fn e_exporter_killed_mid_call_and_mid_stream_the_client_raises() {
     let Some(py) = python() else { return };
     let _serial = SERIAL.lock().await;
-    let mut lab = Lab::start(py, "e", "same").await;
+    let mut lab = Lab::start(py, "e", "same", &[]).await;
     let n = runs();
     let mut failures = Vec::new();
     for (case, what) in [
@@ -555,7 +579,7 @@ async fn e_exporter_killed_mid_call_and_mid_stream_the_client_raises() {
 async fn f_client_killed_the_exporter_ends_its_session_and_keeps_serving() {
     let Some(py) = python() else { return };
     let _serial = SERIAL.lock().await;
-    let mut lab = Lab::start(py, "f", "distinct").await;
+    let mut lab = Lab::start(py, "f", "distinct", &[]).await;
     let exporter = lab.exporter();
     lab.controller_event("register", None).await;
     let n = runs();

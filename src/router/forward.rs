@@ -1000,6 +1000,7 @@ impl Body for Forward {
                 .is_some_and(|idle| idle.poll(cx).is_ready())
         {
             // Nothing to send, the call still open, and a PING due.
+            this.inner.metrics.ping_frames.inc();
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))));
         }
         polled
@@ -1272,6 +1273,7 @@ mod tests {
         assert_eq!(data(poll(&mut a)), msg(7, b""));
         assert_eq!(status(&mut a), (tonic::Code::Ok, String::new()));
         assert_eq!(status(&mut b), (tonic::Code::Ok, String::new()));
+        assert_eq!(router.metrics().ping_frames(), 5, "counted");
     }
 
     #[tokio::test]

@@ -148,6 +148,8 @@ pub struct Metrics {
     by_direction: [Counter; 2],
     pub(crate) pairing_wait: Histogram,
     pub(crate) session_duration: Histogram,
+    /// PING frames the router wrote on quiet calls (`Keepalive::ping_frame_interval`).
+    pub(crate) ping_frames: Counter,
     /// Woken on every change of the counters of `RouterStats` but the bytes. The four
     /// counters are private so that every change goes through the methods that wake it.
     changed: Arc<Notify>,
@@ -192,6 +194,7 @@ impl Metrics {
             by_direction,
             pairing_wait: seconds(),
             session_duration: seconds(),
+            ping_frames: Counter::default(),
             changed: Arc::default(),
         }
     }
@@ -219,6 +222,11 @@ impl Metrics {
             "bytes_forwarded",
             "Payload bytes forwarded, by direction (first_to_second: from the caller that waited)",
             self.bytes.clone(),
+        );
+        r.register(
+            "ping_frames",
+            "PING frames the router wrote on calls that had nothing sent to them for the ping frame interval (for proxies that count only stream data)",
+            self.ping_frames.clone(),
         );
         r.register_with_unit(
             "pairing_wait",
@@ -296,6 +304,11 @@ impl Metrics {
     /// The counter of payload bytes going `direction` (for the forwarders to keep).
     pub(crate) fn bytes_counter(&self, direction: Direction) -> Counter {
         self.by_direction[direction as usize].clone()
+    }
+
+    /// PING frames the router wrote on quiet calls so far.
+    pub fn ping_frames(&self) -> u64 {
+        self.ping_frames.get()
     }
 
     /// Payload bytes forwarded `direction`.

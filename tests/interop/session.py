@@ -643,10 +643,16 @@ def client_main(args):
 
 
 def client_calls(lease, args):
-    """a. driver calls: on/off/read, --calls rounds; p50/p99 per call."""
+    """a. driver calls: on/off/read, --calls rounds; p50/p99 per call. With --pause, the
+    session then stays quiet that many seconds, and a last round of calls must still work."""
     with lease.connect() as client:
         emit("connected", n=1)
         emit("latency", **driver_calls(client, args.calls))
+        if args.pause > 0:
+            time.sleep(args.pause)
+            client.power.on()
+            assert len(list(client.power.read())) == 2
+            emit("after_pause", seconds=args.pause)
 
 
 def client_transfer(lease, args):
@@ -823,6 +829,7 @@ def main():
     c.add_argument("--size", type=int, default=16 * MIB)
     c.add_argument("--connects", type=int, default=5)
     c.add_argument("--paced", action="store_true")
+    c.add_argument("--pause", type=float, default=0.0)
 
     lab = sub.add_parser("lab")
     controller_args(lab)
