@@ -34,6 +34,9 @@
 //! - Response headers go out as soon as a call is accepted, also to a waiting caller.
 //! - Connections are kept alive, their pings policed and their idle time and age limited as
 //!   grpc-go's server does it for the Go router: see [`Keepalive`].
+//! - A call that had nothing sent to it for [`Keepalive::ping_frame_interval`] (20 s) gets a
+//!   Jumpstarter PING frame, waiting for its peer or not: proxies that count only stream data
+//!   as activity keep it open. A busy call never gets one; Jumpstarter's peers skip them.
 //! - Frames are forwarded unchanged, RST_STREAM and unknown types included, and forwarding
 //!   goes on after them; a pair ends only when a call ends or fails.
 //! - A refused caller gets its `Unauthenticated` status after its first message (or at most
