@@ -26,7 +26,7 @@
 //!
 //! Idle cost (`RELAY_ONLY=idle`, not in the default run: minutes): what the router's keepalive
 //! traffic costs with idle pairs, the router in a child process: its CPU and the bytes it
-//! writes over `RELAY_IDLE_SECS` (60), per hour, with its HTTP/2 PINGs and its PING frames
+//! sends (the sockets' counts, from `ss`) over `RELAY_IDLE_SECS` (60), per hour, with its HTTP/2 PINGs and its PING frames
 //! off, one of them on, or both (the defaults). 10,000 pairs over 64 shared connections, and
 //! 4,000 pairs with a connection per caller (this machine allows 20,000 open files per
 //! process).
@@ -1297,21 +1297,31 @@ async fn idle_pairs(
     v
 }
 
-/// A process's CPU time (user + system) in seconds, and the bytes it wrote (`wchar`).
-fn cpu_and_written(pid: u32) -> (f64, u64) {
+/// A process's CPU time (user + system) in seconds.
+fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces): state is field 3; utime 14, stime 15.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let wchar = io
-        .lines()
-        .find_map(|l| l.strip_prefix("wchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, wchar)
+    ticks / 100.0
+}
+
+/// The bytes the router sent on its established connections (the kernel's `bytes_sent` of
+/// each TCP socket on `port`, from `ss -ti`): what went on the wire, headers of HTTP/2 frames
+/// included, TCP/IP headers not.
+fn bytes_sent_from(port: u16) -> u64 {
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .expect("ss (iproute2) to read the sockets' byte counts");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_sent:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
 }
 
 fn idle_cost() {
@@ -1323,7 +1333,7 @@ fn idle_cost() {
         .unwrap();
     println!();
     println!("The router's keepalive traffic with idle pairs, over {secs} s, per hour (HTTP/2 PINGs every 10 s, PING frames after 20 s of quiet; the clients ping every 20 s in every row)");
-    println!("| pairs | connections | router's pings | router CPU s/hour | bytes written/hour | per pair: bytes/hour |");
+    println!("| pairs | connections | router's pings | router CPU s/hour | bytes sent/hour | per pair: bytes/hour |");
     println!("|---|---|---|---|---|---|");
     for (pairs, per_caller) in [(10_000usize, false), (4_000, true)] {
         for pings in ["off", "h2", "frames", "both"] {
@@ -1360,11 +1370,11 @@ fn idle_cost() {
             // Past the first PINGs of every connection and call.
             std::thread::sleep(Duration::from_secs(25));
             let pid = router.child.id();
-            let (cpu0, w0) = cpu_and_written(pid);
+            let (cpu0, w0) = (cpu_secs(pid), bytes_sent_from(addr.port()));
             std::thread::sleep(Duration::from_secs(secs));
-            let (cpu1, w1) = cpu_and_written(pid);
+            let (cpu1, w1) = (cpu_secs(pid), bytes_sent_from(addr.port()));
             let per_hour = 3600.0 / secs as f64;
-            let bytes = (w1 - w0) as f64 * per_hour;
+            let bytes = w1.saturating_sub(w0) as f64 * per_hour;
             println!(
                 "| {pairs} | {conns} | {pings} | {:.1} | {:.1} MB | {:.0} |",
                 (cpu1 - cpu0) * per_hour,
