@@ -9,12 +9,15 @@ Tokens are minted here with PyJWT in the form Jumpstarter's controller issues (g
 
 Subcommands:
   peer        a client-side RouterStream doing a half-close exchange of pattern bytes
+  idle-peer   the same exchange with idle waits at given points (before connecting, after
+              pairing, after the other side's EOF), for proxies' idle timers
   router      a router assembled from RouterStream + forward_stream (pairs callers by token subject)
   raw-client  writes a given list of frames on a Stream call and prints what comes back
   bad-tokens  calls with each kind of bad token, N times each, and counts the status codes
   compressed  a call with gzip compression: the status it gets
   token       prints a controller-form token
   certs       writes a CA and a server certificate for localhost (RSA or ECDSA) to a folder
+  self-signed writes a self-signed certificate and its key, in one PEM file, for a name
 """
 
 import argparse
@@ -33,7 +36,7 @@ import jwt
 
 # The suite's router keys are short test strings: PyJWT's advice on key length is noise here.
 warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
-from anyio import EndOfStream
+from anyio import BrokenResourceError, EndOfStream
 from jumpstarter.streams.common import forward_stream
 from jumpstarter.streams.router import RouterStream
 from jumpstarter_protocol import router_pb2, router_pb2_grpc
@@ -192,6 +195,195 @@ async def peer(args):
         status=status,
     )
 
+
+# ===== idle-peer =====
+
+
+async def idle_peer(args):
+    """A `peer` that stays idle where told, and says when and how each step ended.
+
+    Steps: sleep `--sleep-before-connect`; open the call ("ready"); with `--handshake`, send
+    `hello` and read the other side's `hello` ("paired": both calls are through the router);
+    stay idle `--sleep-after-pairing`; the half-close exchange as `peer` (`--order`), where a
+    `recv-first` side stays idle `--sleep-after-eof` between the other side's EOF ("eof") and
+    its own sending (with `--hold-after-send` it then sends no EOF and waits to be killed);
+    then `aclose` and the final status ("done", with `peer`'s fields and `empty`, the frames
+    `RouterStream.receive` returned as b"": PING and the like).
+
+    One task reads the call from the start, as Jumpstarter's `forward_stream` does, so a call
+    that fails while this side is idle is seen when it fails: the failure is one "error" event
+    with the step, the gRPC code and details when there are some, and `idle_for`, the seconds
+    since this side last received or sent a byte. Every event has `t`, seconds since start."""
+    t0 = time.monotonic()
+    last = [t0]
+    stage = ["sleep-before-connect"]
+
+    def at(event, **fields):
+        emit(event, t=round(time.monotonic() - t0, 3), **fields)
+
+    sent_hash = hashlib.sha256()
+    recv_hash = hashlib.sha256()
+    sent = received = empty = 0
+    chunks = asyncio.Queue()
+    failed = asyncio.Event()
+    ended = asyncio.Event()
+    failure = []
+    channel = call = reading = None
+
+    async def reader(stream):
+        """Reads the call to its end: the bytes, the EOF (a GOAWAY, or the call's end), then
+        on to the call's status (what follows a GOAWAY is dropped, as `final_status` does)."""
+        nonlocal empty
+        while True:
+            try:
+                chunk = await stream.receive()
+            except EndOfStream:
+                if not ended.is_set():
+                    chunks.put_nowait(None)
+                    ended.set()
+                if call.done():
+                    return  # the call ended with OK
+                continue  # a GOAWAY: the call's status comes later
+            except BrokenResourceError as e:
+                failure.append(e)
+                failed.set()
+                return
+            if ended.is_set():
+                continue
+            if chunk:
+                last[0] = time.monotonic()
+                chunks.put_nowait(chunk)
+            else:
+                empty += 1
+
+    async def next_chunk():
+        """The next bytes, or None at EOF; raises the call's failure."""
+        get = asyncio.ensure_future(chunks.get())
+        fail = asyncio.ensure_future(failed.wait())
+        await asyncio.wait([get, fail], return_when=asyncio.FIRST_COMPLETED)
+        fail.cancel()
+        if get.done():
+            return get.result()
+        get.cancel()
+        raise failure[0]
+
+    async def idle(secs):
+        """Nothing sent for `secs`. A failure of the call meanwhile is raised at once; an EOF
+        that arrives meanwhile ends the wait (the steps after it show it)."""
+        waits = [asyncio.ensure_future(failed.wait())]
+        if not ended.is_set():
+            waits.append(asyncio.ensure_future(ended.wait()))
+        done, pending = await asyncio.wait(waits, timeout=secs, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        if failed.is_set():
+            raise failure[0]
+        if done:
+            at("eof-while-idle", step=stage[0])
+
+    try:
+        if args.sleep_before_connect:
+            await asyncio.sleep(args.sleep_before_connect)
+        stage[0] = "connect"
+        channel = await channel_for(args)
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        call = stub.Stream(metadata=(("authorization", f"Bearer {token_arg(args)}"),))
+        stream = RouterStream(context=call)
+        reading = asyncio.ensure_future(reader(stream))
+        at("ready")
+        last[0] = time.monotonic()
+
+        if args.handshake:
+            stage[0] = "handshake"
+            await stream.send(b"hello")
+            got = b""
+            while len(got) < 5:
+                chunk = await next_chunk()
+                if chunk is None:
+                    break
+                got += chunk
+            if got != b"hello":
+                raise RuntimeError(f"handshake: got {got!r}")
+            at("paired")
+        if args.sleep_after_pairing:
+            stage[0] = "sleep-after-pairing"
+            await idle(args.sleep_after_pairing)
+
+        async def send_all():
+            nonlocal sent
+            stage[0] = "send"
+            while sent < args.send:
+                if failed.is_set():
+                    raise failure[0]
+                chunk = pattern(sent, min(args.chunk, args.send - sent), args.seed)
+                await stream.send(chunk)
+                last[0] = time.monotonic()
+                sent_hash.update(chunk)
+                sent += len(chunk)
+            at("sent", sent=sent)
+            if args.hold_after_send:
+                stage[0] = "hold"
+                await asyncio.Event().wait()  # until killed
+            await stream.send_eof()
+
+        async def receive_all():
+            nonlocal received
+            stage[0] = "receive"
+            while (chunk := await next_chunk()) is not None:
+                recv_hash.update(chunk)
+                received += len(chunk)
+            at("eof", received=received)
+
+        if args.order == "send-first":
+            await send_all()
+            await receive_all()
+        else:
+            await receive_all()
+            if args.sleep_after_eof:
+                stage[0] = "sleep-after-eof"
+                await idle(args.sleep_after_eof)
+            await send_all()
+        stage[0] = "close"
+        await stream.aclose()
+        # The reader reads on to the call's status (never cancelled: that cancels the call).
+        done, _ = await asyncio.wait([reading], timeout=30)
+        if not done:
+            status = "no status within 30 s"
+        elif failure:
+            cause = failure[0].__cause__
+            status = cause.code().name if isinstance(cause, grpc.aio.AioRpcError) else repr(failure[0])
+        else:
+            status = (await call.code()).name
+    except (BrokenResourceError, grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError) as e:
+        cause = e if isinstance(e, grpc.aio.AioRpcError) else e.__cause__
+        code = details = None
+        if isinstance(cause, grpc.aio.AioRpcError):
+            code, details = cause.code().name, cause.details()
+        elif call is not None and call.done():
+            code, details = (await call.code()).name, await call.details()
+        at(
+            "error",
+            stage=stage[0],
+            code=code,
+            details=details,
+            message=f"{type(e).__name__}: {e}",
+            idle_for=round(time.monotonic() - last[0], 3),
+            sent=sent,
+            received=received,
+        )
+        if channel is not None:
+            await channel.close()
+        raise SystemExit(1)
+    await channel.close()
+    at(
+        "done",
+        sent=sent,
+        sent_sha256=sent_hash.hexdigest(),
+        received=received,
+        received_sha256=recv_hash.hexdigest(),
+        empty=empty,
+        status=status,
+    )
 
 async def final_status(call):
     """The call's status name. grpc-core hands out the status only once every message was read,
@@ -443,6 +635,38 @@ async def certs(args):
     emit("certs", dir=args.dir, key_type=args.key_type, key_pem_header=files["key.pem"].splitlines()[0].decode())
 
 
+async def self_signed(args):
+    """A self-signed ECDSA certificate for `--name` and its key, in one PEM file (the form
+    HAProxy's `crt` takes): e.g. a router's default certificate (`*.apps.example.invalid`),
+    which must not name the host the tests dial."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, args.name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(args.name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    with open(args.out, "wb") as f:
+        f.write(cert.public_bytes(pem))
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    emit("self-signed", out=args.out, name=args.name)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -465,6 +689,18 @@ def main():
     p.add_argument("--order", choices=["send-first", "recv-first"], required=True)
     p.add_argument("--chunk", type=int, default=64 * 1024)
     p.add_argument("--hold-after-send", action="store_true")
+
+    i = sub.add_parser("idle-peer")
+    call_args(i)
+    i.add_argument("--send", type=int, required=True)
+    i.add_argument("--seed", type=int, required=True)
+    i.add_argument("--order", choices=["send-first", "recv-first"], required=True)
+    i.add_argument("--chunk", type=int, default=64 * 1024)
+    i.add_argument("--handshake", action="store_true", help="hello both ways first (paired)")
+    i.add_argument("--sleep-before-connect", type=float, default=0)
+    i.add_argument("--sleep-after-pairing", type=float, default=0)
+    i.add_argument("--sleep-after-eof", type=float, default=0, help="recv-first: before sending")
+    i.add_argument("--hold-after-send", action="store_true", help="no EOF: wait to be killed")
 
     r = sub.add_parser("router")
     r.add_argument("--listen", default="127.0.0.1:0")
@@ -492,15 +728,21 @@ def main():
     k.add_argument("--dir", required=True)
     k.add_argument("--key-type", choices=["rsa", "ecdsa"], required=True)
 
+    o = sub.add_parser("self-signed")
+    o.add_argument("--name", required=True)
+    o.add_argument("--out", required=True)
+
     args = parser.parse_args()
     run = {
         "peer": peer,
+        "idle-peer": idle_peer,
         "router": router,
         "raw-client": raw_client,
         "bad-tokens": bad_tokens,
         "compressed": compressed,
         "token": token,
         "certs": certs,
+        "self-signed": self_signed,
     }[args.cmd]
     try:
         asyncio.run(run(args))
