@@ -16,6 +16,8 @@ pub mod apiserver;
 pub mod attack;
 #[cfg(feature = "cli")]
 pub mod process;
+#[cfg(feature = "cli")]
+pub mod proxy;
 pub mod python;
 pub mod raw;
 mod rx_stream;
