@@ -1,0 +1,631 @@
+//! The real proxies labs put in front of the router (GitHub issue 23), with the real
+//! Jumpstarter 0.9.0 Python peers (`tests/interop/harness.py`) through them and
+//! `jumpstarter-router serve` behind them:
+//!
+//! - `nginx_ingress`: nginx as ingress-nginx renders the router's `backend-protocol: GRPC`
+//!   Ingress, TLS at nginx, `grpc_pass` to `serve --plaintext`;
+//! - `haproxy_edge`, `haproxy_reencrypt`, `haproxy_passthrough`: HAProxy 2.6 as the OpenShift
+//!   router renders an edge route (TLS at HAProxy, h2 to `serve --plaintext`), a re-encrypt
+//!   route (TLS at HAProxy, TLS again to `serve`) and a passthrough route (`mode tcp`, TLS from
+//!   the peer to `serve`; what Jumpstarter's operator makes).
+//!
+//! The proxies' idle timers are shortened to 3 s ([`TIMER`]; `tests/support/proxy.rs` has the
+//! configurations and their sources). `serve` runs as behind a real proxy, with
+//! `--keepalive-interval 1s` (HTTP/2 PINGs) and `--ping-frame-interval 1s` (Jumpstarter PING
+//! frames on quiet calls). For each proxy:
+//!
+//! - `exchange_frames_refusal_and_kill`: 16 MiB each way with a half-close (SHA-256); PING,
+//!   unknown and RST_STREAM frames pass unchanged; bad tokens get `UNAUTHENTICATED` with the
+//!   same words as from `serve` directly; a peer killed mid-transfer is an error at the other
+//!   peer (never a clean end), told by the router before any proxy timer;
+//! - `idle_sessions_outlive_three_timers`: a caller waiting for its peer, a paired session, and
+//!   a session with one side half-closed, each idle 3 timers and a half, then an exchange;
+//! - `without_pings_an_idle_session_dies_at_the_timer`: the control. With the router's pings
+//!   off, the paired idle session fails at the proxy's timer (an error, never an EOF): the idle
+//!   cases above can fail.
+//!
+//! `throughput_through_each_proxy_and_direct` (ignored: run it with `--ignored --nocapture`)
+//! prints the rate of a 64 MiB one-way transfer through each proxy and straight to `serve`.
+//!
+//! Needs `nginx` and `haproxy` (`apt-get install nginx haproxy`; the tests start them, the
+//! packaged services are not needed) and the interop venv. `JUMPSTARTER_ROUTER_SKIP_INTEROP=1`
+//! skips them explicitly.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::pattern_sha;
+use support::process::{Serve, ROUTER_KEY};
+use support::proxy::{self, Certs, Proxy, Route, TempDir, TIMER};
+use support::python::{python, Py};
+
+const MIB: u64 = 1024 * 1024;
+/// Bytes each way in the exchange.
+const SIZE: u64 = 16 * MIB;
+/// Bytes each way after an idle wait.
+const AFTER_IDLE: u64 = 4 * MIB;
+
+/// The router's pings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pings {
+    /// HTTP/2 PINGs and PING frames every second, as behind a real proxy.
+    On,
+    /// Neither: the control.
+    Off,
+}
+
+impl Pings {
+    fn args(self) -> [&'static str; 4] {
+        let every = if self == Pings::On { "1s" } else { "0" };
+        [
+            "--keepalive-interval",
+            every,
+            "--ping-frame-interval",
+            every,
+        ]
+    }
+}
+
+/// Three timers and a half: the idle waits.
+fn idle_secs() -> String {
+    format!("{}", (TIMER * 7 / 2).as_secs_f64())
+}
+
+// ===== the lab: certificates, serve, the proxy =====
+
+struct Lab {
+    py: &'static Path,
+    route: Route,
+    /// The test CA's file (`--tls-ca`).
+    ca: String,
+    proxy: Proxy,
+    serve: Serve,
+    /// Last: removed once the processes are gone.
+    _dir: TempDir,
+}
+
+impl Lab {
+    /// Certificates, `serve` with `pings`, and the proxy of `route` in front of it; `None`
+    /// when the interop tests are skipped.
+    async fn start(route: Route, pings: Pings) -> Option<Lab> {
+        let py = python()?.as_path();
+        proxy::binary(route.binary());
+        let dir = TempDir::new(route.name());
+        let (certs_dir, default_pem) = (dir.file("certs"), dir.file("default.pem"));
+        let mut made = Py::spawn(
+            py,
+            "harness.py",
+            &["certs", "--dir", &certs_dir, "--key-type", "ecdsa"],
+            false,
+        );
+        // OpenShift's default certificate names the cluster's wildcard, never the route.
+        let mut default = Py::spawn(
+            py,
+            "harness.py",
+            &[
+                "self-signed",
+                "--name",
+                "*.apps.example.invalid",
+                "--out",
+                &default_pem,
+            ],
+            false,
+        );
+        made.next("certs", 60).await;
+        default.next("self-signed", 60).await;
+        let file = |f: &str| format!("{certs_dir}/{f}");
+        let certs = Certs {
+            ca: file("ca.pem"),
+            cert: file("cert.pem"),
+            key: file("key.pem"),
+            default_pem,
+        };
+        let mut args = pings.args().to_vec();
+        let mut env = Vec::new();
+        if route.router_tls() {
+            env.push(("EXTERNAL_CERT_PEM", certs.cert.as_str()));
+            env.push(("EXTERNAL_KEY_PEM", certs.key.as_str()));
+        } else {
+            args.push("--plaintext");
+        }
+        let serve = Serve::start_with_env(&args, &env).await;
+        let proxy = Proxy::start(route, &dir, serve.listen, &certs).await;
+        Some(Lab {
+            py,
+            route,
+            ca: certs.ca,
+            proxy,
+            serve,
+            _dir: dir,
+        })
+    }
+
+    /// `--endpoint` and TLS flags: through the proxy, or straight to `serve` (`direct`).
+    fn endpoint_args(&self, direct: bool) -> Vec<String> {
+        let tls = ["--tls-ca".to_string(), self.ca.clone()];
+        match (direct, self.route.router_tls()) {
+            (false, _) => [
+                vec!["--endpoint".into(), self.proxy.endpoint()],
+                tls.to_vec(),
+            ]
+            .concat(),
+            (true, true) => [
+                vec![
+                    "--endpoint".into(),
+                    format!("{}:{}", proxy::HOST, self.serve.listen.port()),
+                ],
+                tls.to_vec(),
+            ]
+            .concat(),
+            (true, false) => vec!["--endpoint".into(), self.serve.listen.to_string()],
+        }
+    }
+
+    /// `harness.py SUBCOMMAND` with the endpoint, a token minted by the harness (PyJWT) for
+    /// `stream`, and `rest`.
+    fn harness(&self, sub: &str, direct: bool, stream: &str, rest: &[&str]) -> Py {
+        let mut args: Vec<String> = vec![sub.into()];
+        args.extend(self.endpoint_args(direct));
+        args.extend(["--key", ROUTER_KEY, "--stream", stream].map(String::from));
+        args.extend(rest.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Py::spawn(self.py, "harness.py", &args, false)
+    }
+
+    /// `harness.py idle-peer` through the proxy: sends `send` pattern bytes with `seed`.
+    fn idle_peer(&self, stream: &str, seed: u64, send: u64, order: &str, rest: &[&str]) -> Py {
+        self.idle_peer_via(false, stream, seed, send, order, rest)
+    }
+
+    fn idle_peer_via(
+        &self,
+        direct: bool,
+        stream: &str,
+        seed: u64,
+        send: u64,
+        order: &str,
+        rest: &[&str],
+    ) -> Py {
+        let (send, seed) = (send.to_string(), seed.to_string());
+        let args = [
+            &["--send", &send, "--seed", &seed, "--order", order][..],
+            rest,
+        ]
+        .concat();
+        self.harness("idle-peer", direct, stream, &args)
+    }
+
+    fn name(&self) -> &'static str {
+        self.route.name()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} logs\n{}\n--- serve\n{}",
+                self.name(),
+                tail(&self.proxy.logs(), 40),
+                tail(&self.serve.raw_logs(), 40)
+            );
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ===== what the peers said =====
+
+/// The peer's last word: its `done` or `error` event.
+async fn outcome(p: &mut Py, secs: u64) -> Value {
+    p.wait_for(secs, "done or error", |v| {
+        v["event"] == "done" || v["event"] == "error"
+    })
+    .await
+}
+
+/// The `t` (seconds since its start) of the peer's first `event`.
+fn t_of(p: &Py, event: &str) -> f64 {
+    p.all
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["event"] == event)
+        .and_then(|v| v["t"].as_f64())
+        .unwrap_or_else(|| panic!("no {event} event: {}", p.tail(10)))
+}
+
+/// A clean exchange: `size` pattern bytes with `sent_seed` sent, `size` with `recv_seed`
+/// received, status OK.
+fn assert_done(v: &Value, size: u64, sent_seed: u64, recv_seed: u64, what: &str) {
+    assert_eq!(v["event"], "done", "{what}: {v}");
+    assert_eq!(
+        (v["sent"].as_u64(), v["sent_sha256"].as_str()),
+        (Some(size), Some(pattern_sha(size, sent_seed).as_str())),
+        "{what}: {v}"
+    );
+    assert_eq!(
+        (v["received"].as_u64(), v["received_sha256"].as_str()),
+        (Some(size), Some(pattern_sha(size, recv_seed).as_str())),
+        "{what}: {v}"
+    );
+    assert_eq!(v["status"], "OK", "{what}: {v}");
+}
+
+/// A session that did not end cleanly at this peer: an error, or a final status other than OK.
+fn assert_not_clean(v: &Value, what: &str) {
+    assert!(
+        v["event"] == "error" || (v["event"] == "done" && v["status"] != "OK"),
+        "{what}: a broken session looked like a clean end: {v}"
+    );
+}
+
+// ===== the cases =====
+
+async fn exchange_frames_refusal_and_kill(route: Route) {
+    let Some(lab) = Lab::start(route, Pings::On).await else {
+        return;
+    };
+    let name = lab.name();
+
+    // 16 MiB each way with a half-close.
+    let size = SIZE.to_string();
+    let exchange = |seed: &str, order: &str| {
+        lab.harness(
+            "peer",
+            false,
+            "exchange",
+            &["--send", &size, "--seed", seed, "--order", order],
+        )
+    };
+    let (mut a, mut b) = (exchange("1", "send-first"), exchange("2", "recv-first"));
+    let (va, vb) = (outcome(&mut a, 120).await, outcome(&mut b, 120).await);
+    assert_done(&va, SIZE, 1, 2, name);
+    assert_done(&vb, SIZE, 2, 1, name);
+
+    // Every frame passes unchanged and in order, both ways; both calls end with OK.
+    let raw = |frames: &str| lab.harness("raw-client", false, "raw-frames", &["--frames", frames]);
+    let mut ra = raw("data:,ping,ping:payload,unknown9:xyz,rst:why,data:after,goaway");
+    let mut rb = raw("rst,data:back,goaway");
+    let (got_b, status_b) = raw_frames(&mut rb).await;
+    let (got_a, status_a) = raw_frames(&mut ra).await;
+    let own = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
+        v.iter().map(|(t, p)| (*t, p.to_string())).collect()
+    };
+    let sent_a = own(&[
+        (0, ""),
+        (6, ""),
+        (6, "payload"),
+        (9, "xyz"),
+        (3, "why"),
+        (0, "after"),
+        (7, ""),
+    ]);
+    assert_eq!(got_b, sent_a, "{name}");
+    assert_eq!(got_a, own(&[(3, ""), (0, "back"), (7, "")]), "{name}");
+    assert_eq!(
+        (status_a.as_str(), status_b.as_str()),
+        ("OK", "OK"),
+        "{name}"
+    );
+
+    // Refused callers learn why, with the words `serve` gives them directly. nginx refuses a
+    // request with two `authorization` headers itself (HTTP 400, "client sent duplicate header
+    // line"): the router never sees it, and the client gets no gRPC status from nginx.
+    let via_proxy = refusals(&lab, false).await;
+    let direct = refusals(&lab, true).await;
+    assert_eq!(via_proxy.len(), 15, "{name}: {via_proxy:?}");
+    assert_eq!(
+        via_proxy.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        direct.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    for ((case, answer), (_, from_serve)) in via_proxy.iter().zip(&direct) {
+        assert!(
+            from_serve.starts_with("UNAUTHENTICATED: "),
+            "{case}: {from_serve}"
+        );
+        if route == Route::IngressNginx && case == "duplicated header" {
+            assert!(!answer.starts_with("OK"), "{name}: {case}: {answer}");
+            assert!(
+                lab.proxy
+                    .logs()
+                    .contains("client sent duplicate header line"),
+                "{name}: {case}: {answer}"
+            );
+            eprintln!("{name}: {case}: refused by nginx: {answer}");
+        } else {
+            assert_eq!(
+                answer, from_serve,
+                "{name}: {case}: the proxy changed the refusal"
+            );
+        }
+    }
+
+    // A peer killed mid-transfer: the other peer gets an error, never a clean end, from the
+    // router (well before any proxy timer).
+    let mib4 = 4 * MIB;
+    let mut sender = lab.idle_peer(
+        "kill",
+        13,
+        mib4,
+        "send-first",
+        &["--handshake", "--hold-after-send"],
+    );
+    let mut survivor = lab.idle_peer("kill", 14, MIB, "recv-first", &["--handshake"]);
+    survivor.next("paired", 30).await;
+    sender.next("sent", 60).await;
+    sender.kill();
+    let killed = std::time::Instant::now();
+    let (v, at) = survivor
+        .try_wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "done" || v["event"] == "error"
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: the survivor heard nothing: {}", survivor.tail(10)));
+    assert_not_clean(&v, name);
+    let took = at - killed;
+    assert!(
+        took < TIMER,
+        "{name}: the survivor learned after {took:?}: {v}"
+    );
+    eprintln!(
+        "{name}: a killed peer: the other's end after {:.0} ms: {v}",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// The frames a `raw-client` received, as (type, payload), and its final status.
+async fn raw_frames(p: &mut Py) -> (Vec<(u64, String)>, String) {
+    let mut got = Vec::new();
+    loop {
+        let v = p
+            .wait_for(30, "a frame or the end", |v| {
+                v["event"] == "frame" || v["event"] == "end" || v["event"] == "error"
+            })
+            .await;
+        match v["event"].as_str() {
+            Some("frame") => got.push((
+                v["frame_type"].as_u64().unwrap(),
+                v["payload"].as_str().unwrap().to_string(),
+            )),
+            Some("end") => return (got, v["status"].as_str().unwrap().to_string()),
+            _ => panic!("raw client failed: {v}"),
+        }
+    }
+}
+
+/// `harness.py bad-tokens --rounds 1` through the proxy or straight to `serve`: each case's
+/// answer, as `CODE: details`.
+async fn refusals(lab: &Lab, direct: bool) -> Vec<(String, String)> {
+    let mut args: Vec<String> = vec!["bad-tokens".into()];
+    args.extend(lab.endpoint_args(direct));
+    args.extend(["--key", ROUTER_KEY, "--rounds", "1"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Py::spawn(lab.py, "harness.py", &args, false);
+    let mut seen = Vec::new();
+    loop {
+        let v = p
+            .wait_for(60, "a case or the end", |v| {
+                v["event"] == "case" || v["event"] == "end" || v["event"] == "error"
+            })
+            .await;
+        match v["event"].as_str() {
+            Some("case") => {
+                let counts = v["counts"].as_object().unwrap();
+                assert_eq!(counts.len(), 1, "{v}");
+                let answer = counts.keys().next().unwrap().clone();
+                seen.push((v["name"].as_str().unwrap().to_string(), answer));
+            }
+            Some("end") => return seen,
+            _ => panic!("bad-tokens failed: {v}"),
+        }
+    }
+}
+
+/// The three idle cases at once, each idle three timers and a half (the router's pings on),
+/// then an exchange that must be whole.
+async fn idle_sessions_outlive_three_timers(route: Route) {
+    let Some(lab) = Lab::start(route, Pings::On).await else {
+        return;
+    };
+    let name = lab.name();
+    let idle = idle_secs();
+    let n = AFTER_IDLE;
+    // (a) a caller waits for its peer, which comes after the idle wait.
+    let mut a1 = lab.idle_peer("idle-a", 1, n, "recv-first", &[]);
+    let mut a2 = lab.idle_peer(
+        "idle-a",
+        2,
+        n,
+        "send-first",
+        &["--sleep-before-connect", &idle],
+    );
+    // (b) a paired session (hello both ways) idle on both sides.
+    let after_pairing = ["--handshake", "--sleep-after-pairing", &idle];
+    let mut b1 = lab.idle_peer("idle-b", 3, n, "send-first", &after_pairing);
+    let mut b2 = lab.idle_peer("idle-b", 4, n, "recv-first", &after_pairing);
+    // (c) one side sends and half-closes; the other reads to that EOF, stays idle, then
+    // sends its part and finishes.
+    let mut c1 = lab.idle_peer("idle-c", 5, n, "send-first", &["--handshake"]);
+    let mut c2 = lab.idle_peer(
+        "idle-c",
+        6,
+        n,
+        "recv-first",
+        &["--handshake", "--sleep-after-eof", &idle],
+    );
+    let limit = 60;
+    let peers: [(&mut Py, u64, u64, &str); 6] = [
+        (&mut a1, 1, 2, "(a) the waiting caller"),
+        (&mut a2, 2, 1, "(a) the late peer"),
+        (&mut b1, 3, 4, "(b) first"),
+        (&mut b2, 4, 3, "(b) second"),
+        (&mut c1, 5, 6, "(c) the side that half-closed"),
+        (&mut c2, 6, 5, "(c) the idle side"),
+    ];
+    let mut done = Vec::new();
+    for (p, sent, received, what) in peers {
+        let v = outcome(p, limit).await;
+        assert_done(&v, n, sent, received, &format!("{name} {what}"));
+        done.push(v);
+    }
+    // Each was idle that long.
+    let least = (TIMER * 3).as_secs_f64();
+    let waited = [
+        (
+            "(a) waited for its peer",
+            t_of(&a1, "eof") - t_of(&a1, "ready"),
+        ),
+        (
+            "(b) idle after pairing",
+            t_of(&b1, "sent") - t_of(&b1, "paired"),
+        ),
+        (
+            "(c) idle after the EOF",
+            t_of(&c2, "sent") - t_of(&c2, "eof"),
+        ),
+        (
+            "(c) half-closed, waited",
+            t_of(&c1, "eof") - t_of(&c1, "sent"),
+        ),
+    ];
+    for (what, secs) in waited {
+        assert!(secs >= least, "{name} {what}: only {secs:.2} s");
+    }
+    // The router's PING frames reached the quiet callers through the proxy (the peers skip
+    // them: `RouterStream.receive` returns b"").
+    for (v, what) in [
+        (&done[0], "(a)"),
+        (&done[2], "(b)"),
+        (&done[3], "(b)"),
+        (&done[4], "(c)"),
+    ] {
+        assert!(
+            v["empty"].as_u64() >= Some(3),
+            "{name} {what}: PING frames did not pass: {v}"
+        );
+    }
+    eprintln!(
+        "{name}: idle {:.1} {:.1} {:.1} s, PING frames seen {} {} {} {}",
+        waited[0].1,
+        waited[1].1,
+        waited[2].1,
+        done[0]["empty"],
+        done[2]["empty"],
+        done[3]["empty"],
+        done[4]["empty"]
+    );
+}
+
+/// The control: with the router's pings off, a paired idle session fails at the proxy's
+/// timer, as an error at a peer, never as a clean end.
+async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
+    let Some(lab) = Lab::start(route, Pings::Off).await else {
+        return;
+    };
+    let name = lab.name();
+    let idle = idle_secs();
+    let after_pairing = ["--handshake", "--sleep-after-pairing", &idle];
+    let mut b1 = lab.idle_peer("control", 3, AFTER_IDLE, "send-first", &after_pairing);
+    let mut b2 = lab.idle_peer("control", 4, AFTER_IDLE, "recv-first", &after_pairing);
+    let (v1, v2) = (outcome(&mut b1, 30).await, outcome(&mut b2, 30).await);
+    assert_not_clean(&v1, name);
+    assert_not_clean(&v2, name);
+    // The first error came during the idle wait, at about the timer.
+    let failed_idle: Vec<&Value> = [&v1, &v2]
+        .into_iter()
+        .filter(|v| v["event"] == "error" && v["stage"] == "sleep-after-pairing")
+        .collect();
+    let first = failed_idle
+        .iter()
+        .filter_map(|v| v["idle_for"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let timer = TIMER.as_secs_f64();
+    assert!(
+        (timer - 0.5..=timer * 2.0).contains(&first),
+        "{name}: without pings the idle session should fail at about {timer} s: {v1} {v2}"
+    );
+    if std::env::var_os("JMP_PROXY_LOGS").is_some() {
+        eprintln!("{}", lab.proxy.logs());
+    }
+    eprintln!("proxy-control {name} failed after {first:.2} s idle (timer {timer} s): {v1} {v2}");
+}
+
+macro_rules! route_tests {
+    ($module:ident, $route:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exchange_frames_refusal_and_kill() {
+                super::exchange_frames_refusal_and_kill($route).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn idle_sessions_outlive_three_timers() {
+                super::idle_sessions_outlive_three_timers($route).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn without_pings_an_idle_session_dies_at_the_timer() {
+                super::without_pings_an_idle_session_dies_at_the_timer($route).await
+            }
+        }
+    };
+}
+
+route_tests!(nginx_ingress, Route::IngressNginx);
+route_tests!(haproxy_edge, Route::Edge);
+route_tests!(haproxy_reencrypt, Route::Reencrypt);
+route_tests!(haproxy_passthrough, Route::Passthrough);
+
+// ===== throughput =====
+
+/// Seconds for `MIB64` one way between two Python peers (through the proxy, or `direct`),
+/// from the receiver's pairing to its EOF.
+async fn one_way_secs(lab: &Lab, direct: bool, stream: &str) -> f64 {
+    let size = 64 * MIB;
+    let mut tx = lab.idle_peer_via(direct, stream, 7, size, "send-first", &["--handshake"]);
+    let mut rx = lab.idle_peer_via(direct, stream, 8, 0, "recv-first", &["--handshake"]);
+    let v = outcome(&mut rx, 120).await;
+    assert_eq!(v["event"], "done", "{v}");
+    assert_eq!(
+        v["received_sha256"].as_str(),
+        Some(pattern_sha(size, 7).as_str()),
+        "{v}"
+    );
+    let _ = outcome(&mut tx, 30).await;
+    t_of(&rx, "eof") - t_of(&rx, "paired")
+}
+
+/// 64 MiB one way through each proxy and straight to the `serve` behind it, side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --all-features --test interop_proxy -- --ignored --nocapture"]
+async fn throughput_through_each_proxy_and_direct() {
+    for route in Route::ALL {
+        let Some(lab) = Lab::start(route, Pings::On).await else {
+            return;
+        };
+        let mib = 64.0;
+        let through = mib / one_way_secs(&lab, false, "via").await;
+        let direct = mib / one_way_secs(&lab, true, "direct").await;
+        let backend = if route.router_tls() {
+            "TLS"
+        } else {
+            "plaintext"
+        };
+        println!(
+            "proxy-throughput {} {through:.0} MiB/s direct {direct:.0} MiB/s ratio {:.2} (serve {backend})",
+            route.name(),
+            through / direct
+        );
+    }
+}
