@@ -22,7 +22,9 @@
 //!   a session with one side half-closed, each idle 3 timers and a half, then an exchange;
 //! - `without_pings_an_idle_session_dies_at_the_timer`: the control. With the router's pings
 //!   off, the paired idle session fails at the proxy's timer (an error, never an EOF): the idle
-//!   cases above can fail.
+//!   cases above can fail;
+//! - `one_kind_of_ping_at_a_time`: the same idle session with HTTP/2 PINGs only, and with PING
+//!   frames only: which of the two each proxy needs.
 //!
 //! `throughput_through_each_proxy_and_direct` (ignored: run it with `--ignored --nocapture`)
 //! prints the rate of a 64 MiB one-way transfer through each proxy and straight to `serve`.
@@ -56,17 +58,21 @@ enum Pings {
     On,
     /// Neither: the control.
     Off,
+    /// HTTP/2 PINGs only (`--ping-frame-interval 0`).
+    H2Only,
+    /// PING frames only (`--keepalive-interval 0`).
+    FramesOnly,
 }
 
 impl Pings {
     fn args(self) -> [&'static str; 4] {
-        let every = if self == Pings::On { "1s" } else { "0" };
-        [
-            "--keepalive-interval",
-            every,
-            "--ping-frame-interval",
-            every,
-        ]
+        let (h2, frames) = match self {
+            Pings::On => ("1s", "1s"),
+            Pings::Off => ("0", "0"),
+            Pings::H2Only => ("1s", "0"),
+            Pings::FramesOnly => ("0", "1s"),
+        };
+        ["--keepalive-interval", h2, "--ping-frame-interval", frames]
     }
 }
 
@@ -525,6 +531,34 @@ async fn idle_sessions_outlive_three_timers(route: Route) {
     );
 }
 
+/// Case (b) on `lab`: two peers pair (hello both ways), stay idle three timers and a half,
+/// then exchange; their last words.
+async fn paired_idle(lab: &Lab, stream: &str) -> (Value, Value) {
+    let idle = idle_secs();
+    let after_pairing = ["--handshake", "--sleep-after-pairing", &idle];
+    let mut b1 = lab.idle_peer(stream, 3, AFTER_IDLE, "send-first", &after_pairing);
+    let mut b2 = lab.idle_peer(stream, 4, AFTER_IDLE, "recv-first", &after_pairing);
+    (outcome(&mut b1, 30).await, outcome(&mut b2, 30).await)
+}
+
+/// The paired idle session failed at about the proxy's timer: an error at a peer during the
+/// idle wait, never a clean end. Returns how long the first peer that failed had been idle.
+fn assert_died_at_the_timer(name: &str, v1: &Value, v2: &Value) -> f64 {
+    assert_not_clean(v1, name);
+    assert_not_clean(v2, name);
+    let first = [v1, v2]
+        .into_iter()
+        .filter(|v| v["event"] == "error" && v["stage"] == "sleep-after-pairing")
+        .filter_map(|v| v["idle_for"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let timer = TIMER.as_secs_f64();
+    assert!(
+        (timer - 0.5..=timer * 2.0).contains(&first),
+        "{name}: the idle session should fail at about {timer} s: {v1} {v2}"
+    );
+    first
+}
+
 /// The control: with the router's pings off, a paired idle session fails at the proxy's
 /// timer, as an error at a peer, never as a clean end.
 async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
@@ -532,31 +566,48 @@ async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
         return;
     };
     let name = lab.name();
-    let idle = idle_secs();
-    let after_pairing = ["--handshake", "--sleep-after-pairing", &idle];
-    let mut b1 = lab.idle_peer("control", 3, AFTER_IDLE, "send-first", &after_pairing);
-    let mut b2 = lab.idle_peer("control", 4, AFTER_IDLE, "recv-first", &after_pairing);
-    let (v1, v2) = (outcome(&mut b1, 30).await, outcome(&mut b2, 30).await);
-    assert_not_clean(&v1, name);
-    assert_not_clean(&v2, name);
-    // The first error came during the idle wait, at about the timer.
-    let failed_idle: Vec<&Value> = [&v1, &v2]
-        .into_iter()
-        .filter(|v| v["event"] == "error" && v["stage"] == "sleep-after-pairing")
-        .collect();
-    let first = failed_idle
-        .iter()
-        .filter_map(|v| v["idle_for"].as_f64())
-        .fold(f64::INFINITY, f64::min);
-    let timer = TIMER.as_secs_f64();
-    assert!(
-        (timer - 0.5..=timer * 2.0).contains(&first),
-        "{name}: without pings the idle session should fail at about {timer} s: {v1} {v2}"
-    );
+    let (v1, v2) = paired_idle(&lab, "control").await;
+    let first = assert_died_at_the_timer(name, &v1, &v2);
     if std::env::var_os("JMP_PROXY_LOGS").is_some() {
         eprintln!("{}", lab.proxy.logs());
     }
-    eprintln!("proxy-control {name} failed after {first:.2} s idle (timer {timer} s): {v1} {v2}");
+    eprintln!(
+        "proxy-control {name} failed after {first:.2} s idle (timer {} s): {v1} {v2}",
+        TIMER.as_secs_f64()
+    );
+}
+
+/// Which of the router's two pings keeps a paired idle session alive through each proxy:
+/// PING frames (stream data) through all of them; HTTP/2 PINGs through nginx (they re-arm its
+/// body and read timers) and the TCP passthrough, not through HAProxy in HTTP mode, whose
+/// `timeout server` counts only stream data.
+async fn one_kind_of_ping_at_a_time(route: Route) {
+    let (h2, frames) = tokio::join!(
+        Lab::start(route, Pings::H2Only),
+        Lab::start(route, Pings::FramesOnly)
+    );
+    let (Some(h2), Some(frames)) = (h2, frames) else {
+        return;
+    };
+    let name = route.name();
+    let ((h1, h2v), (f1, f2)) = tokio::join!(
+        paired_idle(&h2, "h2-pings-only"),
+        paired_idle(&frames, "ping-frames-only")
+    );
+    assert_done(&f1, AFTER_IDLE, 3, 4, &format!("{name}, PING frames only"));
+    assert_done(&f2, AFTER_IDLE, 4, 3, &format!("{name}, PING frames only"));
+    let what = format!("{name}, HTTP/2 PINGs only");
+    if matches!(route, Route::IngressNginx | Route::Passthrough) {
+        assert_done(&h1, AFTER_IDLE, 3, 4, &what);
+        assert_done(&h2v, AFTER_IDLE, 4, 3, &what);
+        eprintln!("proxy-pings {name}: HTTP/2 PINGs alone keep it, PING frames alone keep it");
+    } else {
+        let first = assert_died_at_the_timer(&what, &h1, &h2v);
+        eprintln!(
+            "proxy-pings {name}: HTTP/2 PINGs alone: dead after {first:.2} s idle; PING frames \
+             alone keep it"
+        );
+    }
 }
 
 macro_rules! route_tests {
@@ -577,6 +628,11 @@ macro_rules! route_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn without_pings_an_idle_session_dies_at_the_timer() {
                 super::without_pings_an_idle_session_dies_at_the_timer($route).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_kind_of_ping_at_a_time() {
+                super::one_kind_of_ping_at_a_time($route).await
             }
         }
     };
