@@ -29,6 +29,9 @@
 //! `throughput_through_each_proxy_and_direct` (ignored: run it with `--ignored --nocapture`)
 //! prints the rate of a 64 MiB one-way transfer through each proxy and straight to `serve`.
 //!
+//! `JMP_PROXY_LOGS=1` prints the proxy's and `serve`'s logs of each control case (which timer
+//! fired, how the router classed the session's end).
+//!
 //! Needs `nginx` and `haproxy` (`apt-get install nginx haproxy`; the tests start them, the
 //! packaged services are not needed) and the interop venv. `JUMPSTARTER_ROUTER_SKIP_INTEROP=1`
 //! skips them explicitly.
@@ -569,7 +572,7 @@ async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
     let (v1, v2) = paired_idle(&lab, "control").await;
     let first = assert_died_at_the_timer(name, &v1, &v2);
     if std::env::var_os("JMP_PROXY_LOGS").is_some() {
-        eprintln!("{}", lab.proxy.logs());
+        eprintln!("{}\n--- serve\n{}", lab.proxy.logs(), lab.serve.raw_logs());
     }
     eprintln!(
         "proxy-control {name} failed after {first:.2} s idle (timer {} s): {v1} {v2}",
