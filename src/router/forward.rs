@@ -1068,8 +1068,13 @@ impl Drop for Forward {
             }
             State::Forwarding(f) => {
                 // Our caller's call is gone, and with it the reader of the peer's frames: the
-                // peer's response finds out why from our request body.
+                // peer's response finds out why from our request body. When the peer's response
+                // is gone already (a proxy that cancels both calls at once), nobody else is
+                // left to say how the peer went: this says it, from the peer's body.
                 f.stop();
+                if f.pair.has_left(f.me.other()) {
+                    let _ = f.peer_left();
+                }
                 f.pair.left(f.me);
             }
             State::Draining(f) => {
@@ -1406,6 +1411,20 @@ mod tests {
         assert_eq!(status(&mut b).0, tonic::Code::Aborted);
         drop((a, b));
         assert_eq!(router.metrics().calls(CallResult::Lost), 1);
+        assert_eq!(router.metrics().calls(CallResult::PeerGone), 1);
+    }
+
+    /// Both calls of a pair cancelled at once (a proxy's timer fires for both), their
+    /// responses dropped with nobody polling: the session is counted as cancelled, not as a
+    /// clean finish.
+    #[tokio::test]
+    async fn both_calls_gone_at_once_is_no_clean_finish() {
+        let (router, _a_tx, _b_tx, a, b) = paired();
+        drop(a);
+        drop(b);
+        assert_eq!(router.stats().active, 0);
+        assert_eq!(router.metrics().calls(CallResult::Finished), 0);
+        assert_eq!(router.metrics().calls(CallResult::Cancelled), 1);
         assert_eq!(router.metrics().calls(CallResult::PeerGone), 1);
     }
 
