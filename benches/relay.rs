@@ -1043,6 +1043,24 @@ impl ChildProc {
     fn rss(&self) -> u64 {
         rss_kib(self.child.id())
     }
+
+    /// Asks a router child for its counters until `pairs` are active (or `limit` passed):
+    /// how many are.
+    fn wait_active(&mut self, pairs: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let active = self
+                .ask("stats")
+                .split(' ')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            if active >= pairs || Instant::now() > deadline {
+                return active;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for ChildProc {
@@ -1176,23 +1194,9 @@ fn memory() {
         let _ = router.ask("stats");
         let before = router.rss();
         let held = rt.block_on(idle_pairs(&channels, 1_000_000, p));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut s;
-        loop {
-            s = router.ask("stats");
-            let active: usize = s
-                .split(' ')
-                .next()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0);
-            if active >= p || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let active = router.wait_active(p, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(500));
         let after = router.rss();
-        let active = s.split(' ').next().unwrap_or("?");
         println!(
             "| {p} | {active} | {conns} | {} KiB | {} KiB | {:.1} KiB |",
             before,
@@ -1354,19 +1358,7 @@ fn idle_cost() {
                 v
             });
             let held = rt.block_on(idle_pairs(&channels, 0, pairs));
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let s = router.ask("stats");
-                let active: usize = s
-                    .split(' ')
-                    .next()
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or(0);
-                if active >= pairs || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            router.wait_active(pairs, Duration::from_secs(120));
             // Past the first PINGs of every connection and call.
             std::thread::sleep(Duration::from_secs(25));
             let pid = router.child.id();

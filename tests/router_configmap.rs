@@ -32,28 +32,10 @@ struct Configured {
     _dir: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("jumpstarter-router-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn configured(name: &str, keepalive: &[(&str, &str)]) -> Configured {
     let api = ApiServer::start(NAMESPACE, Some(operator_config(keepalive))).await;
     let dir = TempDir::new(name);
-    let kubeconfig = api.kubeconfig(&dir.0);
+    let kubeconfig = api.kubeconfig(dir.path());
     let serve = Serve::start(&[
         "--plaintext",
         "--kube-namespace",
@@ -276,7 +258,7 @@ async fn a_malformed_or_missing_configmap_stops_the_router_with_its_reason() {
         (&missing, "not found"),
     ] {
         let dir = TempDir::new(&format!("bad-{}", api.addr.port()));
-        let kubeconfig = api.kubeconfig(&dir.0);
+        let kubeconfig = api.kubeconfig(dir.path());
         let mut router = cmd(&[
             "serve",
             "--plaintext",

@@ -20,12 +20,12 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::process::Proc;
+pub use super::TempDir;
 
 /// What to install when a proxy is missing.
 pub const INSTALL: &str = "apt-get install nginx haproxy";
@@ -46,41 +46,6 @@ pub fn binary(name: &str) -> PathBuf {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} is not installed (the proxy tests run it): {INSTALL}"))
-}
-
-// ===== a temporary folder =====
-
-/// A fresh folder under the system's temporary folder, removed (with everything in it) when
-/// dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "jr-proxy-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// `name` in the folder, as a string (for configuration files and flags).
-    pub fn file(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ===== the configurations =====
