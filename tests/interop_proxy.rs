@@ -29,6 +29,10 @@
 //! `throughput_through_each_proxy_and_direct` (ignored: run it with `--ignored --nocapture`)
 //! prints the rate of a 64 MiB one-way transfer through each proxy and straight to `serve`.
 //!
+//! `JMP_PROXY_STOCK=1 cargo test --all-features --test interop_proxy idle -- --test-threads 4`
+//! runs the idle cases with the proxies' stock timers (60 s, 30 s) and the router's default
+//! pings: as labs run them, in about four minutes.
+//!
 //! `JMP_PROXY_LOGS=1` prints the proxy's and `serve`'s logs of each control case (which timer
 //! fired, how the router classed the session's end).
 //!
@@ -70,6 +74,8 @@ enum Pings {
 impl Pings {
     fn args(self) -> [&'static str; 4] {
         let (h2, frames) = match self {
+            // With the proxies' stock timers, the router's defaults.
+            Pings::On if proxy::stock() => ("10s", "20s"),
             Pings::On => ("1s", "1s"),
             Pings::Off => ("0", "0"),
             Pings::H2Only => ("1s", "0"),
@@ -79,9 +85,18 @@ impl Pings {
     }
 }
 
-/// Three timers and a half: the idle waits.
-fn idle_secs() -> String {
-    format!("{}", (TIMER * 7 / 2).as_secs_f64())
+/// With `JMP_PROXY_STOCK`, only the idle cases run (the others wait on the short timers); the
+/// rest say so.
+fn skipped_with_stock_timers(what: &str) -> bool {
+    if proxy::stock() {
+        eprintln!("SKIPPED: {what} (JMP_PROXY_STOCK runs the idle cases only)");
+    }
+    proxy::stock()
+}
+
+/// Three timers and a half of `route`: the idle waits.
+fn idle_secs(route: Route) -> String {
+    format!("{}", (proxy::timer(route) * 7 / 2).as_secs_f64())
 }
 
 // ===== the lab: certificates, serve, the proxy =====
@@ -446,7 +461,7 @@ async fn idle_sessions_outlive_three_timers(route: Route) {
         return;
     };
     let name = lab.name();
-    let idle = idle_secs();
+    let idle = idle_secs(route);
     let n = AFTER_IDLE;
     // (a) a caller waits for its peer, which comes after the idle wait.
     let mut a1 = lab.idle_peer("idle-a", 1, n, "recv-first", &[]);
@@ -471,7 +486,7 @@ async fn idle_sessions_outlive_three_timers(route: Route) {
         "recv-first",
         &["--handshake", "--sleep-after-eof", &idle],
     );
-    let limit = 60;
+    let limit = 60 + 4 * proxy::timer(route).as_secs();
     let peers: [(&mut Py, u64, u64, &str); 6] = [
         (&mut a1, 1, 2, "(a) the waiting caller"),
         (&mut a2, 2, 1, "(a) the late peer"),
@@ -487,7 +502,7 @@ async fn idle_sessions_outlive_three_timers(route: Route) {
         done.push(v);
     }
     // Each was idle that long.
-    let least = (TIMER * 3).as_secs_f64();
+    let least = (proxy::timer(route) * 3).as_secs_f64();
     let waited = [
         (
             "(a) waited for its peer",
@@ -537,7 +552,7 @@ async fn idle_sessions_outlive_three_timers(route: Route) {
 /// Case (b) on `lab`: two peers pair (hello both ways), stay idle three timers and a half,
 /// then exchange; their last words.
 async fn paired_idle(lab: &Lab, stream: &str) -> (Value, Value) {
-    let idle = idle_secs();
+    let idle = idle_secs(lab.route);
     let after_pairing = ["--handshake", "--sleep-after-pairing", &idle];
     let mut b1 = lab.idle_peer(stream, 3, AFTER_IDLE, "send-first", &after_pairing);
     let mut b2 = lab.idle_peer(stream, 4, AFTER_IDLE, "recv-first", &after_pairing);
@@ -565,6 +580,9 @@ fn assert_died_at_the_timer(name: &str, v1: &Value, v2: &Value) -> f64 {
 /// The control: with the router's pings off, a paired idle session fails at the proxy's
 /// timer, as an error at a peer, never as a clean end.
 async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
+    if skipped_with_stock_timers("the control") {
+        return;
+    }
     let Some(lab) = Lab::start(route, Pings::Off).await else {
         return;
     };
@@ -585,6 +603,9 @@ async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
 /// body and read timers) and the TCP passthrough, not through HAProxy in HTTP mode, whose
 /// `timeout server` counts only stream data.
 async fn one_kind_of_ping_at_a_time(route: Route) {
+    if skipped_with_stock_timers("one kind of ping at a time") {
+        return;
+    }
     let (h2, frames) = tokio::join!(
         Lab::start(route, Pings::H2Only),
         Lab::start(route, Pings::FramesOnly)

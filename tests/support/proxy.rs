@@ -34,6 +34,23 @@ pub const INSTALL: &str = "apt-get install nginx haproxy";
 /// annotations 300 s, OpenShift 30 s).
 pub const TIMER: Duration = Duration::from_secs(3);
 
+/// `JMP_PROXY_STOCK=1`: the proxies' timers at their stock values instead (every timer of the
+/// configuration at the one that ends a quiet call first: 60 s for ingress-nginx's
+/// `client_body_timeout` and `grpc_read_timeout`, 30 s for OpenShift's `timeout server`), and
+/// the router with its default pings: the idle cases as labs run them (minutes).
+pub fn stock() -> bool {
+    std::env::var_os("JMP_PROXY_STOCK").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// The timer of `route` in this run: [`TIMER`], or its stock value.
+pub fn timer(route: Route) -> Duration {
+    match (stock(), route) {
+        (false, _) => TIMER,
+        (true, Route::IngressNginx) => Duration::from_secs(60),
+        (true, _) => Duration::from_secs(30),
+    }
+}
+
 /// The host the tests dial: the name in the test certificate (and the route's host).
 pub const HOST: &str = "localhost";
 
@@ -114,7 +131,7 @@ pub struct Certs {
 /// The nginx configuration ingress-nginx renders for the router's Ingress (see the module's
 /// sources), as one server on `port`.
 pub fn nginx_conf(dir: &TempDir, port: u16, router: SocketAddr, certs: &Certs) -> String {
-    let t = TIMER.as_secs();
+    let t = timer(Route::IngressNginx).as_secs();
     let d = |name: &str| dir.file(name);
     // nginx switches its workers to `nobody` when started by root; the files here are the
     // test's, so the workers stay the current user.
@@ -250,7 +267,7 @@ pub fn haproxy_conf(
     router: SocketAddr,
     certs: &Certs,
 ) -> String {
-    let t = TIMER.as_secs();
+    let t = timer(route).as_secs();
     let d = |name: &str| dir.file(name);
     // GenerateRouteRegexp(host, "", false): the route's host, any port, any path.
     let host_re = format!("^{HOST}\\.?(:[0-9]+)?(/.*)?$");
