@@ -6,7 +6,8 @@
 //! - `max_connection_idle`: a connection with no call open for that long is closed
 //!   gracefully. Neither tonic nor hyper counts a connection's calls; the service below does.
 //! - `max_connection_age` with `max_connection_age_grace`: grpc-go sends the GOAWAY at the
-//!   age, then closes the connection after the grace. tonic, given both, sends nothing at the
+//!   age (give or take 10 %, so that connections made together do not all go at once), then
+//!   closes the connection after the grace. tonic, given both, sends nothing at the
 //!   age and cuts the connection at age + grace.
 //!
 //! A graceful close is hyper's: a GOAWAY that refuses no call in flight, a PING, then the
@@ -107,7 +108,7 @@ fn spawn(
         let start = Instant::now();
         // The next idle check, the age, and when a draining connection is closed.
         let mut idle_check = limits.idle.map(|idle| start + idle);
-        let mut age = limits.age.map(|age| start + age);
+        let mut age = limits.age.map(|age| start + jittered(age));
         let mut close_at = None;
         let mut draining = false;
         loop {
@@ -153,6 +154,19 @@ fn spawn(
             }
         }
     });
+}
+
+/// `age` give or take 10 %, as grpc-go spreads its connections' ages: connections made
+/// together (a lab's exporters after a restart) do not all reconnect at once.
+fn jittered(age: std::time::Duration) -> std::time::Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return age;
+    }
+    // A fraction in [-0.1, 0.1].
+    let f = (f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX) - 0.5) * 0.2;
+    age.mul_f64(1.0 + f)
 }
 
 /// Completes at `deadline`; never without one.
@@ -216,5 +230,24 @@ impl http_body::Body for CallBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn ages_are_spread_within_ten_percent() {
+        let age = Duration::from_secs(100);
+        let ages: Vec<Duration> = (0..200).map(|_| super::jittered(age)).collect();
+        assert!(ages
+            .iter()
+            .all(|a| (Duration::from_secs(90)..=Duration::from_secs(110)).contains(a)));
+        let (lo, hi) = (ages.iter().min().unwrap(), ages.iter().max().unwrap());
+        assert!(
+            *hi - *lo > Duration::from_secs(5),
+            "not spread: {lo:?}..{hi:?}"
+        );
     }
 }

@@ -39,8 +39,8 @@ pub struct Keepalive {
     /// A connection with no call open for this long is closed gracefully: a GOAWAY, then the
     /// close (`maxConnectionIdle`; `None`: never).
     pub max_connection_idle: Option<Duration>,
-    /// A connection this old is sent a GOAWAY: it takes no new calls, and the ones it has go
-    /// on (`maxConnectionAge`; `None`: no limit).
+    /// A connection this old (give or take 10 %, as in grpc-go) is sent a GOAWAY: it takes no
+    /// new calls, and the ones it has go on (`maxConnectionAge`; `None`: no limit).
     pub max_connection_age: Option<Duration>,
     /// How long the calls of a connection past its `max_connection_age` may go on before the
     /// connection is closed with them (`maxConnectionAgeGrace`; `None`: until they end).
