@@ -24,6 +24,11 @@
 //! shared connections, and every process's RSS growth while a stalled reader's sender pushes
 //! 1 GiB.
 //!
+//! Memory in the real shape (`RELAY_ONLY=memory-shape`, `RELAY_SHAPE_PAIRS`, default 1000):
+//! the router's RSS per paired idle stream with the streams on 16 shared plaintext
+//! connections, with a plaintext connection per caller, and with a TLS connection per caller
+//! (as jumpstarter's `connect_router_stream` makes them): what each layer costs.
+//!
 //! Idle cost (`RELAY_ONLY=idle`, not in the default run: minutes): what the router's keepalive
 //! traffic costs with idle pairs, the router in a child process: its CPU and the bytes it
 //! sends (the sockets' counts, from `ss`) over `RELAY_IDLE_SECS` (60), per hour, with its HTTP/2 PINGs and its PING frames
@@ -83,6 +88,9 @@ fn main() {
     }
     if only == "idle" {
         idle_cost();
+    }
+    if only == "memory-shape" {
+        memory_shape();
     }
 }
 
@@ -1105,10 +1113,13 @@ fn child(role: &str) {
             }
             let router = Router::builder(Auth::new(KEY)).keepalive(keepalive).build();
             println!("{}", listener.local_addr().unwrap());
+            // RELAY_ROUTER_TLS=1: TLS with a self-signed certificate for localhost.
+            let tls = std::env::var_os("RELAY_ROUTER_TLS")
+                .map(|_| jumpstarter_router::router::ServerTls::self_signed("localhost").unwrap());
             tokio::spawn(
                 router
                     .clone()
-                    .serve_plaintext(listener, std::future::pending()),
+                    .serve_listener(listener, tls, std::future::pending()),
             );
             // Commands on stdin: `stats` -> `active pending`.
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -1378,6 +1389,82 @@ fn idle_cost() {
             }
             drop(channels);
             drop(router);
+        }
+    }
+}
+
+/// The router's RSS per paired idle stream in three shapes (see the module's docs).
+fn memory_shape() {
+    let pairs: Vec<usize> = std::env::var("RELAY_SHAPE_PAIRS")
+        .unwrap_or_else(|_| "1000".into())
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!();
+    println!("Router memory per paired idle stream, by shape (router in its own process)");
+    println!("| pairs | shape | connections | router RSS before | after | per pair |");
+    println!("|---|---|---|---|---|---|");
+    for &p in &pairs {
+        for (shape, tls, per_caller) in [
+            ("shared, plaintext", false, false),
+            ("a plaintext connection per caller", false, true),
+            ("a TLS connection per caller", true, true),
+        ] {
+            let env: Vec<(&str, String)> = if tls {
+                vec![("RELAY_ROUTER_TLS", "1".into())]
+            } else {
+                Vec::new()
+            };
+            let mut router = ChildProc::spawn("router", &env);
+            let addr: SocketAddr = router.line().parse().unwrap();
+            let endpoint = if tls {
+                format!("https://localhost:{}", addr.port())
+            } else {
+                format!("http://{addr}")
+            };
+            let conns = if per_caller { 2 * p } else { 16 };
+            let connect = |n: usize| {
+                let endpoint = endpoint.clone();
+                async move {
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        v.push(
+                            ClientBuilder::new(&endpoint)
+                                .insecure_skip_verify(true)
+                                .channel()
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                    v
+                }
+            };
+            // Warm up: connections and pairs through, so one-time allocations are done.
+            let warm = rt.block_on(connect(16));
+            for t in rt.block_on(idle_pairs(&warm, 0, 50)) {
+                t.abort();
+            }
+            drop(warm);
+            std::thread::sleep(Duration::from_millis(500));
+            let before = router.rss();
+            let channels = rt.block_on(connect(conns));
+            let held = rt.block_on(idle_pairs(&channels, 1_000_000, p));
+            let active = router.wait_active(p, Duration::from_secs(120));
+            std::thread::sleep(Duration::from_secs(1));
+            let after = router.rss();
+            println!(
+                "| {p} ({active} paired) | {shape} | {conns} | {before} KiB | {after} KiB | {:.1} kB |",
+                (after.saturating_sub(before)) as f64 * 1.024 / p as f64
+            );
+            for t in held {
+                t.abort();
+            }
+            drop(channels);
         }
     }
 }
