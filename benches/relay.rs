@@ -28,6 +28,8 @@
 //! the router's RSS per paired idle stream with the streams on 16 shared plaintext
 //! connections, with a plaintext connection per caller, and with a TLS connection per caller
 //! (as jumpstarter's `connect_router_stream` makes them): what each layer costs.
+//! `RELAY_SHAPE=shared|plaintext|tls` runs one shape; `RELAY_ROUTER_WRAP="heaptrack -o
+//! /tmp/router"` runs the router child under a profiler (then its RSS is the profiler's).
 //!
 //! Idle cost (`RELAY_ONLY=idle`, not in the default run: minutes): what the router's keepalive
 //! traffic costs with idle pairs, the router in a child process: its CPU and the bytes it
@@ -1024,7 +1026,18 @@ struct ChildProc {
 
 impl ChildProc {
     fn spawn(role: &str, env: &[(&str, String)]) -> ChildProc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        // RELAY_ROUTER_WRAP="heaptrack -o /tmp/router": the router child under a profiler.
+        let wrap = std::env::var("RELAY_ROUTER_WRAP")
+            .ok()
+            .filter(|_| role == "router");
+        let mut cmd = match wrap.as_deref().map(str::split_whitespace) {
+            Some(mut words) => {
+                let mut c = Command::new(words.next().expect("a command"));
+                c.args(words).arg(std::env::current_exe().unwrap());
+                c
+            }
+            None => Command::new(std::env::current_exe().unwrap()),
+        };
         cmd.env("RELAY_CHILD", role)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1039,6 +1052,15 @@ impl ChildProc {
 
     fn line(&mut self) -> String {
         self.lines.next().expect("child ended").unwrap()
+    }
+
+    /// The router child's address: its first line that is one (a profiler may print first).
+    fn addr(&mut self) -> SocketAddr {
+        loop {
+            if let Ok(a) = self.line().trim().parse() {
+                return a;
+            }
+        }
     }
 
     fn ask(&mut self, q: &str) -> String {
@@ -1073,6 +1095,15 @@ impl ChildProc {
 
 impl Drop for ChildProc {
     fn drop(&mut self) {
+        // Stdin closed first: a router child then exits on its own (a profiler around it
+        // writes its report); killed if it is still there after a while.
+        drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -1410,18 +1441,28 @@ fn memory_shape() {
     println!("| pairs | shape | connections | router RSS before | after | per pair |");
     println!("|---|---|---|---|---|---|");
     for &p in &pairs {
-        for (shape, tls, per_caller) in [
-            ("shared, plaintext", false, false),
-            ("a plaintext connection per caller", false, true),
-            ("a TLS connection per caller", true, true),
+        // RELAY_SHAPE=shared|plaintext|tls: one shape only.
+        let only = std::env::var("RELAY_SHAPE").unwrap_or_default();
+        for (name, shape, tls, per_caller) in [
+            ("shared", "shared, plaintext", false, false),
+            (
+                "plaintext",
+                "a plaintext connection per caller",
+                false,
+                true,
+            ),
+            ("tls", "a TLS connection per caller", true, true),
         ] {
+            if !only.is_empty() && only != name {
+                continue;
+            }
             let env: Vec<(&str, String)> = if tls {
                 vec![("RELAY_ROUTER_TLS", "1".into())]
             } else {
                 Vec::new()
             };
             let mut router = ChildProc::spawn("router", &env);
-            let addr: SocketAddr = router.line().parse().unwrap();
+            let addr = router.addr();
             let endpoint = if tls {
                 format!("https://localhost:{}", addr.port())
             } else {
