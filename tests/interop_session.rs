@@ -235,8 +235,29 @@ impl Lab {
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["message"] == "session ended")
-            .map(|v| v["outcome"].as_str().unwrap_or_default().to_string())
+            .map(|v| {
+                let outcome = v["outcome"].as_str().unwrap_or_default();
+                match v["reason"].as_str() {
+                    Some(why) if !why.is_empty() => format!("{outcome} ({why})"),
+                    _ => outcome.to_string(),
+                }
+            })
             .collect()
+    }
+
+    /// Our router's log lines about calls and sessions (for a failure's message).
+    fn router_log(&self) -> String {
+        let RouterProc::Ours(serve) = &self._router else {
+            return String::new();
+        };
+        serve
+            .raw_logs()
+            .lines()
+            .filter(|l| {
+                l.contains("session ended") || l.contains("caller went") || l.contains("paired")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The exporter's connections to the router.
@@ -447,8 +468,11 @@ async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
     let outcomes = lab.router_outcomes();
     println!("   router outcomes of the normal sessions: {outcomes:?}");
     assert!(
-        outcomes.iter().all(|o| o == "finished" || o == "cancelled"),
-        "a normal session counted as an abort: {outcomes:?}"
+        outcomes
+            .iter()
+            .all(|o| o == "finished" || o.starts_with("cancelled")),
+        "a normal session counted as an abort: {outcomes:?}\n{}",
+        lab.router_log()
     );
     // PING frames went to the real peers all along, and every session above still held.
     if let RouterProc::Ours(serve) = &lab._router {

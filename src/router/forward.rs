@@ -876,6 +876,39 @@ impl Forwarding {
             .peer_left(self.me.other(), self.peer.reset, connection)
     }
 
+    /// The peer's response is gone and ours goes too, with nobody left to poll: how the peer
+    /// went, from what its body has to say now (a cancel or a reset that already arrived,
+    /// read without waiting). With nothing on its stream, both calls ended together with no
+    /// word of why: counted as cancelled (a proxy that cancels both; a client that closes a
+    /// channel it no longer reads, which the kernel may turn into a reset of its connection),
+    /// never as a clean finish.
+    fn last_word(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Whole messages may come first; a few are read past, no more.
+        for _ in 0..16 {
+            match self.peer.poll_next(&mut cx) {
+                Poll::Ready(Inbound::Data { .. }) => continue,
+                Poll::Ready(Inbound::Gone(cause, why)) => {
+                    return self.pair.set_end(self.me.other(), End::Gone(cause, why));
+                }
+                Poll::Ready(Inbound::End) | Poll::Pending => break,
+            }
+        }
+        let (cause, why) = if self.peer.reset {
+            (
+                Cause::Reset,
+                "it sent a RST_STREAM frame, then its call ended",
+            )
+        } else {
+            (
+                Cause::Cancelled,
+                "its call ended with its peer's, no error on its stream",
+            )
+        };
+        self.pair
+            .set_end(self.me.other(), End::Gone(cause, why.into()));
+    }
+
     /// Adds what this forwarder carried to its pair's count, as it stops.
     fn stop(&mut self) {
         let n = std::mem::take(&mut self.forwarded);
@@ -1073,7 +1106,7 @@ impl Drop for Forward {
                 // left to say how the peer went: this says it, from the peer's body.
                 f.stop();
                 if f.pair.has_left(f.me.other()) {
-                    let _ = f.peer_left();
+                    f.last_word();
                 }
                 f.pair.left(f.me);
             }
