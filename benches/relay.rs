@@ -1125,11 +1125,7 @@ async fn child_stream_when_told() -> RouterStream {
 }
 
 fn child(role: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     match role {
         "router" => rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1194,17 +1190,27 @@ fn child(role: &str) {
     }
 }
 
-fn memory() {
-    let pairs: Vec<usize> = std::env::var("RELAY_PAIRS")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A two-worker runtime: each child of this bench, and the clients of a measurement.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The comma-separated counts in the environment variable `name`, or in `default`.
+fn counts(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn memory() {
+    let pairs = counts("RELAY_PAIRS", "1000,10000");
+    let rt = runtime();
 
     println!();
     println!("Router memory per paired idle stream (router in its own process)");
@@ -1372,11 +1378,7 @@ fn bytes_sent_from(port: u16) -> u64 {
 
 fn idle_cost() {
     let secs: u64 = env_or("RELAY_IDLE_SECS", 60);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     println!();
     println!("The router's keepalive traffic with idle pairs, over {secs} s, per hour (HTTP/2 PINGs every 10 s, PING frames after 20 s of quiet; the clients ping every 20 s in every row)");
     println!("| pairs | connections | router's pings | router CPU s/hour | bytes sent/hour | per pair: bytes/hour |");
@@ -1426,16 +1428,8 @@ fn idle_cost() {
 
 /// The router's RSS per paired idle stream in three shapes (see the module's docs).
 fn memory_shape() {
-    let pairs: Vec<usize> = std::env::var("RELAY_SHAPE_PAIRS")
-        .unwrap_or_else(|_| "1000".into())
-        .split(',')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let pairs = counts("RELAY_SHAPE_PAIRS", "1000");
+    let rt = runtime();
     println!();
     println!("Router memory per paired idle stream, by shape (router in its own process)");
     println!("| pairs | shape | connections | router RSS before | after | per pair |");
