@@ -48,6 +48,18 @@ async fn echo_server() -> std::net::SocketAddr {
     addr
 }
 
+/// `connect` on stdio with `flag`, its stdin, stdout and stderr piped to the test.
+fn connect_piped(endpoint: &str, tok: &str, flag: &str) -> Proc {
+    Proc(
+        cmd(&["connect", "--endpoint", endpoint, "--token", tok, flag])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn expose(endpoint: &str, tok: &str, target: &str) -> Proc {
     Proc(
         cmd(&[
@@ -306,21 +318,7 @@ async fn connect_progress_shows_live_bytes_while_the_tunnel_runs() {
     let tok = token("cli-progress");
     let echo = echo_server().await;
     let _exporter = expose(&endpoint, &tok, &echo.to_string());
-    let mut child = Proc(
-        cmd(&[
-            "connect",
-            "--endpoint",
-            &endpoint,
-            "--token",
-            &tok,
-            "--progress",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
+    let mut child = connect_piped(&endpoint, &tok, "--progress");
     let mut stdin = child.0.stdin.take().unwrap();
     let mut stdout = child.0.stdout.take().unwrap();
     let stderr = child.0.stderr.take().unwrap();
@@ -387,23 +385,7 @@ async fn connect_exits_non_zero_with_the_reason_when_its_peer_goes() {
     let router = serve().await;
     let endpoint = router.endpoint();
     let tok = token("cli-peer-goes");
-    let connect = || {
-        Proc(
-            cmd(&[
-                "connect",
-                "--endpoint",
-                &endpoint,
-                "--token",
-                &tok,
-                "--quiet",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        )
-    };
+    let connect = || connect_piped(&endpoint, &tok, "--quiet");
     let (mut survivor, mut peer) = (connect(), connect());
     // Paired and flowing: what the peer reads on stdin comes out of the survivor's stdout.
     let mut peer_stdin = peer.0.stdin.take().unwrap();

@@ -15,14 +15,14 @@ use support::process;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{connect, ResponseStream, RouterStream};
 use serde_json::Value;
-use support::python::{self, python, repo};
+use support::python::{python, Py};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -34,62 +34,9 @@ const SIZE: u64 = 16 * MIB;
 
 // ===== the harness =====
 
-/// A running harness process; killed when dropped. Its JSON lines arrive on `lines`.
-struct Py {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    name: String,
-}
-
-impl Py {
-    fn spawn(py: &Path, args: &[&str]) -> Py {
-        let mut child = Command::new(py)
-            .arg(repo().join("tests/interop/harness.py"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the Python harness");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let who = args.join(" ");
-        std::thread::spawn(move || python::read_events(stdout, &who, |v| tx.send(v).is_ok()));
-        Py {
-            child,
-            lines: rx,
-            name: args.join(" "),
-        }
-    }
-
-    /// The next JSON line whose `event` is one of `events`.
-    async fn next(&mut self, events: &[&str], secs: u64) -> Value {
-        let what = format!("{events:?} from `{}`", self.name);
-        within(secs, &what, async {
-            loop {
-                let v = self
-                    .lines
-                    .recv()
-                    .await
-                    .unwrap_or_else(|| panic!("harness ended before {what}"));
-                if events.iter().any(|e| v["event"] == *e) {
-                    return v;
-                }
-            }
-        })
-        .await
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `harness.py` with `args` (its JSON lines read as events).
+fn harness(py: &Path, args: &[&str]) -> Py {
+    Py::spawn(py, "harness.py", args, false)
 }
 
 /// A Python `RouterStream` peer (`harness.py peer`): sends `send` pattern bytes with `seed`,
@@ -111,7 +58,7 @@ fn peer(py: &Path, ep: &str, tok: &str, send: &str, seed: &str, order: &str, hol
     if hold {
         args.push("--hold-after-send");
     }
-    Py::spawn(py, &args)
+    harness(py, &args)
 }
 
 /// The router key of the suite, as the harness takes it.
@@ -121,8 +68,8 @@ fn key_arg() -> &'static str {
 
 /// A token for `stream` minted by the harness with PyJWT in the controller's form.
 async fn py_token(py: &Path, stream: &str) -> String {
-    let mut p = Py::spawn(py, &["token", "--key", key_arg(), "--stream", stream]);
-    let v = p.next(&["token", "error"], 60).await;
+    let mut p = harness(py, &["token", "--key", key_arg(), "--stream", stream]);
+    let v = p.next_of(&["token", "error"], 60).await;
     v["token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token from the harness: {v}"))
@@ -178,20 +125,21 @@ async fn ok_or_report<T>(r: std::io::Result<T>, peer: &mut Py) -> T {
         Ok(v) => v,
         Err(e) => {
             let mut said = Vec::new();
-            while let Ok(Some(v)) =
-                tokio::time::timeout(Duration::from_secs(5), peer.lines.recv()).await
-            {
+            while let Some((v, _)) = peer.try_wait_for(Duration::from_secs(5), |_| true).await {
                 said.push(v.to_string());
             }
-            panic!("our side failed: {e:?}; the Python peer said: {said:?}")
+            panic!(
+                "our side failed: {e:?}; the Python peer said: {said:?}\n{}",
+                peer.stderr()
+            )
         }
     }
 }
 
 /// The Python router (RouterStream + forward_stream) on a free port.
 async fn python_router(py: &Path) -> (Py, String) {
-    let mut router = Py::spawn(py, &["router", "--listen", "127.0.0.1:0"]);
-    let v = router.next(&["listening"], 60).await;
+    let mut router = harness(py, &["router", "--listen", "127.0.0.1:0"]);
+    let v = router.next_of(&["listening"], 60).await;
     let port = v["port"].as_u64().expect("port");
     (router, format!("127.0.0.1:{port}"))
 }
@@ -206,7 +154,7 @@ async fn a_two_python_peers_through_our_router() {
     let ep = r.addr.to_string();
     let size = size_arg();
     let minted = |seed: &'static str, order: &'static str| {
-        Py::spawn(
+        harness(
             py,
             &[
                 "peer",
@@ -227,8 +175,8 @@ async fn a_two_python_peers_through_our_router() {
     };
     let mut first = minted("1", "send-first");
     let mut second = minted("2", "recv-first");
-    let a = first.next(&["done", "error"], 120).await;
-    let b = second.next(&["done", "error"], 120).await;
+    let a = first.next_of(&["done", "error"], 120).await;
+    let b = second.next_of(&["done", "error"], 120).await;
     assert_done(&a, 1, 2);
     assert_done(&b, 2, 1);
     // Our router ends clean sessions with OK.
@@ -258,23 +206,7 @@ async fn b_python_peer_and_our_client_through_our_router() {
         let got = within(120, "our side", our_peer(ours, !python_sends_first, 4)).await;
         let got = ok_or_report(got, &mut peer).await;
         assert_eq!(got, (SIZE, pattern_sha(SIZE, 3)));
-        assert_done(&peer.next(&["done", "error"], 120).await, 3, 4);
-    }
-}
-
-/// The frames a `raw-client` received, as (type, payload), and its final status.
-async fn raw_frames(p: &mut Py) -> (Vec<(u64, String)>, String) {
-    let mut got = Vec::new();
-    loop {
-        let v = p.next(&["frame", "end", "error"], 30).await;
-        match v["event"].as_str() {
-            Some("frame") => got.push((
-                v["frame_type"].as_u64().unwrap(),
-                v["payload"].as_str().unwrap().to_string(),
-            )),
-            Some("end") => return (got, v["status"].as_str().unwrap().to_string()),
-            _ => panic!("raw client failed: {v}"),
-        }
+        assert_done(&peer.next_of(&["done", "error"], 120).await, 3, 4);
     }
 }
 
@@ -287,7 +219,7 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let raw = |frames: &str| {
-        Py::spawn(
+        harness(
             py,
             &[
                 "raw-client",
@@ -304,8 +236,8 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
     };
     let mut a = raw("data:,ping,ping:payload,unknown9:xyz,rst:why,data:after,goaway");
     let mut b = raw("rst,data:back,goaway");
-    let (got_b, status_b) = raw_frames(&mut b).await;
-    let (got_a, status_a) = raw_frames(&mut a).await;
+    let (got_b, status_b) = b.raw_frames().await;
+    let (got_a, status_a) = a.raw_frames().await;
     let own = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
         v.iter().map(|(t, p)| (*t, p.to_string())).collect()
     };
@@ -357,11 +289,11 @@ async fn a_concurrent_python_pairs_at_two_write_sizes() {
                 "--chunk",
                 chunk,
             ];
-            peers.push(Py::spawn(py, &args));
+            peers.push(harness(py, &args));
         }
     }
     for (i, p) in peers.iter_mut().enumerate() {
-        let v = p.next(&["done", "error"], 120).await;
+        let v = p.next_of(&["done", "error"], 120).await;
         let (me, other) = (i as u64 + 100, (i as u64 ^ 1) + 100);
         assert_eq!(v["event"], "done", "{v}");
         assert_eq!(
@@ -408,7 +340,7 @@ async fn c_python_peer_and_our_client_through_the_python_router() {
     let got = within(120, "our side", our_peer(ours, false, 8)).await;
     let got = ok_or_report(got, &mut peer).await;
     assert_eq!(got, (SIZE, pattern_sha(SIZE, 7)));
-    let done = peer.next(&["done", "error"], 120).await;
+    let done = peer.next_of(&["done", "error"], 120).await;
     assert_done(&done, 7, 8);
     // The Python router ended the session as Jumpstarter's Python pieces do: ABORTED after
     // two GOAWAYs. Our side above read it as a clean EOF with every byte.
@@ -421,7 +353,7 @@ async fn c_ping_and_unknown_frames_arrive_as_empty_data_and_are_skipped() {
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-frames").await;
     let mut ours = connect(&format!("http://{ep}"), &tok).await.unwrap();
-    let mut raw = Py::spawn(
+    let mut raw = harness(
         py,
         &[
             "raw-client",
@@ -446,7 +378,7 @@ async fn c_ping_and_unknown_frames_arrive_as_empty_data_and_are_skipped() {
         "empty DATA must not end the stream early"
     );
     ours.shutdown().await.unwrap();
-    let _ = raw.next(&["end"], 30).await;
+    let _ = raw.next_of(&["end"], 30).await;
 }
 
 // ===== d. our servicer answering a Python client directly (the exporter case) =====
@@ -514,7 +446,11 @@ async fn d_our_servicer_answers_a_python_client() {
             .unwrap()
             .unwrap();
         assert_eq!(got, (SIZE, pattern_sha(SIZE, py_seed)));
-        assert_done(&peer.next(&["done", "error"], 120).await, py_seed, our_seed);
+        assert_done(
+            &peer.next_of(&["done", "error"], 120).await,
+            py_seed,
+            our_seed,
+        );
     }
 }
 
@@ -539,7 +475,7 @@ async fn killed_python_peer_is_an_error_through_our_router() {
     within(60, "the peer's bytes", ours.read_exact(&mut buf))
         .await
         .unwrap();
-    let _ = peer.next(&["sent"], 30).await;
+    let _ = peer.next_of(&["sent"], 30).await;
     peer.kill();
     let err = read_to_error(&mut ours, 5, "a killed Python peer").await;
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err:?}");
@@ -558,7 +494,7 @@ async fn killed_python_client_is_an_error_at_our_servicer() {
         "send-first",
         true,
     );
-    let _ = peer.next(&["sent"], 60).await;
+    let _ = peer.next_of(&["sent"], 60).await;
     peer.kill();
     let r = within(10, "servicer result", results.recv()).await.unwrap();
     let err = r.expect_err("a killed Python client looked like a clean EOF");
@@ -607,10 +543,10 @@ async fn assert_bad_tokens_refused(py: &Path, endpoint: &str, tls: &[&str]) {
     let mut args = vec!["bad-tokens", "--endpoint", endpoint, "--key", key_arg()];
     args.extend_from_slice(tls);
     args.extend_from_slice(&["--rounds", "20"]);
-    let mut p = Py::spawn(py, &args);
+    let mut p = harness(py, &args);
     let mut seen = Vec::new();
     loop {
-        let v = p.next(&["case", "end", "error"], 120).await;
+        let v = p.next_of(&["case", "end", "error"], 120).await;
         match v["event"].as_str() {
             Some("case") => seen.push(v),
             Some("end") => break,
@@ -659,7 +595,7 @@ async fn a_compressing_python_client_is_refused_as_unimplemented() {
         "--stream",
         "gzip",
     ];
-    let v = Py::spawn(py, &args).next(&["status", "error"], 60).await;
+    let v = harness(py, &args).next_of(&["status", "error"], 60).await;
     assert_eq!(v["code"], "UNIMPLEMENTED", "{v}");
     assert!(v["details"].as_str().unwrap().contains("gzip"), "{v}");
     assert_eq!(r.router.stats().pending, 0);
@@ -743,12 +679,12 @@ mod tls {
             "recv-first",
         ];
         args.extend_from_slice(tls);
-        let mut peer = Py::spawn(py, &args);
+        let mut peer = harness(py, &args);
         let (status, out, stderr) = cli_connect(endpoint, &tok, ours, 22).await;
         assert!(status.success(), "connect failed: {stderr}");
         assert_eq!(out.len() as u64, SIZE, "{stderr}");
         assert_eq!(hex(&sha2_of(&out)), pattern_sha(SIZE, 21));
-        assert_done(&peer.next(&["done", "error"], 120).await, 21, 22);
+        assert_done(&peer.next_of(&["done", "error"], 120).await, 21, 22);
     }
 
     fn sha2_of(b: &[u8]) -> Vec<u8> {
@@ -762,7 +698,7 @@ mod tls {
             "jumpstarter-router-interop-{key_type}-{}",
             std::process::id()
         ));
-        let mut p = Py::spawn(
+        let mut p = harness(
             py,
             &[
                 "certs",
@@ -772,7 +708,7 @@ mod tls {
                 key_type,
             ],
         );
-        let v = p.next(&["certs", "error"], 60).await;
+        let v = p.next_of(&["certs", "error"], 60).await;
         assert_eq!(v["event"], "certs", "{v}");
         dir
     }
@@ -800,7 +736,7 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
         let stream = format!("tls-{key_type}");
         let tok = py_token(py, &stream).await;
         let both = |seed: &'static str, order: &'static str| {
-            Py::spawn(
+            harness(
                 py,
                 &[
                     "peer",
@@ -820,8 +756,8 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
             )
         };
         let (mut first, mut second) = (both("1", "send-first"), both("2", "recv-first"));
-        let a = first.next(&["done", "error"], 120).await;
-        let b = second.next(&["done", "error"], 120).await;
+        let a = first.next_of(&["done", "error"], 120).await;
+        let b = second.next_of(&["done", "error"], 120).await;
         assert_done(&a, 1, 2);
         assert_done(&b, 2, 1);
         assert_eq!(

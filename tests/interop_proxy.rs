@@ -319,8 +319,8 @@ async fn exchange_frames_refusal_and_kill(route: Route) {
     let raw = |frames: &str| lab.harness("raw-client", false, "raw-frames", &["--frames", frames]);
     let mut ra = raw("data:,ping,ping:payload,unknown9:xyz,rst:why,data:after,goaway");
     let mut rb = raw("rst,data:back,goaway");
-    let (got_b, status_b) = raw_frames(&mut rb).await;
-    let (got_a, status_a) = raw_frames(&mut ra).await;
+    let (got_b, status_b) = rb.raw_frames().await;
+    let (got_a, status_a) = ra.raw_frames().await;
     let own = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
         v.iter().map(|(t, p)| (*t, p.to_string())).collect()
     };
@@ -404,26 +404,6 @@ async fn exchange_frames_refusal_and_kill(route: Route) {
         "{name}: a killed peer: the other's end after {:.0} ms: {v}",
         took.as_secs_f64() * 1e3
     );
-}
-
-/// The frames a `raw-client` received, as (type, payload), and its final status.
-async fn raw_frames(p: &mut Py) -> (Vec<(u64, String)>, String) {
-    let mut got = Vec::new();
-    loop {
-        let v = p
-            .wait_for(30, "a frame or the end", |v| {
-                v["event"] == "frame" || v["event"] == "end" || v["event"] == "error"
-            })
-            .await;
-        match v["event"].as_str() {
-            Some("frame") => got.push((
-                v["frame_type"].as_u64().unwrap(),
-                v["payload"].as_str().unwrap().to_string(),
-            )),
-            Some("end") => return (got, v["status"].as_str().unwrap().to_string()),
-            _ => panic!("raw client failed: {v}"),
-        }
-    }
 }
 
 /// `harness.py bad-tokens --rounds 1` through the proxy or straight to `serve`: each case's

@@ -192,6 +192,31 @@ impl Py {
         v
     }
 
+    /// The next event named one of `events` (an "error" event too only when named).
+    pub async fn next_of(&mut self, events: &[&str], secs: u64) -> Value {
+        self.wait_for(secs, &format!("{events:?}"), |v| {
+            events.iter().any(|e| v["event"] == *e)
+        })
+        .await
+    }
+
+    /// The frames a `harness.py raw-client` received, as (type, payload), and its final
+    /// status.
+    pub async fn raw_frames(&mut self) -> (Vec<(u64, String)>, String) {
+        let mut got = Vec::new();
+        loop {
+            let v = self.next_of(&["frame", "end", "error"], 30).await;
+            match v["event"].as_str() {
+                Some("frame") => got.push((
+                    v["frame_type"].as_u64().unwrap(),
+                    v["payload"].as_str().unwrap().to_string(),
+                )),
+                Some("end") => return (got, v["status"].as_str().unwrap().to_string()),
+                _ => panic!("raw client failed: {v}"),
+            }
+        }
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
