@@ -1190,6 +1190,22 @@ fn child(role: &str) {
     }
 }
 
+/// `n` channels (connections) to `endpoint`; a TLS one trusts any certificate (the router
+/// child's is self-signed).
+async fn channels(endpoint: &str, n: usize) -> Vec<Channel> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(
+            ClientBuilder::new(endpoint)
+                .insecure_skip_verify(true)
+                .channel()
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
 /// A two-worker runtime: each child of this bench, and the clients of a measurement.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -1220,20 +1236,9 @@ fn memory() {
     println!("|---|---|---|---|---|---|");
     for &p in &pairs {
         let mut router = ChildProc::spawn("router", &[]);
-        let addr: SocketAddr = router.line().parse().unwrap();
+        let addr = router.addr();
         let conns = 16;
-        let channels: Vec<Channel> = rt.block_on(async {
-            let mut v = Vec::new();
-            for _ in 0..conns {
-                v.push(
-                    ClientBuilder::new(format!("http://{addr}"))
-                        .channel()
-                        .await
-                        .unwrap(),
-                );
-            }
-            v
-        });
+        let channels = rt.block_on(channels(&format!("http://{addr}"), conns));
         // Warm up: one pair through, so the router's one-time allocations are done.
         for t in rt.block_on(idle_pairs(&channels, 0, 50)) {
             t.abort();
@@ -1260,7 +1265,7 @@ fn memory() {
     // A stalled reader while the sender pushes 1 GiB.
     let gib: u64 = env_or("RELAY_STALL_MIB", 1024);
     let mut router = ChildProc::spawn("router", &[]);
-    let addr: SocketAddr = router.line().parse().unwrap();
+    let addr = router.addr();
     let tok = token("stalled");
     let mut receiver = ChildProc::spawn(
         "receiver",
@@ -1387,20 +1392,9 @@ fn idle_cost() {
         for pings in ["off", "h2", "frames", "both"] {
             let mut router =
                 ChildProc::spawn("router", &[("RELAY_ROUTER_PINGS", pings.to_string())]);
-            let addr: SocketAddr = router.line().parse().unwrap();
+            let addr = router.addr();
             let conns = if per_caller { 2 * pairs } else { 64 };
-            let channels: Vec<Channel> = rt.block_on(async {
-                let mut v = Vec::with_capacity(conns);
-                for _ in 0..conns {
-                    v.push(
-                        ClientBuilder::new(format!("http://{addr}"))
-                            .channel()
-                            .await
-                            .unwrap(),
-                    );
-                }
-                v
-            });
+            let channels = rt.block_on(channels(&format!("http://{addr}"), conns));
             let held = rt.block_on(idle_pairs(&channels, 0, pairs));
             router.wait_active(pairs, Duration::from_secs(120));
             // Past the first PINGs of every connection and call.
@@ -1463,31 +1457,15 @@ fn memory_shape() {
                 format!("http://{addr}")
             };
             let conns = if per_caller { 2 * p } else { 16 };
-            let connect = |n: usize| {
-                let endpoint = endpoint.clone();
-                async move {
-                    let mut v = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        v.push(
-                            ClientBuilder::new(&endpoint)
-                                .insecure_skip_verify(true)
-                                .channel()
-                                .await
-                                .unwrap(),
-                        );
-                    }
-                    v
-                }
-            };
             // Warm up: connections and pairs through, so one-time allocations are done.
-            let warm = rt.block_on(connect(16));
+            let warm = rt.block_on(channels(&endpoint, 16));
             for t in rt.block_on(idle_pairs(&warm, 0, 50)) {
                 t.abort();
             }
             drop(warm);
             std::thread::sleep(Duration::from_millis(500));
             let before = router.rss();
-            let channels = rt.block_on(connect(conns));
+            let channels = rt.block_on(channels(&endpoint, conns));
             let held = rt.block_on(idle_pairs(&channels, 1_000_000, p));
             let active = router.wait_active(p, Duration::from_secs(120));
             std::thread::sleep(Duration::from_secs(1));
