@@ -186,9 +186,7 @@ impl Inner {
             let streams: Vec<String> = table.waiters.keys().cloned().collect();
             streams.iter().filter_map(|s| table.remove(s)).collect()
         };
-        for _ in &waiters {
-            self.metrics.pending(-1);
-        }
+        self.metrics.pending(-(waiters.len() as i64));
         // The request bodies are dropped (and drained) outside the lock.
         drop(waiters);
     }
