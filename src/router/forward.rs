@@ -894,19 +894,8 @@ impl Forwarding {
                 Poll::Ready(Inbound::End) | Poll::Pending => break,
             }
         }
-        let (cause, why) = if self.peer.reset {
-            (
-                Cause::Reset,
-                "it sent a RST_STREAM frame, then its call ended",
-            )
-        } else {
-            (
-                Cause::Cancelled,
-                "its call ended with its peer's, no error on its stream",
-            )
-        };
-        self.pair
-            .set_end(self.me.other(), End::Gone(cause, why.into()));
+        // Its connection is not asked: see above.
+        let _ = self.pair.peer_left(self.me.other(), self.peer.reset, None);
     }
 
     /// Adds what this forwarder carried to its pair's count, as it stops.
