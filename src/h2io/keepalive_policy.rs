@@ -45,12 +45,20 @@ pub(crate) struct PingRules {
     pub(crate) permit_without_stream: bool,
 }
 
-impl Default for PingRules {
-    fn default() -> Self {
+impl From<&crate::router::Keepalive> for PingRules {
+    fn from(k: &crate::router::Keepalive) -> Self {
         PingRules {
-            min_time: Duration::from_secs(1),
-            permit_without_stream: true,
+            min_time: k.min_time,
+            permit_without_stream: k.permit_without_stream,
         }
+    }
+}
+
+#[cfg(test)]
+impl Default for PingRules {
+    /// The router's default policy.
+    fn default() -> Self {
+        Self::from(&crate::router::Keepalive::default())
     }
 }
 

@@ -517,10 +517,7 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) {
         let keepalive = self.inner.keepalive.clone();
-        let rules = PingRules {
-            min_time: keepalive.min_time,
-            permit_without_stream: keepalive.permit_without_stream,
-        };
+        let rules = PingRules::from(&keepalive);
         let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
         let incoming = Incoming::spawn(listener, acceptor, self.inner.handshake_timeout, rules);
         self.set_serving(true).await;
