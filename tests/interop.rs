@@ -22,7 +22,7 @@ use jumpstarter_router::proto::router_service_server::{RouterService, RouterServ
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{connect, ResponseStream, RouterStream};
 use serde_json::Value;
-use support::python::{python, Py};
+use support::python::{self, python, Py};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -234,27 +234,8 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
             ],
         )
     };
-    let mut a = raw("data:,ping,ping:payload,unknown9:xyz,rst:why,data:after,goaway");
-    let mut b = raw("rst,data:back,goaway");
-    let (got_b, status_b) = b.raw_frames().await;
-    let (got_a, status_a) = a.raw_frames().await;
-    let own = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
-        v.iter().map(|(t, p)| (*t, p.to_string())).collect()
-    };
-    assert_eq!(
-        got_b,
-        own(&[
-            (0, ""),
-            (6, ""),
-            (6, "payload"),
-            (9, "xyz"),
-            (3, "why"),
-            (0, "after"),
-            (7, "")
-        ])
-    );
-    assert_eq!(got_a, own(&[(3, ""), (0, "back"), (7, "")]));
-    assert_eq!((status_a.as_str(), status_b.as_str()), ("OK", "OK"));
+    let (mut a, mut b) = (raw(python::RAW_FRAMES[0]), raw(python::RAW_FRAMES[1]));
+    a.assert_raw_frames_crossed(&mut b, "our router").await;
     r.wait_for("the pair to end", |s| s.active == 0).await;
     assert_eq!(r.router.stats().aborts_total, 0);
 }

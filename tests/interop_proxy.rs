@@ -50,7 +50,7 @@ use serde_json::Value;
 use support::pattern_sha;
 use support::process::{Serve, ROUTER_KEY};
 use support::proxy::{self, Certs, Proxy, Route, TempDir, TIMER};
-use support::python::{python, Py};
+use support::python::{self, python, Py};
 
 const MIB: u64 = 1024 * 1024;
 /// Bytes each way in the exchange.
@@ -317,29 +317,8 @@ async fn exchange_frames_refusal_and_kill(route: Route) {
 
     // Every frame passes unchanged and in order, both ways; both calls end with OK.
     let raw = |frames: &str| lab.harness("raw-client", false, "raw-frames", &["--frames", frames]);
-    let mut ra = raw("data:,ping,ping:payload,unknown9:xyz,rst:why,data:after,goaway");
-    let mut rb = raw("rst,data:back,goaway");
-    let (got_b, status_b) = rb.raw_frames().await;
-    let (got_a, status_a) = ra.raw_frames().await;
-    let own = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
-        v.iter().map(|(t, p)| (*t, p.to_string())).collect()
-    };
-    let sent_a = own(&[
-        (0, ""),
-        (6, ""),
-        (6, "payload"),
-        (9, "xyz"),
-        (3, "why"),
-        (0, "after"),
-        (7, ""),
-    ]);
-    assert_eq!(got_b, sent_a, "{name}");
-    assert_eq!(got_a, own(&[(3, ""), (0, "back"), (7, "")]), "{name}");
-    assert_eq!(
-        (status_a.as_str(), status_b.as_str()),
-        ("OK", "OK"),
-        "{name}"
-    );
+    let (mut ra, mut rb) = (raw(python::RAW_FRAMES[0]), raw(python::RAW_FRAMES[1]));
+    ra.assert_raw_frames_crossed(&mut rb, name).await;
 
     // Refused callers learn why, with the words `serve` gives them directly. nginx refuses a
     // request with two `authorization` headers itself (HTTP 400, "client sent duplicate header

@@ -14,6 +14,14 @@ use tokio::sync::mpsc;
 
 use super::within;
 
+/// What the two `raw-client`s of [`Py::assert_raw_frames_crossed`] write: empty DATA, PING
+/// with and without payload, an unknown type, RST_STREAM and DATA after it, then GOAWAY; and
+/// RST_STREAM, DATA, GOAWAY back.
+pub const RAW_FRAMES: [&str; 2] = [
+    "data:,ping,ping:payload,unknown9:xyz,rst:why,data:after,goaway",
+    "rst,data:back,goaway",
+];
+
 /// The repository (where `tests/interop/` is).
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -215,6 +223,34 @@ impl Py {
                 _ => panic!("raw client failed: {v}"),
             }
         }
+    }
+
+    /// The frame-transparency check of two `harness.py raw-client`s of one stream, this one
+    /// having written [`RAW_FRAMES`]`[0]` and `other` [`RAW_FRAMES`]`[1]`: each received what
+    /// the other wrote, unchanged and in order, and both calls ended with OK. `name` goes in
+    /// the failure messages.
+    pub async fn assert_raw_frames_crossed(&mut self, other: &mut Py, name: &str) {
+        let (got_other, status_other) = other.raw_frames().await;
+        let (got, status) = self.raw_frames().await;
+        let own = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
+            v.iter().map(|(t, p)| (*t, p.to_string())).collect()
+        };
+        let sent = own(&[
+            (0, ""),
+            (6, ""),
+            (6, "payload"),
+            (9, "xyz"),
+            (3, "why"),
+            (0, "after"),
+            (7, ""),
+        ]);
+        assert_eq!(got_other, sent, "{name}");
+        assert_eq!(got, own(&[(3, ""), (0, "back"), (7, "")]), "{name}");
+        assert_eq!(
+            (status.as_str(), status_other.as_str()),
+            ("OK", "OK"),
+            "{name}"
+        );
     }
 
     pub fn stderr(&self) -> String {
