@@ -94,6 +94,9 @@ fn main() {
     if only == "memory-shape" {
         memory_shape();
     }
+    if only == "session" {
+        session();
+    }
 }
 
 // ===== roles: a thread with its own runtime =====
@@ -205,12 +208,17 @@ impl RouterService for PlainRelay {
         &self,
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let key = request
-            .metadata()
-            .get("stream")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::invalid_argument("no stream"))?
-            .to_owned();
+        // Its own raw calls name the stream; a real peer's bearer token names it by its
+        // subject (verified, as a router must).
+        let md = request.metadata();
+        let key = match md.get("stream") {
+            Some(v) => v.to_str().ok().map(str::to_owned),
+            None => md
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()?.strip_prefix("Bearer "))
+                .and_then(token_subject),
+        }
+        .ok_or_else(|| Status::invalid_argument("no stream"))?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let waiting = self.pending.lock().unwrap().remove(&key);
@@ -231,6 +239,17 @@ impl RouterService for PlainRelay {
         }
         Ok(Response::new(RxStream(rx)))
     }
+}
+
+/// The subject of a controller-form token signed with [`KEY`].
+fn token_subject(token: &str) -> Option<String> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.validate_aud = false;
+    let key = jsonwebtoken::DecodingKey::from_secret(KEY);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+        .ok()?
+        .claims;
+    Some(claims["sub"].as_str()?.to_owned())
 }
 
 async fn start_plain_relay() -> SocketAddr {
@@ -1186,6 +1205,19 @@ fn child(role: &str) {
             s.close().await.unwrap();
             println!("done");
         }),
+        "relay" => rt.block_on(async {
+            // The plain tonic relay, behind TLS with a self-signed certificate for localhost.
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("{}", listener.local_addr().unwrap());
+            let conns = tls_incoming(listener);
+            let server = Server::builder()
+                .initial_stream_window_size(WINDOW)
+                .initial_connection_window_size(CONN_WINDOW)
+                .serve_with_incoming(RouterServiceServer::new(PlainRelay::default()), conns);
+            tokio::spawn(server);
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        }),
         other => panic!("unknown RELAY_CHILD role {other}"),
     }
 }
@@ -1480,4 +1512,442 @@ fn memory_shape() {
             drop(channels);
         }
     }
+}
+
+// ===== the real shape: Jumpstarter's Python peers over TLS =====
+
+/// A TLS connection of the relay child (tonic needs its `Connected`).
+struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The relay child's connections: TLS (ALPN h2, a self-signed certificate for localhost),
+/// each handshake in a task of its own, as our router does it.
+fn tls_incoming(listener: TcpListener) -> RxStream<std::io::Result<TlsConn>> {
+    use tokio_rustls::rustls;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let _ = tx.send(Ok(TlsConn(tls))).await;
+                }
+            });
+        }
+    });
+    RxStream(rx)
+}
+
+/// What one measured run saw in the router's process.
+#[derive(Default, Clone)]
+struct RouterCost {
+    cpu_s: f64,
+    /// From `perf stat` when it works here: context switches and syscalls, in all, and each
+    /// syscall's count.
+    ctx_switches: Option<f64>,
+    syscalls: Vec<(String, f64)>,
+}
+
+impl RouterCost {
+    fn syscalls_total(&self) -> Option<f64> {
+        (!self.syscalls.is_empty()).then(|| self.syscalls.iter().map(|(_, n)| n).sum())
+    }
+}
+
+/// `perf stat` on a process, from now until [`PerfStat::stop`]: its context switches and every
+/// syscall it enters (the `syscalls:sys_enter_*` tracepoints: counted in the kernel, nearly
+/// free, unlike strace). `None` when perf is missing or may not trace here.
+struct PerfStat {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl PerfStat {
+    fn start(pid: u32, tag: &str) -> Option<PerfStat> {
+        if std::env::var("RELAY_PERF").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let out = std::env::temp_dir().join(format!("relay-perf-{}-{tag}.csv", std::process::id()));
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                "context-switches,syscalls:sys_enter_*",
+                "-o",
+            ])
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf attaches in a few milliseconds; the runs it measures take seconds.
+        std::thread::sleep(Duration::from_millis(200));
+        Some(PerfStat { child, out })
+    }
+
+    fn stop(mut self, cost: &mut RouterCost) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.out);
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(',').collect();
+            let (Some(n), Some(event)) = (f.first().and_then(|n| n.parse::<f64>().ok()), f.get(2))
+            else {
+                continue;
+            };
+            if *event == "context-switches" {
+                cost.ctx_switches = Some(n);
+            } else if let Some(call) = event.strip_prefix("syscalls:sys_enter_") {
+                if n > 0.0 {
+                    cost.syscalls.push((call.to_string(), n));
+                }
+            }
+        }
+    }
+}
+
+/// A `bench-peer` of the harness, its events on a channel.
+struct PyPeer {
+    child: Child,
+    events: smpsc::Receiver<serde_json::Value>,
+}
+
+impl PyPeer {
+    fn spawn(python: &std::path::Path, port: u16, stream: &str, args: &[String]) -> PyPeer {
+        let mut child = Command::new(python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/harness.py"
+            ))
+            .arg("bench-peer")
+            .args(["--endpoint", &format!("localhost:{port}"), "--tls-insecure"])
+            .args([
+                "--key",
+                std::str::from_utf8(KEY).unwrap(),
+                "--stream",
+                stream,
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the interop venv's python");
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = smpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        PyPeer { child, events }
+    }
+
+    /// The next event, which must be `event`.
+    fn expect(&mut self, event: &str) -> serde_json::Value {
+        let v = self
+            .events
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("bench-peer: no {event:?}"));
+        assert_eq!(v["event"], event, "bench-peer: {v}");
+        v
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The interop venv (tests/interop/setup_venv.sh), made when missing.
+fn interop_python() -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = repo.join("target/interop-venv");
+    let ok = Command::new("bash")
+        .arg(repo.join("tests/interop/setup_venv.sh"))
+        .arg(&venv)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "cannot set up the interop venv: needs python3 with venv (apt-get install python3-venv) and PyPI"
+    );
+    venv.join("bin/python")
+}
+
+/// A router child over TLS: ours (`ours`) or the plain tonic relay (`relay`).
+fn tls_router(variant: &str) -> ChildProc {
+    match variant {
+        "ours" => ChildProc::spawn("router", &[("RELAY_ROUTER_TLS", "1".into())]),
+        _ => ChildProc::spawn("relay", &[]),
+    }
+}
+
+/// One transfer of `bytes` one way in writes of `chunk`, between two real peers, each on its
+/// own TLS connection, through a fresh router child: MiB/s and what the router spent.
+fn session_transfer(
+    py: &std::path::Path,
+    variant: &str,
+    chunk: usize,
+    bytes: usize,
+) -> (f64, RouterCost) {
+    let mut router = tls_router(variant);
+    let port = router.addr().port();
+    let pid = router.child.id();
+    let stream = format!("bulk-{chunk}");
+    let mut rx = PyPeer::spawn(py, port, &stream, &["--role".into(), "recv".into()]);
+    let mut tx = PyPeer::spawn(
+        py,
+        port,
+        &stream,
+        &[
+            "--role".into(),
+            "send".into(),
+            "--send".into(),
+            bytes.to_string(),
+            "--chunk".into(),
+            chunk.to_string(),
+        ],
+    );
+    let perf = PerfStat::start(pid, variant);
+    let cpu0 = cpu_secs(pid);
+    rx.expect("paired");
+    tx.expect("paired");
+    let done = rx.expect("done");
+    let mut cost = RouterCost {
+        cpu_s: cpu_secs(pid) - cpu0,
+        ..RouterCost::default()
+    };
+    if let Some(p) = perf {
+        p.stop(&mut cost);
+    }
+    tx.expect("done");
+    assert_eq!(done["received"].as_u64(), Some(bytes as u64), "{done}");
+    let secs = done["secs"].as_f64().unwrap();
+    (bytes as f64 / MIB as f64 / secs, cost)
+}
+
+/// Ping-pong of `count` messages of `size` bytes between two real peers through a fresh
+/// router child: p50 and p99 in microseconds.
+fn session_pings(py: &std::path::Path, variant: &str, size: usize, count: usize) -> (f64, f64) {
+    let mut router = tls_router(variant);
+    let port = router.addr().port();
+    let mut echo = PyPeer::spawn(py, port, "pings", &["--role".into(), "echo".into()]);
+    let mut ping = PyPeer::spawn(
+        py,
+        port,
+        "pings",
+        &[
+            "--role".into(),
+            "ping".into(),
+            "--chunk".into(),
+            size.to_string(),
+            "--count".into(),
+            count.to_string(),
+        ],
+    );
+    ping.expect("paired");
+    echo.expect("paired");
+    let done = ping.expect("done");
+    echo.expect("done");
+    (
+        done["p50_us"].as_f64().unwrap(),
+        done["p99_us"].as_f64().unwrap(),
+    )
+}
+
+/// The real shape (see the module's docs): jumpstarter 0.9.0's Python peers over TLS, one
+/// connection per caller, through our router and through the plain tonic relay behind the
+/// same TLS; a fresh router process per run, the two alternating.
+fn session() {
+    let py = interop_python();
+    let runs: usize = env_or("RELAY_RUNS", 5);
+    let pings: usize = env_or("RELAY_PINGS", 2000);
+    // RELAY_SIZES=1,16,64 (KiB); the bytes of a run scale with the write (RELAY_MIB at 64 KiB).
+    let sizes: Vec<usize> = counts("RELAY_SIZES", "1,16,64");
+    let mib64: usize = env_or("RELAY_MIB", 512);
+    let variants = ["ours", "relay"];
+    println!();
+    println!("The real shape: jumpstarter 0.9.0's Python peers (RouterStream.send per write), TLS, a connection per caller, a fresh router process per run; ours and the plain tonic relay behind the same TLS, alternating; min/median/max of {runs}");
+    println!("| writes | MiB/s ours | MiB/s relay | ours/relay | router CPU s/GiB ours | relay | ours/relay | ctx switches/msg ours | relay | syscalls/msg ours | relay |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut syscall_tables = Vec::new();
+    for &kib in &sizes {
+        let chunk = kib * KIB;
+        // 1 KiB: 1/16 of the bytes of 64 KiB (the peers send ~10k messages a second).
+        let bytes = (mib64 * MIB * kib.max(4) / 64).max(chunk);
+        let msgs = (bytes / chunk) as f64;
+        let mut m: HashMap<&str, Vec<(f64, RouterCost)>> = HashMap::new();
+        for run in 0..runs {
+            let order: Vec<&str> = if run % 2 == 0 {
+                variants.to_vec()
+            } else {
+                variants.iter().rev().copied().collect()
+            };
+            for v in order {
+                m.entry(v)
+                    .or_default()
+                    .push(session_transfer(&py, v, chunk, bytes));
+            }
+        }
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let col = |v: &str, f: &dyn Fn(&(f64, RouterCost)) -> Option<f64>| -> Vec<f64> {
+            m[v].iter().filter_map(f).collect()
+        };
+        let ratio = |f: &dyn Fn(&(f64, RouterCost)) -> Option<f64>| -> Vec<f64> {
+            m["ours"]
+                .iter()
+                .zip(&m["relay"])
+                .filter_map(|(a, b)| Some(f(a)? / f(b)?))
+                .collect()
+        };
+        let thr = |r: &(f64, RouterCost)| Some(r.0);
+        let cpu = |r: &(f64, RouterCost)| Some(r.1.cpu_s / gib);
+        let ctx = |r: &(f64, RouterCost)| r.1.ctx_switches.map(|c| c / msgs);
+        let sys = |r: &(f64, RouterCost)| r.1.syscalls_total().map(|c| c / msgs);
+        let f3 = |v: Vec<f64>, p: usize| {
+            if v.is_empty() {
+                "n/a".to_string()
+            } else {
+                fmt3(min_med_max(v), p)
+            }
+        };
+        println!(
+            "| {kib} KiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f3(col("ours", &thr), 1),
+            f3(col("relay", &thr), 1),
+            f3(ratio(&thr), 2),
+            f3(col("ours", &cpu), 2),
+            f3(col("relay", &cpu), 2),
+            f3(ratio(&cpu), 2),
+            f3(col("ours", &ctx), 2),
+            f3(col("relay", &ctx), 2),
+            f3(col("ours", &sys), 2),
+            f3(col("relay", &sys), 2),
+        );
+        // Where the syscalls go: each one per message, the median run of each.
+        for v in variants {
+            let mut runs = m[v].clone();
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mid = &runs[runs.len() / 2].1;
+            let mut calls = mid.syscalls.clone();
+            calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let list: Vec<String> = calls
+                .iter()
+                .take(8)
+                .map(|(c, n)| format!("{c} {:.2}", n / msgs))
+                .collect();
+            if !list.is_empty() {
+                syscall_tables.push(format!("{kib} KiB, {v}: {}", list.join(", ")));
+            }
+        }
+    }
+    if !syscall_tables.is_empty() {
+        println!();
+        println!("Syscalls per message in the router (the median run), most first:");
+        for l in syscall_tables {
+            println!("- {l}");
+        }
+    }
+    println!();
+    println!("Ping-pong of 64 B, {pings} round trips, as the peers see it: p50 and p99 in microseconds, min/median/max of {runs}");
+    println!("| | p50 ours | p50 relay | ours/relay | p99 ours | p99 relay | ours/relay |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut p: HashMap<&str, Vec<(f64, f64)>> = HashMap::new();
+    for run in 0..runs {
+        let order: Vec<&str> = if run % 2 == 0 {
+            variants.to_vec()
+        } else {
+            variants.iter().rev().copied().collect()
+        };
+        for v in order {
+            p.entry(v)
+                .or_default()
+                .push(session_pings(&py, v, 64, pings));
+        }
+    }
+    let of = |v: &str, f: fn(&(f64, f64)) -> f64| p[v].iter().map(f).collect::<Vec<_>>();
+    let ratio = |f: fn(&(f64, f64)) -> f64| {
+        p["ours"]
+            .iter()
+            .zip(&p["relay"])
+            .map(|(a, b)| f(a) / f(b))
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "| 64 B | {} | {} | {} | {} | {} | {} |",
+        fmt3(min_med_max(of("ours", |x| x.0)), 0),
+        fmt3(min_med_max(of("relay", |x| x.0)), 0),
+        fmt3(min_med_max(ratio(|x| x.0)), 2),
+        fmt3(min_med_max(of("ours", |x| x.1)), 0),
+        fmt3(min_med_max(of("relay", |x| x.1)), 0),
+        fmt3(min_med_max(ratio(|x| x.1)), 2),
+    );
 }

@@ -11,6 +11,8 @@ Subcommands:
   peer        a client-side RouterStream doing a half-close exchange of pattern bytes
   idle-peer   the same exchange with idle waits at given points (before connecting, after
               pairing, after the other side's EOF), for proxies' idle timers
+  bench-peer  one side of a measurement (benches/relay.rs, RELAY_ONLY=session): send, receive,
+              ping or echo, timed from the moment both calls are through the router
   router      a router assembled from RouterStream + forward_stream (pairs callers by token subject)
   raw-client  writes a given list of frames on a Stream call and prints what comes back
   bad-tokens  calls with each kind of bad token, N times each, and counts the status codes
@@ -194,6 +196,85 @@ async def peer(args):
         received_sha256=recv_hash.hexdigest(),
         status=status,
     )
+
+
+# ===== bench-peer =====
+
+
+async def bench_peer(args):
+    """One side of a measurement, as a real peer sends: `RouterStream.send` per write.
+
+    After a `hello` both ways ("paired"): `send` writes `--send` bytes in `--chunk` writes, then
+    EOF; `recv` reads to EOF ("eof", with `secs` since "paired"); `ping` sends `--count`
+    messages of `--chunk` bytes, each once the previous one came back, and says the round
+    trips' percentiles in microseconds; `echo` sends back what it reads, until EOF. Little
+    work of its own per message (the same bytes every write, no hashing), so that the router's
+    cost shows."""
+    channel = await channel_for(args)
+    stub = router_pb2_grpc.RouterServiceStub(channel)
+    call = stub.Stream(metadata=(("authorization", f"Bearer {token_arg(args)}"),))
+    stream = RouterStream(context=call)
+
+    async def receive():
+        """The next bytes (PING frames and the like skipped), or None at EOF."""
+        while True:
+            try:
+                chunk = await stream.receive()
+            except EndOfStream:
+                return None
+            if chunk:
+                return chunk
+
+    await stream.send(b"hello")
+    got = b""
+    while len(got) < 5:
+        chunk = await receive()
+        if chunk is None:
+            raise RuntimeError("EOF before the hello")
+        got += chunk
+    t0 = time.monotonic()
+    emit("paired")
+    fields = {}
+    if args.role == "send":
+        chunk = bytes(args.chunk)
+        left = args.send
+        while left > 0:
+            n = min(args.chunk, left)
+            await stream.send(chunk if n == args.chunk else chunk[:n])
+            left -= n
+        await stream.send_eof()
+        await receive()
+    elif args.role == "recv":
+        received = 0
+        while (chunk := await receive()) is not None:
+            received += len(chunk)
+        fields = {"received": received, "secs": time.monotonic() - t0}
+        await stream.send_eof()
+    elif args.role == "ping":
+        msg = bytes(args.chunk)
+        rtts = []
+        for _ in range(args.count):
+            start = time.perf_counter()
+            await stream.send(msg)
+            got = 0
+            while got < len(msg):
+                chunk = await receive()
+                if chunk is None:
+                    raise RuntimeError("EOF during ping-pong")
+                got += len(chunk)
+            rtts.append(time.perf_counter() - start)
+        rtts.sort()
+        pct = lambda p: round(rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1e6, 1)
+        fields = {"p50_us": pct(0.50), "p99_us": pct(0.99), "secs": time.monotonic() - t0}
+        await stream.send_eof()
+        await receive()
+    else:  # echo
+        while (chunk := await receive()) is not None:
+            await stream.send(chunk)
+        await stream.send_eof()
+    await stream.aclose()
+    await channel.close()
+    emit("done", **fields)
 
 
 # ===== idle-peer =====
@@ -702,6 +783,13 @@ def main():
     i.add_argument("--sleep-after-eof", type=float, default=0, help="recv-first: before sending")
     i.add_argument("--hold-after-send", action="store_true", help="no EOF: wait to be killed")
 
+    q = sub.add_parser("bench-peer")
+    call_args(q)
+    q.add_argument("--role", choices=["send", "recv", "ping", "echo"], required=True)
+    q.add_argument("--send", type=int, default=0)
+    q.add_argument("--chunk", type=int, default=1024)
+    q.add_argument("--count", type=int, default=1000)
+
     r = sub.add_parser("router")
     r.add_argument("--listen", default="127.0.0.1:0")
 
@@ -736,6 +824,7 @@ def main():
     run = {
         "peer": peer,
         "idle-peer": idle_peer,
+        "bench-peer": bench_peer,
         "router": router,
         "raw-client": raw_client,
         "bad-tokens": bad_tokens,
