@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --all-features --bench relay
 //! RELAY_RUNS=5 RELAY_MIB=256 RELAY_PINGS=2000 RELAY_PAIRS=1000,10000 cargo bench --all-features --bench relay
-//! RELAY_ONLY=throughput|memory|idle ...
+//! RELAY_ONLY=throughput|memory|memory-shape|session|idle ...
 //! ```
 //!
 //! Layout, the same for every variant: sender, router and receiver each run on their own
@@ -30,6 +30,17 @@
 //! (as jumpstarter's `connect_router_stream` makes them): what each layer costs.
 //! `RELAY_SHAPE=shared|plaintext|tls` runs one shape; `RELAY_ROUTER_WRAP="heaptrack -o
 //! /tmp/router"` runs the router child under a profiler (then its RSS is the profiler's).
+//!
+//! The real shape (`RELAY_ONLY=session`, not in the default run: about 8 minutes): what a lab
+//! sees. jumpstarter 0.9.0's own Python peers (`RouterStream.send` per write, the interop
+//! venv), each on its own TLS connection, through our router as labs run it (the
+//! `jumpstarter-router serve` binary with its defaults) and through the plain tonic relay
+//! behind the same TLS on tokio's default runtime; a fresh router process per run, the two
+//! alternating. Throughput, the router's CPU per GiB, and its context switches and syscalls
+//! per message (`perf stat` on the router: the `syscalls:sys_enter_*` tracepoints, each
+//! syscall's count), at 1, 16 and 64 KiB writes (`RELAY_SIZES`); ping-pong of 64 B
+//! (`RELAY_PINGS`); `RELAY_OURS_THREADS` / `RELAY_RELAY_THREADS` set each router's threads,
+//! `RELAY_PERF=0` skips perf.
 //!
 //! Idle cost (`RELAY_ONLY=idle`, not in the default run: minutes): what the router's keepalive
 //! traffic costs with idle pairs, the router in a child process: its CPU and the bytes it
@@ -1144,7 +1155,15 @@ async fn child_stream_when_told() -> RouterStream {
 }
 
 fn child(role: &str) {
-    let rt = runtime();
+    // RELAY_CHILD_THREADS=1: the child on a current-thread runtime.
+    let rt = if env_or("RELAY_CHILD_THREADS", 2) == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        runtime()
+    };
     match role {
         "router" => rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1742,11 +1761,86 @@ fn interop_python() -> std::path::PathBuf {
     venv.join("bin/python")
 }
 
-/// A router child over TLS: ours (`ours`) or the plain tonic relay (`relay`).
-fn tls_router(variant: &str) -> ChildProc {
-    match variant {
-        "ours" => ChildProc::spawn("router", &[("RELAY_ROUTER_TLS", "1".into())]),
-        _ => ChildProc::spawn("relay", &[]),
+/// A router over TLS in a process of its own: ours as labs run it (the `jumpstarter-router
+/// serve` binary, its defaults; `RELAY_OURS_THREADS` sets `--worker-threads`), or the plain
+/// tonic relay on tokio's default runtime (a worker per core; `RELAY_RELAY_THREADS`).
+struct TlsRouter {
+    port: u16,
+    pid: u32,
+    /// Held for its drop: the bench's child ends when its stdin closes; the CLI is killed.
+    _proc: RouterProc,
+}
+
+#[allow(dead_code)] // held for their drops
+enum RouterProc {
+    Bench(ChildProc),
+    Cli(KillOnDrop),
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl TlsRouter {
+    fn start(variant: &str) -> TlsRouter {
+        if variant == "ours" {
+            return TlsRouter::cli();
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = std::env::var("RELAY_RELAY_THREADS").unwrap_or_else(|_| cores.to_string());
+        let mut bench = ChildProc::spawn("relay", &[("RELAY_CHILD_THREADS", threads)]);
+        TlsRouter {
+            port: bench.addr().port(),
+            pid: bench.child.id(),
+            _proc: RouterProc::Bench(bench),
+        }
+    }
+
+    /// `jumpstarter-router serve` with a self-signed certificate for localhost; its address
+    /// from its JSON log.
+    fn cli() -> TlsRouter {
+        let Some(bin) = option_env!("CARGO_BIN_EXE_jumpstarter-router") else {
+            panic!("RELAY_ONLY=session runs the CLI: cargo bench --all-features --bench relay");
+        };
+        let mut cmd = Command::new(bin);
+        cmd.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .env("ROUTER_KEY", std::str::from_utf8(KEY).unwrap())
+            .env("GRPC_ROUTER_ENDPOINT", "localhost:8083")
+            .env_remove("EXTERNAL_CERT_PEM")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Ok(n) = std::env::var("RELAY_OURS_THREADS") {
+            cmd.args(["--worker-threads", &n]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = smpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "router listening" {
+                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+            }
+        });
+        let addr: SocketAddr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("jumpstarter-router serve: no \"router listening\"")
+            .parse()
+            .unwrap();
+        TlsRouter {
+            port: addr.port(),
+            pid: child.id(),
+            _proc: RouterProc::Cli(KillOnDrop(child)),
+        }
     }
 }
 
@@ -1758,9 +1852,8 @@ fn session_transfer(
     chunk: usize,
     bytes: usize,
 ) -> (f64, RouterCost) {
-    let mut router = tls_router(variant);
-    let port = router.addr().port();
-    let pid = router.child.id();
+    let router = TlsRouter::start(variant);
+    let (port, pid) = (router.port, router.pid);
     let stream = format!("bulk-{chunk}");
     let mut rx = PyPeer::spawn(py, port, &stream, &["--role".into(), "recv".into()]);
     let mut tx = PyPeer::spawn(
@@ -1797,8 +1890,8 @@ fn session_transfer(
 /// Ping-pong of `count` messages of `size` bytes between two real peers through a fresh
 /// router child: p50 and p99 in microseconds.
 fn session_pings(py: &std::path::Path, variant: &str, size: usize, count: usize) -> (f64, f64) {
-    let mut router = tls_router(variant);
-    let port = router.addr().port();
+    let router = TlsRouter::start(variant);
+    let port = router.port;
     let mut echo = PyPeer::spawn(py, port, "pings", &["--role".into(), "echo".into()]);
     let mut ping = PyPeer::spawn(
         py,

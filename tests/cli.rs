@@ -142,13 +142,50 @@ async fn tcp_tunnel_64_mib_through_serve_expose_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_tunnel_through_connect() {
-    let router = serve().await;
+    stdio_echo_through(&serve().await, "cli-stdio", 3 * MIB).await;
+}
+
+/// `serve` runs on one thread unless told otherwise (`--worker-threads`), and serves the same
+/// either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_the_threads_it_is_given() {
+    // `serve` names its worker threads (and its blocking pool's, which it does not use).
+    let workers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "router-worker")
+            .count()
+    };
+    let one = serve().await;
+    stdio_echo_through(&one, "one-thread", MIB).await;
+    assert_eq!(
+        workers(one.proc.0.id()),
+        0,
+        "the default runs on the main thread"
+    );
+
+    let three = Serve::start(&["--plaintext", "--grace", "1", "--worker-threads", "3"]).await;
+    stdio_echo_through(&three, "three-threads", MIB).await;
+    assert_eq!(workers(three.proc.0.id()), 3);
+
+    let out = cmd(&["serve", "--plaintext", "--worker-threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
+}
+
+/// `bytes` of pattern through `connect` on stdio, `router`, `expose` and an echo server, and
+/// back, compared.
+async fn stdio_echo_through(router: &Serve, subject: &str, bytes: u64) {
     let endpoint = router.endpoint();
-    let tok = token("cli-stdio");
+    let tok = token(subject);
     let echo = echo_server().await;
     let _exporter = expose(&endpoint, &tok, &echo.to_string());
 
-    let input: Vec<u8> = (0..3 * MIB).map(|i| pattern_byte(i, 9)).collect();
+    let input: Vec<u8> = (0..bytes).map(|i| pattern_byte(i, 9)).collect();
     let mut child = cmd(&["connect", "--endpoint", &endpoint, "--token", &tok])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
