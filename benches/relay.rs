@@ -1916,6 +1916,22 @@ fn session_pings(py: &std::path::Path, variant: &str, size: usize, count: usize)
     )
 }
 
+/// `runs` measurements of ours and of the relay, alternating which goes first.
+fn alternating<T>(runs: usize, mut f: impl FnMut(&str) -> T) -> HashMap<&'static str, Vec<T>> {
+    let mut m: HashMap<&'static str, Vec<T>> = HashMap::new();
+    for run in 0..runs {
+        let order = if run % 2 == 0 {
+            ["ours", "relay"]
+        } else {
+            ["relay", "ours"]
+        };
+        for v in order {
+            m.entry(v).or_default().push(f(v));
+        }
+    }
+    m
+}
+
 /// The real shape (see the module's docs): jumpstarter 0.9.0's Python peers over TLS, one
 /// connection per caller, through our router and through the plain tonic relay behind the
 /// same TLS; a fresh router process per run, the two alternating.
@@ -1937,19 +1953,7 @@ fn session() {
         // 1 KiB: 1/16 of the bytes of 64 KiB (the peers send ~10k messages a second).
         let bytes = (mib64 * MIB * kib.max(4) / 64).max(chunk);
         let msgs = (bytes / chunk) as f64;
-        let mut m: HashMap<&str, Vec<(f64, RouterCost)>> = HashMap::new();
-        for run in 0..runs {
-            let order: Vec<&str> = if run % 2 == 0 {
-                variants.to_vec()
-            } else {
-                variants.iter().rev().copied().collect()
-            };
-            for v in order {
-                m.entry(v)
-                    .or_default()
-                    .push(session_transfer(&py, v, chunk, bytes));
-            }
-        }
+        let m = alternating(runs, |v| session_transfer(&py, v, chunk, bytes));
         let gib = bytes as f64 / (1u64 << 30) as f64;
         let col = |v: &str, f: &dyn Fn(&(f64, RouterCost)) -> Option<f64>| -> Vec<f64> {
             m[v].iter().filter_map(f).collect()
@@ -2013,19 +2017,7 @@ fn session() {
     println!("Ping-pong of 64 B, {pings} round trips, as the peers see it: p50 and p99 in microseconds, min/median/max of {runs}");
     println!("| | p50 ours | p50 relay | ours/relay | p99 ours | p99 relay | ours/relay |");
     println!("|---|---|---|---|---|---|---|");
-    let mut p: HashMap<&str, Vec<(f64, f64)>> = HashMap::new();
-    for run in 0..runs {
-        let order: Vec<&str> = if run % 2 == 0 {
-            variants.to_vec()
-        } else {
-            variants.iter().rev().copied().collect()
-        };
-        for v in order {
-            p.entry(v)
-                .or_default()
-                .push(session_pings(&py, v, 64, pings));
-        }
-    }
+    let p = alternating(runs, |v| session_pings(&py, v, 64, pings));
     let of = |v: &str, f: fn(&(f64, f64)) -> f64| p[v].iter().map(f).collect::<Vec<_>>();
     let ratio = |f: fn(&(f64, f64)) -> f64| {
         p["ours"]
