@@ -36,9 +36,10 @@
 //! venv), each on its own TLS connection, through our router as labs run it (the
 //! `jumpstarter-router serve` binary with its defaults) and through the plain tonic relay
 //! behind the same TLS on tokio's default runtime; a fresh router process per run, the two
-//! alternating. Throughput, the router's CPU per GiB, and its context switches and syscalls
-//! per message (`perf stat` on the router: the `syscalls:sys_enter_*` tracepoints, each
-//! syscall's count), at 1, 16 and 64 KiB writes (`RELAY_SIZES`); ping-pong of 64 B
+//! alternating. Throughput and the router's CPU per GiB; its context switches and syscalls
+//! per message in one more run of each with `perf stat` on the router (the
+//! `syscalls:sys_enter_*` tracepoints, each syscall's count; not in the timed runs, since the
+//! tracepoints cost each syscall some CPU), at 1, 16 and 64 KiB writes (`RELAY_SIZES`); ping-pong of 64 B
 //! (`RELAY_PINGS`); `RELAY_OURS_THREADS` / `RELAY_RELAY_THREADS` set each router's threads,
 //! `RELAY_PERF=0` skips perf.
 //!
@@ -1851,6 +1852,7 @@ fn session_transfer(
     variant: &str,
     chunk: usize,
     bytes: usize,
+    counted: bool,
 ) -> (f64, RouterCost) {
     let router = TlsRouter::start(variant);
     let (port, pid) = (router.port, router.pid);
@@ -1869,7 +1871,7 @@ fn session_transfer(
             chunk.to_string(),
         ],
     );
-    let perf = PerfStat::start(pid, variant);
+    let perf = counted.then(|| PerfStat::start(pid, variant)).flatten();
     let cpu0 = cpu_secs(pid);
     rx.expect("paired");
     tx.expect("paired");
@@ -1945,7 +1947,7 @@ fn session() {
     let variants = ["ours", "relay"];
     println!();
     println!("The real shape: jumpstarter 0.9.0's Python peers (RouterStream.send per write), TLS, a connection per caller, a fresh router process per run; ours and the plain tonic relay behind the same TLS, alternating; min/median/max of {runs}");
-    println!("| writes | MiB/s ours | MiB/s relay | ours/relay | router CPU s/GiB ours | relay | ours/relay | ctx switches/msg ours | relay | syscalls/msg ours | relay |");
+    println!("| writes | MiB/s ours | MiB/s relay | ours/relay | router CPU s/GiB ours | relay | ours/relay | ctx switches/msg ours (a counted run) | relay | syscalls/msg ours | relay |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut syscall_tables = Vec::new();
     for &kib in &sizes {
@@ -1953,48 +1955,44 @@ fn session() {
         // 1 KiB: 1/16 of the bytes of 64 KiB (the peers send ~10k messages a second).
         let bytes = (mib64 * MIB * kib.max(4) / 64).max(chunk);
         let msgs = (bytes / chunk) as f64;
-        let m = alternating(runs, |v| session_transfer(&py, v, chunk, bytes));
+        // Timed runs without perf (its tracepoints cost each syscall some CPU, and the relay
+        // makes more of them), then one counted run of each.
+        let m = alternating(runs, |v| session_transfer(&py, v, chunk, bytes, false));
+        let counted = alternating(1, |v| session_transfer(&py, v, chunk, bytes, true));
         let gib = bytes as f64 / (1u64 << 30) as f64;
-        let col = |v: &str, f: &dyn Fn(&(f64, RouterCost)) -> Option<f64>| -> Vec<f64> {
-            m[v].iter().filter_map(f).collect()
+        let col = |v: &str, f: &dyn Fn(&(f64, RouterCost)) -> f64| -> Vec<f64> {
+            m[v].iter().map(f).collect()
         };
-        let ratio = |f: &dyn Fn(&(f64, RouterCost)) -> Option<f64>| -> Vec<f64> {
+        let ratio = |f: &dyn Fn(&(f64, RouterCost)) -> f64| -> Vec<f64> {
             m["ours"]
                 .iter()
                 .zip(&m["relay"])
-                .filter_map(|(a, b)| Some(f(a)? / f(b)?))
+                .map(|(a, b)| f(a) / f(b))
                 .collect()
         };
-        let thr = |r: &(f64, RouterCost)| Some(r.0);
-        let cpu = |r: &(f64, RouterCost)| Some(r.1.cpu_s / gib);
-        let ctx = |r: &(f64, RouterCost)| r.1.ctx_switches.map(|c| c / msgs);
-        let sys = |r: &(f64, RouterCost)| r.1.syscalls_total().map(|c| c / msgs);
-        let f3 = |v: Vec<f64>, p: usize| {
-            if v.is_empty() {
-                "n/a".to_string()
-            } else {
-                fmt3(min_med_max(v), p)
-            }
+        let thr = |r: &(f64, RouterCost)| r.0;
+        let cpu = |r: &(f64, RouterCost)| r.1.cpu_s / gib;
+        let per_msg = |v: &str, f: fn(&RouterCost) -> Option<f64>| {
+            f(&counted[v][0].1).map_or("n/a".to_string(), |n| format!("{:.2}", n / msgs))
         };
+        let ctx = |c: &RouterCost| c.ctx_switches;
+        let sys = |c: &RouterCost| c.syscalls_total();
         println!(
             "| {kib} KiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            f3(col("ours", &thr), 1),
-            f3(col("relay", &thr), 1),
-            f3(ratio(&thr), 2),
-            f3(col("ours", &cpu), 2),
-            f3(col("relay", &cpu), 2),
-            f3(ratio(&cpu), 2),
-            f3(col("ours", &ctx), 2),
-            f3(col("relay", &ctx), 2),
-            f3(col("ours", &sys), 2),
-            f3(col("relay", &sys), 2),
+            fmt3(min_med_max(col("ours", &thr)), 1),
+            fmt3(min_med_max(col("relay", &thr)), 1),
+            fmt3(min_med_max(ratio(&thr)), 2),
+            fmt3(min_med_max(col("ours", &cpu)), 2),
+            fmt3(min_med_max(col("relay", &cpu)), 2),
+            fmt3(min_med_max(ratio(&cpu)), 2),
+            per_msg("ours", ctx),
+            per_msg("relay", ctx),
+            per_msg("ours", sys),
+            per_msg("relay", sys),
         );
-        // Where the syscalls go: each one per message, the median run of each.
+        // Where the syscalls go: each one per message, in the counted run.
         for v in variants {
-            let mut runs = m[v].clone();
-            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mid = &runs[runs.len() / 2].1;
-            let mut calls = mid.syscalls.clone();
+            let mut calls = counted[v][0].1.syscalls.clone();
             calls.sort_by(|a, b| b.1.total_cmp(&a.1));
             let list: Vec<String> = calls
                 .iter()
@@ -2008,7 +2006,7 @@ fn session() {
     }
     if !syscall_tables.is_empty() {
         println!();
-        println!("Syscalls per message in the router (the median run), most first:");
+        println!("Syscalls per message in the router (the counted run), most first:");
         for l in syscall_tables {
             println!("- {l}");
         }
