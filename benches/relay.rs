@@ -31,7 +31,7 @@
 //! `RELAY_SHAPE=shared|plaintext|tls` runs one shape; `RELAY_ROUTER_WRAP="heaptrack -o
 //! /tmp/router"` runs the router child under a profiler (then its RSS is the profiler's).
 //!
-//! The real shape (`RELAY_ONLY=session`, not in the default run: about 8 minutes): what a lab
+//! The real shape (`RELAY_ONLY=session`, not in the default run: about 12 minutes): what a lab
 //! sees. jumpstarter 0.9.0's own Python peers (`RouterStream.send` per write, the interop
 //! venv), each on its own TLS connection, through our router as labs run it (the
 //! `jumpstarter-router serve` binary with its defaults) and through the plain tonic relay

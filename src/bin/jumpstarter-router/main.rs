@@ -82,9 +82,9 @@ enum Command {
         #[arg(long, value_name = "SECS", env = "TLS_RELOAD_INTERVAL", default_value_t = ServeConfig::DEFAULT_TLS_RELOAD.as_secs())]
         tls_reload_interval: u64,
         /// Threads that serve the connections. 1 runs the whole router on one thread: the
-        /// least CPU per message, since nothing wakes another thread (half the CPU of a
-        /// multi-threaded runtime at 1 KiB messages; see the README). More spread a busy
-        /// router over cores.
+        /// least CPU per message, since nothing wakes another thread (a fifth less than a
+        /// worker per core in the real shape; see the README). More spread a busy router
+        /// over cores.
         #[arg(long, value_name = "N", env = "JMP_ROUTER_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: u16,
         #[command(flatten)]
