@@ -70,6 +70,8 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
+#[path = "../tests/support/python.rs"]
+mod python;
 #[path = "../tests/support/rx_stream.rs"]
 mod rx_stream;
 use rx_stream::RxStream;
@@ -1689,79 +1691,6 @@ impl PerfStat {
     }
 }
 
-/// A `bench-peer` of the harness, its events on a channel.
-struct PyPeer {
-    child: Child,
-    events: smpsc::Receiver<serde_json::Value>,
-}
-
-impl PyPeer {
-    fn spawn(python: &std::path::Path, port: u16, stream: &str, args: &[String]) -> PyPeer {
-        let mut child = Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/interop/harness.py"
-            ))
-            .arg("bench-peer")
-            .args(["--endpoint", &format!("localhost:{port}"), "--tls-insecure"])
-            .args([
-                "--key",
-                std::str::from_utf8(KEY).unwrap(),
-                "--stream",
-                stream,
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the interop venv's python");
-        let out = child.stdout.take().unwrap();
-        let (tx, events) = smpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        PyPeer { child, events }
-    }
-
-    /// The next event, which must be `event`.
-    fn expect(&mut self, event: &str) -> serde_json::Value {
-        let v = self
-            .events
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("bench-peer: no {event:?}"));
-        assert_eq!(v["event"], event, "bench-peer: {v}");
-        v
-    }
-}
-
-impl Drop for PyPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The interop venv (tests/interop/setup_venv.sh), made when missing.
-fn interop_python() -> std::path::PathBuf {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = repo.join("target/interop-venv");
-    let ok = Command::new("bash")
-        .arg(repo.join("tests/interop/setup_venv.sh"))
-        .arg(&venv)
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "cannot set up the interop venv: needs python3 with venv (apt-get install python3-venv) and PyPI"
-    );
-    venv.join("bin/python")
-}
-
 /// A router over TLS in a process of its own: ours as labs run it (the `jumpstarter-router
 /// serve` binary, its defaults; `RELAY_OURS_THREADS` sets `--worker-threads`), or the plain
 /// tonic relay on tokio's default runtime (a worker per core; `RELAY_RELAY_THREADS`).
@@ -1845,9 +1774,20 @@ impl TlsRouter {
     }
 }
 
+/// A `harness.py bench-peer` of stream `stream` on the router at `port`.
+fn bench_peer(py: &std::path::Path, port: u16, stream: &str, args: &[&str]) -> python::Py {
+    let endpoint = format!("localhost:{port}");
+    let key = std::str::from_utf8(KEY).unwrap();
+    let mut all = vec!["bench-peer", "--endpoint", &endpoint, "--tls-insecure"];
+    all.extend(["--key", key, "--stream", stream]);
+    all.extend(args);
+    python::Py::spawn(py, "harness.py", &all, false)
+}
+
 /// One transfer of `bytes` one way in writes of `chunk`, between two real peers, each on its
-/// own TLS connection, through a fresh router child: MiB/s and what the router spent.
-fn session_transfer(
+/// own TLS connection, through a fresh router child: MiB/s and what the router spent (with
+/// `counted`, its context switches and syscalls too).
+async fn session_transfer(
     py: &std::path::Path,
     variant: &str,
     chunk: usize,
@@ -1857,25 +1797,19 @@ fn session_transfer(
     let router = TlsRouter::start(variant);
     let (port, pid) = (router.port, router.pid);
     let stream = format!("bulk-{chunk}");
-    let mut rx = PyPeer::spawn(py, port, &stream, &["--role".into(), "recv".into()]);
-    let mut tx = PyPeer::spawn(
+    let mut rx = bench_peer(py, port, &stream, &["--role", "recv"]);
+    let (send, chunk_arg) = (bytes.to_string(), chunk.to_string());
+    let mut tx = bench_peer(
         py,
         port,
         &stream,
-        &[
-            "--role".into(),
-            "send".into(),
-            "--send".into(),
-            bytes.to_string(),
-            "--chunk".into(),
-            chunk.to_string(),
-        ],
+        &["--role", "send", "--send", &send, "--chunk", &chunk_arg],
     );
     let perf = counted.then(|| PerfStat::start(pid, variant)).flatten();
     let cpu0 = cpu_secs(pid);
-    rx.expect("paired");
-    tx.expect("paired");
-    let done = rx.expect("done");
+    rx.next("paired", 120).await;
+    tx.next("paired", 120).await;
+    let done = rx.next("done", 600).await;
     let mut cost = RouterCost {
         cpu_s: cpu_secs(pid) - cpu0,
         ..RouterCost::default()
@@ -1883,7 +1817,7 @@ fn session_transfer(
     if let Some(p) = perf {
         p.stop(&mut cost);
     }
-    tx.expect("done");
+    tx.next("done", 120).await;
     assert_eq!(done["received"].as_u64(), Some(bytes as u64), "{done}");
     let secs = done["secs"].as_f64().unwrap();
     (bytes as f64 / MIB as f64 / secs, cost)
@@ -1891,27 +1825,25 @@ fn session_transfer(
 
 /// Ping-pong of `count` messages of `size` bytes between two real peers through a fresh
 /// router child: p50 and p99 in microseconds.
-fn session_pings(py: &std::path::Path, variant: &str, size: usize, count: usize) -> (f64, f64) {
+async fn session_pings(
+    py: &std::path::Path,
+    variant: &str,
+    size: usize,
+    count: usize,
+) -> (f64, f64) {
     let router = TlsRouter::start(variant);
-    let port = router.port;
-    let mut echo = PyPeer::spawn(py, port, "pings", &["--role".into(), "echo".into()]);
-    let mut ping = PyPeer::spawn(
+    let mut echo = bench_peer(py, router.port, "pings", &["--role", "echo"]);
+    let (size, count) = (size.to_string(), count.to_string());
+    let mut ping = bench_peer(
         py,
-        port,
+        router.port,
         "pings",
-        &[
-            "--role".into(),
-            "ping".into(),
-            "--chunk".into(),
-            size.to_string(),
-            "--count".into(),
-            count.to_string(),
-        ],
+        &["--role", "ping", "--chunk", &size, "--count", &count],
     );
-    ping.expect("paired");
-    echo.expect("paired");
-    let done = ping.expect("done");
-    echo.expect("done");
+    ping.next("paired", 120).await;
+    echo.next("paired", 120).await;
+    let done = ping.next("done", 600).await;
+    echo.next("done", 120).await;
     (
         done["p50_us"].as_f64().unwrap(),
         done["p99_us"].as_f64().unwrap(),
@@ -1938,7 +1870,10 @@ fn alternating<T>(runs: usize, mut f: impl FnMut(&str) -> T) -> HashMap<&'static
 /// connection per caller, through our router and through the plain tonic relay behind the
 /// same TLS; a fresh router process per run, the two alternating.
 fn session() {
-    let py = interop_python();
+    let py = python::python()
+        .expect("JUMPSTARTER_ROUTER_SKIP_INTEROP is set: this measurement needs the Python peers")
+        .clone();
+    let rt = runtime();
     let runs: usize = env_or("RELAY_RUNS", 5);
     let pings: usize = env_or("RELAY_PINGS", 2000);
     // RELAY_SIZES=1,16,64 (KiB); the bytes of a run scale with the write (RELAY_MIB at 64 KiB).
@@ -1957,8 +1892,12 @@ fn session() {
         let msgs = (bytes / chunk) as f64;
         // Timed runs without perf (its tracepoints cost each syscall some CPU, and the relay
         // makes more of them), then one counted run of each.
-        let m = alternating(runs, |v| session_transfer(&py, v, chunk, bytes, false));
-        let counted = alternating(1, |v| session_transfer(&py, v, chunk, bytes, true));
+        let m = alternating(runs, |v| {
+            rt.block_on(session_transfer(&py, v, chunk, bytes, false))
+        });
+        let counted = alternating(1, |v| {
+            rt.block_on(session_transfer(&py, v, chunk, bytes, true))
+        });
         let gib = bytes as f64 / (1u64 << 30) as f64;
         let col = |v: &str, f: &dyn Fn(&(f64, RouterCost)) -> f64| -> Vec<f64> {
             m[v].iter().map(f).collect()
@@ -2015,7 +1954,7 @@ fn session() {
     println!("Ping-pong of 64 B, {pings} round trips, as the peers see it: p50 and p99 in microseconds, min/median/max of {runs}");
     println!("| | p50 ours | p50 relay | ours/relay | p99 ours | p99 relay | ours/relay |");
     println!("|---|---|---|---|---|---|---|");
-    let p = alternating(runs, |v| session_pings(&py, v, 64, pings));
+    let p = alternating(runs, |v| rt.block_on(session_pings(&py, v, 64, pings)));
     let of = |v: &str, f: fn(&(f64, f64)) -> f64| p[v].iter().map(f).collect::<Vec<_>>();
     let ratio = |f: fn(&(f64, f64)) -> f64| {
         p["ours"]

@@ -1,6 +1,6 @@
 //! The real Jumpstarter Python peers' side of the interop tests: the venv (made once per test
 //! binary by `tests/interop/setup_venv.sh`, or skipped visibly), and the JSON lines the
-//! scripts in `tests/interop/` print.
+//! scripts in `tests/interop/` print. Standalone (the relay bench includes it by `#[path]`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-use super::within;
 
 /// What the two `raw-client`s of [`Py::assert_raw_frames_crossed`] write: empty DATA, PING
 /// with and without payload, an unknown type, RST_STREAM and DATA after it, then GOAWAY; and
@@ -308,16 +306,18 @@ impl Py {
 
     /// Its exit status, within `secs`.
     pub async fn exit_status(&mut self, secs: u64) -> ExitStatus {
-        let what = format!("`{}` to exit", self.name);
-        within(secs, &what, async {
+        let exited = async {
             loop {
                 if let Some(s) = self.child.try_wait().unwrap() {
                     return s;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        })
-        .await
+        };
+        match tokio::time::timeout(Duration::from_secs(secs), exited).await {
+            Ok(s) => s,
+            Err(_) => panic!("timed out after {secs} s: `{}` to exit", self.name),
+        }
     }
 }
 
