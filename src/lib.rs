@@ -38,7 +38,7 @@
 //! transport ([`RouterStream::from_frames`]), and the [`Frame`] type.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bridge;
 mod error;
