@@ -30,7 +30,7 @@
 //!       │                                │    PING, unknown: skip
 //!       │       RST_STREAM, error status │
 //!       │      end of the call w/o GOAWAY│
-//!       └─────────────► Failed(Error) ◄──┘
+//!       └─────────────────► Failed ◄─────┘
 //! ```
 //!
 //! The write half ([`WriteState`]):
@@ -45,13 +45,14 @@
 //!   │                                                    ▼ not done  read
 //!   │                                               HalfClosed ──────► Ended
 //!   │                                               (sender)    done
-//!   │ the call ended, or the read half failed: Failed(Error)   (from any state)
+//!   │ the call ended, or the read half failed: Failed          (from any state)
 //!   └─ drop before GOAWAY: RST_STREAM, then the call is cancelled
 //! ```
 //!
 //! The first error of the call (an error status, RST_STREAM, an end without GOAWAY) fails both
-//! halves, and every later call on either half returns it. A read half that reached EOF first
-//! stays at EOF.
+//! halves, and every later call on either half returns it. It is stored once, in
+//! `RouterStream::failure`, by [`RouterStream::fail`]: the `Failed` states carry no copy. A read
+//! half that reached EOF first stays at EOF.
 
 use std::fmt;
 use std::future::Future;
@@ -155,6 +156,9 @@ pub struct RouterStream<S = CallFrames> {
     /// Resolves (with an error) once the outbound stream is dropped: every frame was handed
     /// to the transport. `None` once it has.
     outbound_done: Option<oneshot::Receiver<()>>,
+    /// The error that ended the call, for both halves (their `Failed` states): set by
+    /// [`fail`](RouterStream::fail) only.
+    failure: Option<Error>,
 }
 
 /// The read half. See the module docs for the diagram.
@@ -171,8 +175,8 @@ enum ReadState<S> {
     /// while the write half is in use, and so a writer can find the call's final status;
     /// `None` once [`RouterStream::close`] drained it.
     Eof(Option<S>),
-    /// The call failed.
-    Failed(Error),
+    /// The call failed: [`RouterStream::failure`] says why.
+    Failed,
 }
 
 /// The write half. See the module docs for the diagram.
@@ -189,8 +193,8 @@ enum WriteState {
     },
     /// GOAWAY is queued and the outbound stream ends.
     Ended,
-    /// The call failed, or ended under the writer.
-    Failed(Error),
+    /// The call failed, or ended under the writer: [`RouterStream::failure`] says why.
+    Failed,
 }
 
 /// What the end of the outbound stream means to the call.
@@ -241,7 +245,30 @@ impl<S> RouterStream<S> {
             end_of_outbound,
             abort: handle.abort,
             outbound_done: Some(handle.done),
+            failure: None,
         }
+    }
+
+    /// Records why the call failed and fails the write half (the read half fails in
+    /// [`end_read`](RouterStream::end_read), as it reads what came before); returns the error
+    /// every call on a failed half reports from now on.
+    ///
+    /// The first error stays, with one exception: [`Error::CallEnded`] is a writer's
+    /// placeholder (the outbound stream is gone, why is not known yet), and the cause the
+    /// read half finds later (a status, a reset, an end without GOAWAY) takes its place.
+    fn fail(&mut self, error: Error) -> io::Error {
+        match &self.failure {
+            Some(first) if !matches!(first, Error::CallEnded) => {}
+            _ => self.failure = Some(error),
+        }
+        self.write = WriteState::Failed;
+        self.failed()
+    }
+
+    /// The stored error, as the `io::Error` a failed half returns.
+    fn failed(&self) -> io::Error {
+        // `failure` is set whenever a half is `Failed`; `CallEnded` is the honest fallback.
+        self.failure.clone().unwrap_or(Error::CallEnded).into()
     }
 
     /// Payload bytes in the frame being built (after its header's room).
@@ -259,14 +286,11 @@ impl<S> RouterStream<S> {
         matches!(self.read, ReadState::Eof(_))
     }
 
-    /// The error that ended the call, if one did: the first one, which never changes.
+    /// The error that ended the call, if one did: the first cause found, which never changes
+    /// (except that [`Error::CallEnded`], a writer's "the call is gone, why is not known yet",
+    /// gives way to the cause the read half finds).
     pub fn error(&self) -> Option<&Error> {
-        // A read failure fails the write half with the same error, unless the write half had
-        // failed first: the write half's error is always the first.
-        match (&self.write, &self.read) {
-            (WriteState::Failed(e), _) | (_, ReadState::Failed(e)) => Some(e),
-            _ => None,
-        }
+        self.failure.as_ref()
     }
 }
 
@@ -447,7 +471,7 @@ where
             self.read = ReadState::Eof(None);
         }
         // Our outbound stream ends here, and tonic drops it once it took every frame.
-        if !matches!(self.write, WriteState::Failed(_)) {
+        if !matches!(self.write, WriteState::Failed) {
             self.write = WriteState::Ended;
         }
         if let Some(done) = &mut self.outbound_done {
@@ -494,7 +518,7 @@ where
                     continue;
                 }
                 ReadState::Eof(_) => return Poll::Ready(Ok(())),
-                ReadState::Failed(e) => return Poll::Ready(Err(e.clone().into())),
+                ReadState::Failed => return Poll::Ready(Err(self.failed())),
             };
             match ready!(Pin::new(inbound).poll_next(cx)) {
                 Some(Ok(Frame::Data(payload))) if !payload.is_empty() => {
@@ -539,11 +563,9 @@ where
                     }
                     other => tracing::debug!(error = %other, "router stream failed"),
                 }
-                // Sticky for both halves; an earlier write failure stays the writer's.
-                if !matches!(self.write, WriteState::Failed(_)) {
-                    self.write = WriteState::Failed(error.clone());
-                }
-                (Err(error.clone().into()), ReadState::Failed(error))
+                // Sticky for both halves.
+                self.read = ReadState::Failed;
+                return Err(self.fail(error));
             }
         };
         self.read = read;
@@ -593,8 +615,8 @@ where
     fn drive_call(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if matches!(self.read, ReadState::Connecting { .. }) {
             let _ = self.poll_connecting(cx, Half::Write);
-            if let WriteState::Failed(e) = &self.write {
-                return Err(e.clone().into());
+            if let WriteState::Failed = self.write {
+                return Err(self.failed());
             }
         }
         Ok(())
@@ -610,8 +632,8 @@ where
 
     /// Why the write half takes nothing more: its failure, or else the shutdown.
     fn not_writable(&self) -> io::Error {
-        match &self.write {
-            WriteState::Failed(e) => e.clone().into(),
+        match self.write {
+            WriteState::Failed => self.failed(),
             _ => Error::WriteAfterShutdown.into(),
         }
     }
@@ -648,9 +670,7 @@ where
     /// write half now (every write and frame sent checks), rather than the bytes going nowhere.
     fn check_final_status(&mut self, cx: &mut Context<'_>) {
         if let Some(error) = self.poll_final_error(cx) {
-            if !matches!(self.write, WriteState::Failed(_)) {
-                self.write = WriteState::Failed(error);
-            }
+            self.fail(error);
         }
     }
 
@@ -684,8 +704,7 @@ where
     /// rather than a bare "call ended".
     fn call_ended(&mut self, cx: &mut Context<'_>) -> io::Error {
         let error = self.poll_final_error(cx).unwrap_or(Error::CallEnded);
-        self.write = WriteState::Failed(error.clone());
-        error.into()
+        self.fail(error)
     }
 
     fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -863,8 +882,8 @@ where
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        if let WriteState::Failed(e) = &me.write {
-            return Poll::Ready(Err(e.clone().into()));
+        if let WriteState::Failed = me.write {
+            return Poll::Ready(Err(me.failed()));
         }
         if !me.wbuf.is_empty() {
             ready!(me.poll_send_buffered(cx))?;
@@ -885,7 +904,7 @@ where
                 WriteState::GoingAway(tx) => {
                     me.write = WriteState::GoingAway(tx);
                     ready!(me.poll_send(cx, |_| Queued::Frame(Frame::go_away())))?;
-                    let read_done = matches!(me.read, ReadState::Eof(_) | ReadState::Failed(_));
+                    let read_done = matches!(me.read, ReadState::Eof(_) | ReadState::Failed);
                     match (
                         me.end_of_outbound,
                         std::mem::replace(&mut me.write, WriteState::Ended),
@@ -902,9 +921,9 @@ where
                     me.write = done;
                     return Poll::Ready(me.drive_call(cx));
                 }
-                WriteState::Failed(e) => {
-                    me.write = WriteState::Failed(e.clone());
-                    return Poll::Ready(Err(e.into()));
+                WriteState::Failed => {
+                    me.write = WriteState::Failed;
+                    return Poll::Ready(Err(me.failed()));
                 }
             };
             me.write = next;
@@ -939,14 +958,14 @@ impl<S> fmt::Debug for RouterStream<S> {
             ReadState::Connecting { .. } => "Connecting",
             ReadState::Open(_) => "Open",
             ReadState::Eof(_) => "Eof",
-            ReadState::Failed(_) => "Failed",
+            ReadState::Failed => "Failed",
         };
         let write = match &self.write {
             WriteState::Open(_) => "Open",
             WriteState::GoingAway(_) => "GoingAway",
             WriteState::HalfClosed { .. } => "HalfClosed",
             WriteState::Ended => "Ended",
-            WriteState::Failed(_) => "Failed",
+            WriteState::Failed => "Failed",
         };
         f.debug_struct("RouterStream")
             .field("read", &read)

@@ -340,6 +340,44 @@ fn a_transport_that_stops_taking_frames_fails_the_writer_with_call_ended() {
 }
 
 #[test]
+fn the_call_ended_gives_way_to_the_cause_the_reader_finds_and_that_is_stored_once() {
+    let (mut s, peer) = scripted(4);
+    let mut task = spawn(());
+    peer.send(data(b"left"));
+    // The transport stops taking frames: the writer learns only that the call is gone.
+    let Peer { tx, sent } = peer;
+    drop(sent);
+    let peer = tx.unwrap();
+    assert_eq!(assert_ready_ok!(write(&mut task, &mut s, b"abcd")), 4);
+    let e = assert_ready_err!(flush(&mut task, &mut s));
+    assert_eq!(e.kind(), ErrorKind::BrokenPipe);
+    assert!(matches!(s.error(), Some(Error::CallEnded)));
+    // The read half still hands out what came before, then finds the cause.
+    assert_eq!(assert_ready_ok!(read(&mut task, &mut s, 16)), b"left");
+    peer.send(Err(Status::aborted("exporter went"))).unwrap();
+    let e = assert_ready_err!(read(&mut task, &mut s, 16));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    // One error for both halves from now on: the cause, not the placeholder.
+    let cause = |s: &RouterStream<Script>| {
+        s.error()
+            .and_then(Error::status)
+            .map(|st| st.message().to_owned())
+    };
+    assert_eq!(cause(&s).as_deref(), Some("exporter went"));
+    let e = assert_ready_err!(write(&mut task, &mut s, b"x"));
+    assert_eq!(
+        Error::from_io(&e)
+            .and_then(Error::status)
+            .map(|st| st.message()),
+        Some("exporter went")
+    );
+    let e = assert_ready_err!(read(&mut task, &mut s, 16));
+    assert_eq!(e.kind(), ErrorKind::ConnectionAborted);
+    // A later error does not replace a real cause.
+    assert_eq!(cause(&s).as_deref(), Some("exporter went"));
+}
+
+#[test]
 fn a_writer_after_eof_gets_the_final_status_of_the_call() {
     let (mut s, peer) = scripted(4);
     let mut task = spawn(());
