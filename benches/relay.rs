@@ -377,11 +377,14 @@ async fn stream_of(v: Variant, router: SocketAddr, tok: &str) -> RouterStream {
         Some(p) => jumpstarter_router::StreamOptions::new().max_payload(p),
         None => jumpstarter_router::StreamOptions::new(),
     };
-    RouterStream::from_call(&opts, move |requests| async move {
-        let mut request = Request::new(requests);
-        request.metadata_mut().insert("authorization", auth);
-        rpc.stream(request).await
-    })
+    RouterStream::from_call(
+        move |requests| async move {
+            let mut request = Request::new(requests);
+            request.metadata_mut().insert("authorization", auth);
+            rpc.stream(request).await
+        },
+        &opts,
+    )
 }
 
 fn token(stream: &str) -> String {

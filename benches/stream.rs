@@ -165,12 +165,15 @@ async fn raw(channel: &Channel, frame: usize) -> Raw {
 
 fn adapter(channel: &Channel, frame: usize, opts: &StreamOptions) -> RouterStream {
     let mut client = RouterServiceClient::new(channel.clone()).max_decoding_message_size(8 << 20);
-    RouterStream::from_call(opts, move |requests| async move {
-        let mut req = Request::new(requests);
-        req.metadata_mut()
-            .insert("frame", frame.to_string().parse().unwrap());
-        client.stream(req).await
-    })
+    RouterStream::from_call(
+        move |requests| async move {
+            let mut req = Request::new(requests);
+            req.metadata_mut()
+                .insert("frame", frame.to_string().parse().unwrap());
+            client.stream(req).await
+        },
+        opts,
+    )
 }
 
 fn req(payload: Bytes) -> StreamRequest {

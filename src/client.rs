@@ -52,7 +52,8 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<RouterStream, Connec
     ClientBuilder::new(endpoint).connect(token).await
 }
 
-/// Opens a router stream on an existing channel, with default [`StreamOptions`].
+/// Opens a router stream on an existing channel, with default [`StreamOptions`] and
+/// message limit; [`ClientBuilder::open`] opens one with a builder's.
 ///
 /// Many streams can share one channel (one HTTP/2 connection).
 ///
@@ -60,31 +61,12 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<RouterStream, Connec
 ///
 /// [`ConnectError::EmptyToken`] or [`ConnectError::InvalidToken`].
 pub fn open(channel: Channel, token: &str) -> Result<RouterStream, ConnectError> {
-    open_with(
-        channel,
-        token,
-        &StreamOptions::default(),
-        DEFAULT_MAX_MESSAGE_SIZE,
-    )
-}
-
-/// [`open`] with stream options and the largest message to decode.
-///
-/// # Errors
-///
-/// [`ConnectError::EmptyToken`] or [`ConnectError::InvalidToken`].
-pub fn open_with(
-    channel: Channel,
-    token: &str,
-    opts: &StreamOptions,
-    max_message_size: usize,
-) -> Result<RouterStream, ConnectError> {
     let auth = bearer(token)?;
     Ok(RouterStream::raw_call(
-        opts,
         channel,
         auth,
-        max_message_size,
+        &StreamOptions::default(),
+        DEFAULT_MAX_MESSAGE_SIZE,
     ))
 }
 
@@ -213,24 +195,38 @@ impl ClientBuilder {
         self
     }
 
-    /// HTTP/2 initial stream and connection windows (defaults 4 MiB and 8 MiB, chosen by
-    /// benchmark); `None` keeps hyper's.
-    pub fn windows(mut self, stream: Option<u32>, connection: Option<u32>) -> Self {
-        self.stream_window = stream;
-        self.connection_window = connection;
+    /// The HTTP/2 initial window of each stream (default 4 MiB, chosen by benchmark); `None`
+    /// keeps hyper's.
+    pub fn stream_window(mut self, bytes: Option<u32>) -> Self {
+        self.stream_window = bytes;
         self
     }
 
-    /// HTTP/2 adaptive flow control windows (BDP estimation); overrides [`windows`](Self::windows).
+    /// The HTTP/2 initial window of the connection (default 8 MiB, chosen by benchmark);
+    /// `None` keeps hyper's.
+    pub fn connection_window(mut self, bytes: Option<u32>) -> Self {
+        self.connection_window = bytes;
+        self
+    }
+
+    /// HTTP/2 adaptive flow control windows (BDP estimation); overrides
+    /// [`stream_window`](Self::stream_window) and
+    /// [`connection_window`](Self::connection_window).
     pub fn adaptive_window(mut self, enabled: bool) -> Self {
         self.adaptive_window = enabled;
         self
     }
 
-    /// HTTP/2 keepalive: a PING every `interval` (also with no stream open), and the
-    /// connection is closed when an answer takes longer than `timeout`. `None` turns it off.
-    pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+    /// HTTP/2 keepalive: a PING every `interval` (default 20 s), also with no stream open.
+    /// `None` turns it off.
+    pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
         self.keepalive_interval = interval;
+        self
+    }
+
+    /// How long a keepalive PING may go unanswered before the connection is closed (default
+    /// 180 s).
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
         self.keepalive_timeout = timeout;
         self
     }
@@ -332,7 +328,7 @@ impl ClientBuilder {
             .await
             .map_err(|source| ConnectError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                message: error_chain(&source),
+                message: crate::error::error_chain(&source),
                 source,
             })
     }
@@ -347,10 +343,28 @@ impl ClientBuilder {
     pub async fn connect(&self, token: &str) -> Result<RouterStream, ConnectError> {
         bearer(token)?;
         let channel = self.channel().await?;
-        let mut stream = open_with(channel, token, &self.options, self.max_message_size)?;
+        let mut stream = self.open(channel, token)?;
         // Send the request now, so the router sees this caller even before the first write.
         stream.start_call();
         Ok(stream)
+    }
+
+    /// Opens the stream named by `token` on `channel` (from [`channel`](Self::channel), or
+    /// shared by many streams) with this builder's [`stream_options`](Self::stream_options)
+    /// and [`max_message_size`](Self::max_message_size); the builder's endpoint and
+    /// connection settings are `channel`'s business.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::EmptyToken`] or [`ConnectError::InvalidToken`].
+    pub fn open(&self, channel: Channel, token: &str) -> Result<RouterStream, ConnectError> {
+        let auth = bearer(token)?;
+        Ok(RouterStream::raw_call(
+            channel,
+            auth,
+            &self.options,
+            self.max_message_size,
+        ))
     }
 }
 
@@ -375,21 +389,6 @@ impl Service<Uri> for BulkConnector {
             Ok(TokioIo::new(BatchedIo::new(tcp)))
         })
     }
-}
-
-/// `a: b: c` for an error and its sources (tonic's transport errors say little on their own).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 // ===== impl NoVerify =====

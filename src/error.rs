@@ -116,6 +116,22 @@ impl From<ConnectError> for io::Error {
     }
 }
 
+/// An error and its sources in one line (`a: b: c`), each source's text only once.
+#[cfg(any(feature = "client", feature = "router"))]
+pub(crate) fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
 fn fmt_status(s: &tonic::Status) -> String {
     if s.message().is_empty() {
         format!("{:?}", s.code())

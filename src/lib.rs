@@ -102,4 +102,4 @@ pub use stream::{
 };
 
 #[cfg(feature = "client")]
-pub use client::{connect, open, open_with, ClientBuilder};
+pub use client::{connect, open, ClientBuilder};

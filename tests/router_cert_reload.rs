@@ -181,7 +181,10 @@ impl RunningRouter {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), volume.tls_mode());
         config.tls_reload = Some(POLL);
         let task = tokio::spawn(async move {
-            let r = Router::builder(Auth::new(KEY)).build().run(config).await;
+            let r = Router::builder(Auth::new(KEY))
+                .build()
+                .run(config, std::future::pending())
+                .await;
             panic!("the router ended: {r:?}");
         });
         let mut router = RunningRouter {

@@ -157,7 +157,8 @@ async fn pair_through_proxy(
     let tok = r.token(name);
     let client = |addr: SocketAddr| {
         ClientBuilder::new(format!("http://{addr}"))
-            .keepalive(Some(Duration::from_secs(1)), Duration::from_secs(2))
+            .keepalive_interval(Some(Duration::from_secs(1)))
+            .keepalive_timeout(Duration::from_secs(2))
     };
     let mut a = client(via).connect(&tok).await.unwrap();
     let mut b = client(r.addr).connect(&tok).await.unwrap();

@@ -222,7 +222,7 @@ impl Auth {
             jti: Some(random_id().map_err(|_| ConfigError::Random)?),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| ConfigError::Sign(e.to_string()))
+            .map_err(|e| ConfigError::Sign(e.into()))
     }
 }
 

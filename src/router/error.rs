@@ -13,8 +13,8 @@ pub enum ConfigError {
     #[error("ROUTER_KEY is not set: the router needs the key that signs stream tokens")]
     NoKey,
     /// A token could not be signed.
-    #[error("cannot sign token: {0}")]
-    Sign(String),
+    #[error("cannot sign token")]
+    Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The system's random source failed (for a token id).
     #[error("cannot make a token id: the system's random source failed")]
     Random,
@@ -26,9 +26,16 @@ pub enum ConfigError {
         /// What reading it said.
         source: io::Error,
     },
-    /// The certificate or key PEM is unusable (no certificate, no key, rejected by rustls).
-    #[error("{0}")]
-    Tls(String),
+    /// The certificate or key PEM is unusable (no certificate, no key, rejected by rustls),
+    /// or TLS cannot be set up.
+    #[error("{context}")]
+    Tls {
+        /// What was being done, and with which files.
+        context: String,
+        /// The PEM parser's, rustls' or rcgen's error, when one said why.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// An address could not be listened on.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -37,7 +44,20 @@ pub enum ConfigError {
         /// What binding it said.
         source: io::Error,
     },
-    /// Serving failed.
-    #[error("router failed: {0}")]
-    Serve(String),
+    /// The router's task failed (it panicked).
+    #[error("the router task failed")]
+    Serve(#[source] tokio::task::JoinError),
+}
+
+impl ConfigError {
+    /// A TLS setup error: `context`, caused by `source`.
+    pub(crate) fn tls(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ConfigError::Tls {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
 }

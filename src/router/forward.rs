@@ -609,9 +609,8 @@ impl Link {
 
 /// The response body of one caller of the router: its peer's request body, forwarded.
 ///
-/// It is what [`RouterService`](super::RouterService) answers a `Stream` call with; it cannot
-/// be made or used on its own.
-pub struct Forward {
+/// It is what [`RouterService`](super::RouterService) answers a `Stream` call with.
+pub(crate) struct Forward {
     state: State,
     inner: Arc<Inner>,
     /// PING frames while nothing else goes to the caller ([`Keepalive::ping_frame_interval`]).

@@ -70,7 +70,6 @@ use tonic::Status;
 
 pub use auth::{Auth, Grant, AUDIENCE, ISSUER};
 pub use error::ConfigError;
-pub use forward::Forward;
 pub use keepalive::Keepalive;
 pub use metrics::{CallResult, Direction, Metrics};
 /// The `prometheus-client` this crate's [`Metrics`] are made with, for [`Metrics::register`].

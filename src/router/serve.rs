@@ -54,7 +54,7 @@ impl ServerTls {
     /// When the PEM holds no certificate or no key, or rustls rejects them (a key that does
     /// not belong to the certificate, for one).
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self, ConfigError> {
-        let current = certified_key(cert, key).map_err(ConfigError::Tls)?;
+        let current = certified_key(cert, key)?;
         Self::with_resolver(Arc::new(CurrentCert::new(current)), None)
     }
 
@@ -64,7 +64,7 @@ impl ServerTls {
     ) -> Result<Self, ConfigError> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::Tls(e.to_string()))?
+            .map_err(|e| ConfigError::tls("TLS setup", e))?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -83,8 +83,12 @@ impl ServerTls {
             })
         };
         let pair = (read(cert)?, read(key)?);
-        let current = certified_key(&pair.0, &pair.1).map_err(|e| {
-            ConfigError::Tls(format!("{} and {}: {e}", cert.display(), key.display()))
+        let current = certified_key(&pair.0, &pair.1).map_err(|e| match e {
+            ConfigError::Tls { context, source } => ConfigError::Tls {
+                context: format!("{} and {}: {context}", cert.display(), key.display()),
+                source,
+            },
+            e => e,
         })?;
         let resolver = Arc::new(CurrentCert::new(current));
         let files = CertFiles {
@@ -103,9 +107,10 @@ impl ServerTls {
     /// When the certificate cannot be made.
     pub fn self_signed(host: &str) -> Result<Self, ConfigError> {
         let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
-            ConfigError::Tls(format!(
-                "cannot make a self-signed certificate for {host}: {e}"
-            ))
+            ConfigError::tls(
+                format!("cannot make a self-signed certificate for {host}"),
+                e,
+            )
         })?;
         Self::from_pem(
             ck.cert.pem().as_bytes(),
@@ -150,24 +155,27 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The certificate chain and key of two PEM texts, checked to belong together.
-fn certified_key(cert: &[u8], key: &[u8]) -> Result<CertifiedKey, String> {
+fn certified_key(cert: &[u8], key: &[u8]) -> Result<CertifiedKey, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad certificate PEM: {e}"))?;
+        .map_err(|e| ConfigError::tls("bad certificate PEM", e))?;
     if certs.is_empty() {
-        return Err("the certificate PEM holds no certificate".into());
+        return Err(ConfigError::Tls {
+            context: "the certificate PEM holds no certificate".into(),
+            source: None,
+        });
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("bad private key PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| ConfigError::tls("bad private key PEM", e))?;
     // As rustls' `with_single_cert`: the key must match the certificate's public key.
     CertifiedKey::from_der(certs, key, &crypto_provider()).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => {
-            "certificate and key rejected: the private key does not belong to the certificate"
-                .into()
-        }
-        e => format!("certificate and key rejected: {e}"),
+        rustls::Error::InconsistentKeys(_) => ConfigError::tls(
+            "certificate and key rejected: the private key does not belong to the certificate",
+            e,
+        ),
+        e => ConfigError::tls("certificate and key rejected", e),
     })
 }
 
@@ -240,7 +248,7 @@ impl CertFiles {
             seen = now;
             let (cert, key) = (self.cert.display(), self.key.display());
             let made = match &seen {
-                Ok((c, k)) => certified_key(c, k),
+                Ok((c, k)) => certified_key(c, k).map_err(|e| crate::error::error_chain(&e)),
                 Err(e) => Err(e.clone()),
             };
             match made {
@@ -532,15 +540,21 @@ impl Router {
         super::connections::serve(incoming.rx, svc, &keepalive, shutdown).await;
     }
 
-    /// Serves as the `serve` command does: binds `config.listen`, logs the address, and on
-    /// SIGTERM or SIGINT stops accepting and lets active streams finish for `config.grace`.
+    /// Serves as the `serve` command does: binds `config.listen`, logs the address, and once
+    /// `shutdown` resolves stops accepting and lets active streams finish for `config.grace`
+    /// (the command brings SIGTERM and SIGINT; a library user brings whatever ends its
+    /// service).
     /// With [`TlsMode::Files`], the files are read again every `config.tls_reload`
     /// ([`ServerTls::watch_files`]) until it returns.
     ///
     /// # Errors
     ///
     /// A message for the operator: the address cannot be bound, TLS cannot be set up, ...
-    pub async fn run(self, config: ServeConfig) -> Result<(), ConfigError> {
+    pub async fn run(
+        self,
+        config: ServeConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConfigError> {
         let tls = config.tls_config()?;
         let _tls_reload = config
             .tls_reload
@@ -582,7 +596,7 @@ impl Router {
         let reporter = tokio::spawn(self.clone().report_stats(STATS_EVERY));
         let stopped = tokio::select! {
             r = &mut server => Some(flatten(r)),
-            _ = shutdown_signal() => None,
+            _ = shutdown => None,
         };
         reporter.abort();
         if let Some(r) = stopped {
@@ -730,29 +744,7 @@ impl Router {
 }
 
 fn flatten(r: Result<(), tokio::task::JoinError>) -> Result<(), ConfigError> {
-    r.map_err(|e| ConfigError::Serve(format!("the router task failed: {e}")))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    r.map_err(ConfigError::Serve)
 }
 
 #[cfg(test)]
@@ -787,9 +779,20 @@ mod tests {
         let b_key = b.signing_key.serialize_pem();
         assert!(certified_key(a_cert.as_bytes(), a_key.as_bytes()).is_ok());
         let err = certified_key(a_cert.as_bytes(), b_key.as_bytes()).unwrap_err();
+        // rustls' own error is kept as the source.
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(
+            source
+                .downcast_ref::<tokio_rustls::rustls::Error>()
+                .is_some(),
+            "{source:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("does not belong"), "{err}");
         let half = &a_cert.as_bytes()[..a_cert.len() / 2];
-        let err = certified_key(half, a_key.as_bytes()).unwrap_err();
+        let err = certified_key(half, a_key.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("certificate PEM"), "{err}");
     }
 

@@ -281,6 +281,37 @@ impl<S> RouterStream<S> {
         self.max_payload
     }
 
+    /// The inbound frame source, while the read half reads from it: `None` while a client
+    /// call waits for its response headers, after a failure, and once
+    /// [`close`](RouterStream::close) drained it.
+    pub fn get_ref(&self) -> Option<&S> {
+        match &self.read {
+            ReadState::Open(inbound) | ReadState::Eof(Some(inbound)) => Some(inbound),
+            _ => None,
+        }
+    }
+
+    /// The inbound frame source, mutably (see [`get_ref`](RouterStream::get_ref)). Taking
+    /// frames from it directly bypasses the stream.
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        match &mut self.read {
+            ReadState::Open(inbound) | ReadState::Eof(Some(inbound)) => Some(inbound),
+            _ => None,
+        }
+    }
+
+    /// Takes the inbound frame source out (see [`get_ref`](RouterStream::get_ref)) and drops
+    /// the rest of the stream: a DATA payload not yet read is lost, and a write half not shut
+    /// down aborts, as on drop.
+    pub fn into_inner(mut self) -> Option<S> {
+        // A client call still connecting stays, for `Drop` to settle.
+        self.get_ref()?;
+        match std::mem::replace(&mut self.read, ReadState::Eof(None)) {
+            ReadState::Open(inbound) | ReadState::Eof(Some(inbound)) => Some(inbound),
+            _ => None,
+        }
+    }
+
     /// Whether the peer has finished writing (its GOAWAY was read).
     pub fn is_read_closed(&self) -> bool {
         matches!(self.read, ReadState::Eof(_))
@@ -310,14 +341,17 @@ impl RouterStream {
     ///
     /// # async fn demo(channel: tonic::transport::Channel) {
     /// let mut client = RouterServiceClient::new(channel);
-    /// let stream = RouterStream::from_call(&StreamOptions::default(), move |requests| async move {
-    ///     let mut request = tonic::Request::new(requests);
-    ///     request.metadata_mut().insert("authorization", "Bearer TOKEN".parse().unwrap());
-    ///     client.stream(request).await
-    /// });
+    /// let stream = RouterStream::from_call(
+    ///     move |requests| async move {
+    ///         let mut request = tonic::Request::new(requests);
+    ///         request.metadata_mut().insert("authorization", "Bearer TOKEN".parse().unwrap());
+    ///         client.stream(request).await
+    ///     },
+    ///     &StreamOptions::default(),
+    /// );
     /// # }
     /// ```
-    pub fn from_call<F, Fut>(opts: &StreamOptions, make_call: F) -> RouterStream
+    pub fn from_call<F, Fut>(make_call: F, opts: &StreamOptions) -> RouterStream
     where
         F: FnOnce(RequestStream) -> Fut,
         Fut: Future<Output = Result<Response<Streaming<StreamResponse>>, Status>> + Send + 'static,
@@ -342,9 +376,9 @@ impl RouterStream {
     /// tonic's generated client has them.
     #[cfg(feature = "client")]
     pub(crate) fn raw_call(
-        opts: &StreamOptions,
         mut channel: tonic::transport::Channel,
         authorization: tonic::codegen::http::HeaderValue,
+        opts: &StreamOptions,
         max_message_size: usize,
     ) -> RouterStream {
         use tonic::codegen::{http, Service};

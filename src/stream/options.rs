@@ -24,7 +24,7 @@ pub const MAX_PAYLOAD_LIMIT: usize = 16 * 1024 * 1024;
 /// let opts = StreamOptions::new()
 ///     .max_payload(16 * 1024)
 ///     .ping_interval(Some(Duration::from_secs(30)));
-/// assert_eq!(opts.get_max_payload(), 16 * 1024);
+/// # let _ = opts;
 /// ```
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
@@ -55,11 +55,6 @@ impl StreamOptions {
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes.clamp(1, MAX_PAYLOAD_LIMIT);
         self
-    }
-
-    /// The configured largest DATA payload.
-    pub fn get_max_payload(&self) -> usize {
-        self.max_payload
     }
 
     /// Sends a PING frame at this period (at least 1 ms) while the stream is being read and

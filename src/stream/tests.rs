@@ -316,6 +316,29 @@ fn drop_without_shutdown_aborts_after_the_queued_frames() {
 }
 
 #[test]
+fn get_ref_and_into_inner_give_the_inbound_frames_and_into_inner_aborts_like_drop() {
+    let (mut s, mut peer) = scripted(64);
+    let mut task = spawn(());
+    peer.send(data(b"one"));
+    peer.send(data(b"two"));
+    assert!(s.get_ref().is_some() && s.get_mut().is_some());
+    assert_eq!(assert_ready_ok!(read(&mut task, &mut s, 16)), b"one");
+    assert_eq!(assert_ready_ok!(write(&mut task, &mut s, b"unsent")), 6);
+    let mut inbound = s.into_inner().expect("the inbound frames");
+    // What the stream had not read is still there.
+    let next = task.enter(|cx, _| Pin::new(&mut inbound).poll_next(cx));
+    assert!(matches!(next, Poll::Ready(Some(Ok(f))) if f == data(b"two")));
+    // The write half was not shut down: the peer is told of an abort, never a clean end.
+    assert_eq!(peer.sent_frame(), Frame::rst_stream());
+    // A failed read half has no frames to give.
+    let (mut s, peer) = scripted(64);
+    peer.send(Frame::rst_stream());
+    assert_ready_err!(read(&mut task, &mut s, 16));
+    assert!(s.get_ref().is_none());
+    assert!(s.into_inner().is_none());
+}
+
+#[test]
 fn drop_after_shutdown_is_a_clean_end() {
     let (mut s, mut peer) = scripted(64);
     let mut task = spawn(());

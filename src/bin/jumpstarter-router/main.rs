@@ -415,6 +415,38 @@ fn operator_cli(flags: &operator::GoFlags, configmap: Option<(&str, Option<&str>
     Cli::parse_from(args)
 }
 
+/// `a: b: c` for an error and its causes.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// SIGTERM (what Kubernetes sends) or SIGINT: `serve` stops taking calls and lets the active
+/// ones finish for the grace period.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn fail(msg: &str) -> ExitCode {
     eprintln!("jumpstarter-router: error: {msg}");
     ExitCode::FAILURE
@@ -437,7 +469,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             worker_threads,
         } => {
             tracing::info!(worker_threads, "serving on {worker_threads} thread(s)");
-            let auth = Auth::from_env().map_err(|e| e.to_string())?;
+            let auth = Auth::from_env().map_err(|e| chain(&e))?;
             let keepalive = keepalive.resolve().await?;
             let mut config = ServeConfig::from_env();
             config.listen = listen;
@@ -456,14 +488,14 @@ async fn run(cmd: Command) -> Result<(), String> {
                 .max_pending(max_pending)
                 .max_pending_per_connection(max_pending_per_connection)
                 .build()
-                .run(config)
+                .run(config, shutdown_signal())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| chain(&e))
         }
         Command::Token { subject, ttl } => {
             let token = Auth::from_env()
                 .and_then(|auth| auth.mint(&subject, Duration::from_secs(ttl)))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| chain(&e))?;
             println!("{token}");
             Ok(())
         }
