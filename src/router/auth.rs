@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// The `iss` claim of router tokens.
 pub const ISSUER: &str = "https://jumpstarter.dev/stream";

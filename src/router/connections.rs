@@ -20,14 +20,24 @@ use std::task::{Context, Poll};
 
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tonic::codegen::{http, Service};
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
 use tonic::transport::server::Connected;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 
-use super::serve::{Conn, WithHealth};
-use super::Keepalive;
-use crate::h2io::{CallGuard, ConnInfo};
+use super::keepalive::Keepalive;
+use super::service::RouterService;
+use crate::h2io::{BatchedIo, CallGuard, ConnInfo, KeepalivePolicy};
+
+/// An accepted connection: TCP (TLS-terminated, or not) under the ping policy.
+pub(super) type Conn =
+    KeepalivePolicy<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
 
 /// Serves the connections from `incoming` with `svc` until `shutdown` completes; then sends
 /// each a GOAWAY and waits until all have closed.
@@ -230,6 +240,41 @@ impl http_body::Body for CallBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+// ===== WithHealth =====
+
+/// The router's service and its health service on one port, dispatched by path. (tonic's
+/// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
+#[derive(Clone)]
+pub(super) struct WithHealth {
+    pub(super) router: RouterService,
+    pub(super) health: HealthServer<HealthService>,
+}
+
+impl Service<http::Request<tonic::body::Body>> for WithHealth {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both generated servers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let health = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(HealthServer::<HealthService>::NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
+        if health {
+            self.health.call(req)
+        } else {
+            self.router.call(req)
+        }
     }
 }
 

@@ -51,16 +51,12 @@
 //! RST_STREAM frame before the end, or an invalid message. The pair's outcome is the first
 //! cause (or `finished`); each call is counted once, when the pair is over.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
@@ -68,542 +64,10 @@ use tokio::sync::oneshot;
 use tonic::codegen::http;
 use tonic::Status;
 
-use super::metrics::{CallResult, Direction, Metrics};
-use super::pairing::Pending;
-use super::{Inner, StreamTag};
-use crate::h2io::ConnState;
-use crate::wire::Parser;
-
-/// The two callers of a pair, in the order they came.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Leg {
-    /// The caller that waited.
-    First = 0,
-    /// The caller that came second.
-    Second = 1,
-}
-
-impl Leg {
-    fn other(self) -> Leg {
-        match self {
-            Leg::First => Leg::Second,
-            Leg::Second => Leg::First,
-        }
-    }
-
-    /// The direction of the frames this leg's response carries (its peer's).
-    fn carries(self) -> Direction {
-        match self {
-            Leg::First => Direction::SecondToFirst,
-            Leg::Second => Direction::FirstToSecond,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Leg::First => "first",
-            Leg::Second => "second",
-        }
-    }
-}
-
-/// How a caller went, when it did not finish cleanly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Cause {
-    /// It cancelled its call (HTTP/2 RST_STREAM `CANCEL` on a live connection): how a real
-    /// Jumpstarter client ends its session.
-    Cancelled,
-    /// Its connection died: reset, closed without ending the call, keepalive timeout.
-    Lost,
-    /// It sent a RST_STREAM frame (or its HTTP/2 stream was reset with an error code).
-    Reset,
-    /// It broke the stream: an invalid message, or an end without GOAWAY.
-    Aborted,
-}
-
-impl Cause {
-    fn result(self) -> CallResult {
-        match self {
-            Cause::Cancelled => CallResult::Cancelled,
-            Cause::Lost => CallResult::Lost,
-            Cause::Reset => CallResult::Reset,
-            Cause::Aborted => CallResult::Aborted,
-        }
-    }
-
-    /// What the survivor is told (the GOAWAY's payload and the status message).
-    fn for_peer(self, why: &str) -> String {
-        match self {
-            Cause::Cancelled => format!("peer cancelled its call: {why}"),
-            Cause::Lost => format!("peer vanished: its connection was lost: {why}"),
-            Cause::Reset => format!("peer reset the stream: {why}"),
-            Cause::Aborted => format!("peer aborted the stream: {why}"),
-        }
-    }
-}
-
-// ===== the request body of one caller, as the router reads it =====
-
-/// What a caller's request body gave next.
-#[derive(Debug)]
-pub(super) enum Inbound {
-    /// Whole messages to forward as they are (one or more slices of received chunks):
-    /// `goaway` when a GOAWAY message ended in them, `payload` the payload bytes they held.
-    Data {
-        bytes: Bytes,
-        goaway: bool,
-        payload: u64,
-    },
-    /// The body ended after whole messages (whether a RST_STREAM frame went by:
-    /// [`RequestBody::reset`]).
-    End,
-    /// The caller went, or its body stopped being a valid message stream.
-    Gone(Cause, String),
-}
-
-/// A caller's request body, with the parser that follows its messages.
-pub(super) struct RequestBody {
-    body: tonic::body::Body,
-    parser: Parser,
-    state: BodyState,
-    /// Received slices: the first `released` are whole messages to hand out before reading
-    /// on, the rest the message that is not whole yet.
-    pieces: VecDeque<Bytes>,
-    released: usize,
-    /// The flags of the last released slice (`goaway`, `payload`).
-    flags: (bool, u64),
-    /// A RST_STREAM frame went by.
-    reset: bool,
-    /// What became of the caller's connection (our own server's connections say).
-    fate: Option<ConnState>,
-}
-
-enum BodyState {
-    Open,
-    /// The valid part of a chunk was handed out; this comes next.
-    Failing(Cause, String),
-    /// `End` or `Gone` was handed out: the body is never polled again.
-    Done,
-}
-
-impl RequestBody {
-    pub(super) fn new(
-        body: tonic::body::Body,
-        max_message_size: usize,
-        fate: Option<ConnState>,
-    ) -> Self {
-        RequestBody {
-            body,
-            parser: Parser::new(max_message_size),
-            state: BodyState::Open,
-            pieces: VecDeque::new(),
-            released: 0,
-            flags: (false, 0),
-            reset: false,
-            fate,
-        }
-    }
-
-    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        loop {
-            if self.released > 0 {
-                self.released -= 1;
-                let bytes = self.pieces.pop_front().expect("a released piece");
-                let (goaway, payload) = if self.released == 0 {
-                    std::mem::take(&mut self.flags)
-                } else {
-                    (false, 0)
-                };
-                return Poll::Ready(Inbound::Data {
-                    bytes,
-                    goaway,
-                    payload,
-                });
-            }
-            match std::mem::replace(&mut self.state, BodyState::Open) {
-                BodyState::Open => {}
-                BodyState::Failing(cause, why) => {
-                    self.state = BodyState::Done;
-                    return Poll::Ready(Inbound::Gone(cause, why));
-                }
-                BodyState::Done => {
-                    self.state = BodyState::Done;
-                    return Poll::Ready(Inbound::End);
-                }
-            }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(status)) => {
-                    self.state = BodyState::Done;
-                    self.pieces.clear();
-                    let (cause, why) = classify(&status, self.reset);
-                    return Poll::Ready(Inbound::Gone(cause, why));
-                }
-                None => {
-                    self.state = BodyState::Done;
-                    self.pieces.clear();
-                    return Poll::Ready(match self.parser.finish() {
-                        Ok(()) => Inbound::End,
-                        Err(_) => Inbound::Gone(
-                            Cause::Aborted,
-                            "its request body ended in the middle of a message (cut short: \
-                             a proxy that gives up on a call does this)"
-                                .into(),
-                        ),
-                    });
-                }
-            };
-            // Trailers from a client are not part of the stream.
-            let Ok(mut bytes) = frame.into_data() else {
-                continue;
-            };
-            let scan = self.parser.scan(&bytes);
-            self.reset |= scan.resets > 0;
-            if let Some(e) = scan.error {
-                self.state = BodyState::Failing(Cause::Aborted, describe(&e.status()));
-                // The bad message's bytes from earlier chunks go nowhere.
-                if scan.messages == 0 {
-                    self.pieces.clear();
-                }
-            }
-            bytes.truncate(scan.valid);
-            if scan.messages == 0 {
-                // Still inside one message: hold it all.
-                if !bytes.is_empty() {
-                    self.pieces.push_back(bytes);
-                }
-                continue;
-            }
-            // Whole messages up to where the open one starts; the rest is held.
-            let upto = scan.open_from.unwrap_or(bytes.len());
-            let tail = bytes.split_off(upto);
-            let goaway = scan.goaways > 0;
-            if self.pieces.is_empty() {
-                self.pieces.extend((!tail.is_empty()).then_some(tail));
-                return Poll::Ready(Inbound::Data {
-                    bytes,
-                    goaway,
-                    payload: scan.payload,
-                });
-            }
-            self.pieces.push_back(bytes);
-            self.released = self.pieces.len();
-            self.flags = (goaway, scan.payload);
-            self.pieces.extend((!tail.is_empty()).then_some(tail));
-        }
-    }
-
-    /// How the caller's connection ended, if it did.
-    fn connection_ended(&self) -> Option<&'static str> {
-        self.fate.as_ref().and_then(ConnState::ended)
-    }
-}
-
-impl Drop for RequestBody {
-    /// A body dropped while its caller may still be sending (its call was answered, or its
-    /// peer is gone) is read and dropped for a moment: a reset under the caller's writes would
-    /// make a grpc-core client report `INTERNAL` instead of the status it was sent.
-    fn drop(&mut self) {
-        if matches!(self.state, BodyState::Done) || self.body.is_end_stream() {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let body = std::mem::replace(&mut self.body, tonic::body::Body::empty());
-            rt.spawn(super::drain(body));
-        }
-    }
-}
-
-impl fmt::Debug for RequestBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestBody").finish_non_exhaustive()
-    }
-}
-
-/// "Code: message", for the logs and the peer's status.
-fn describe(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
-/// How a caller went, from the error its request body ended with: h2's error when there is
-/// one in the chain (tonic keeps hyper's error, which keeps h2's), else the status.
-fn classify(status: &Status, reset_frame: bool) -> (Cause, String) {
-    if reset_frame {
-        return (Cause::Reset, "it sent a RST_STREAM frame".into());
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return classify_h2(h2);
-        }
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
-            if hyper.is_timeout() {
-                return (Cause::Lost, format!("keepalive timeout ({hyper})"));
-            }
-        }
-        source = e.source();
-    }
-    (Cause::Lost, describe(status))
-}
-
-fn classify_h2(e: &h2::Error) -> (Cause, String) {
-    match e.reason() {
-        Some(h2::Reason::CANCEL) if e.is_reset() && e.is_remote() => {
-            (Cause::Cancelled, "HTTP/2 RST_STREAM CANCEL".into())
-        }
-        Some(reason) if e.is_reset() && e.is_remote() => {
-            (Cause::Reset, format!("HTTP/2 RST_STREAM {reason:?}"))
-        }
-        Some(reason) if e.is_go_away() && e.is_remote() => (
-            Cause::Lost,
-            format!("its connection was closed (HTTP/2 GOAWAY {reason:?})"),
-        ),
-        _ if e.is_io() => (Cause::Lost, format!("I/O error: {e}")),
-        _ => (Cause::Lost, e.to_string()),
-    }
-}
-
-// ===== the pair =====
-
-/// How a caller's request body ended.
-#[derive(Clone, Debug)]
-enum End {
-    /// GOAWAY, then the end of the body.
-    Clean,
-    /// The caller went, or broke the stream.
-    Gone(Cause, String),
-}
-
-#[derive(Default)]
-struct LegEnd {
-    /// How this caller's request body ended (set once, by the peer's forwarder, which reads it).
-    end: OnceLock<End>,
-    /// The waker of this caller's own response, waiting for `end` (or for its peer to leave).
-    waker: AtomicWaker,
-    /// This caller's response is gone: nobody reads its peer's frames any more.
-    left: AtomicBool,
-    /// This caller took its part in the pair (the waiting one may leave before it does): its
-    /// call is counted when the pair is over.
-    joined: AtomicBool,
-}
-
-/// State shared by the two forwarders of a pair.
-pub(super) struct Pair {
-    legs: [LegEnd; 2],
-    /// Set with the first `End::Gone`: lets a busy forwarder notice it without the lock.
-    gone: AtomicBool,
-    /// The router is shutting down past its grace period: both calls end now.
-    closing: AtomicBool,
-    /// A RST_STREAM frame came through from this caller: if the pair does not finish, that
-    /// reset is its outcome, whatever the other caller did next (ours cancels its call).
-    reset_by: [AtomicBool; 2],
-    /// The first caller that went, and how: the pair's outcome.
-    outcome: OnceLock<(Leg, Cause, String)>,
-    /// Payload bytes each way, by [`Direction`]: added by each forwarder when it stops.
-    bytes: [AtomicU64; 2],
-    /// When each caller was last sent a frame of its peer's, in ms from `since`: how quiet
-    /// the session was when it ended (a proxy's idle timeout ends a session after exactly
-    /// its timer of silence).
-    last_sent: [AtomicU64; 2],
-    metrics: Metrics,
-    tag: StreamTag,
-    since: Instant,
-}
-
-impl Pair {
-    pub(super) fn new(metrics: Metrics, tag: StreamTag) -> Arc<Pair> {
-        metrics.pair_started();
-        let pair = Pair {
-            legs: Default::default(),
-            gone: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            reset_by: Default::default(),
-            outcome: OnceLock::new(),
-            bytes: Default::default(),
-            last_sent: Default::default(),
-            metrics,
-            tag,
-            since: Instant::now(),
-        };
-        pair.legs[Leg::Second as usize]
-            .joined
-            .store(true, Ordering::Relaxed);
-        Arc::new(pair)
-    }
-
-    /// Records how caller `who`'s request body ended (the first word counts) and wakes its
-    /// response.
-    fn set_end(&self, who: Leg, end: End) {
-        let leg = &self.legs[who as usize];
-        let gone = match &end {
-            End::Gone(cause, why) => Some((*cause, why.clone())),
-            End::Clean => None,
-        };
-        if leg.end.set(end).is_err() {
-            return;
-        }
-        if let Some((cause, why)) = gone {
-            tracing::debug!(stream = %self.tag, caller = who.as_str(), ?cause, reason = %why, "caller went");
-            let _ = self.outcome.set((who, cause, why));
-            self.gone.store(true, Ordering::Release);
-        }
-        leg.waker.wake();
-    }
-
-    /// Caller `who` was sent a frame of its peer's at `now`.
-    fn sent(&self, who: Leg, now: tokio::time::Instant) {
-        let ms = now
-            .into_std()
-            .saturating_duration_since(self.since)
-            .as_millis();
-        self.last_sent[who as usize].store(ms as u64, Ordering::Relaxed);
-    }
-
-    /// Ends both calls with a GOAWAY, then `UNAVAILABLE`: the router is shutting down.
-    pub(super) fn close(&self) {
-        self.closing.store(true, Ordering::Release);
-        for leg in &self.legs {
-            leg.waker.wake();
-        }
-    }
-
-    /// Caller `who`'s response is gone: wakes its peer's response, which finds out why.
-    fn left(&self, who: Leg) {
-        self.legs[who as usize].left.store(true, Ordering::Release);
-        self.legs[who.other() as usize].waker.wake();
-    }
-
-    /// Whether caller `who`'s response is gone (see [`poll_end`](Pair::poll_end) for the
-    /// waker).
-    fn has_left(&self, who: Leg) -> bool {
-        self.legs[who as usize].left.load(Ordering::Acquire)
-    }
-
-    /// How caller `who`'s request body ended; registers `cx` to be woken when it does, or
-    /// when its peer leaves. No lock: an atomic waker, then the end checked again.
-    fn poll_end(&self, who: Leg, cx: &mut Context<'_>) -> Option<&End> {
-        let leg = &self.legs[who as usize];
-        if let Some(end) = leg.end.get() {
-            return Some(end);
-        }
-        leg.waker.register(cx.waker());
-        leg.end.get()
-    }
-
-    /// Our own caller went or broke the stream (the peer's forwarder saw it): why.
-    fn own_gone(&self, me: Leg, cx: &mut Context<'_>) -> Option<(Cause, String)> {
-        if !self.gone.load(Ordering::Acquire) {
-            return None;
-        }
-        match self.poll_end(me, cx) {
-            Some(End::Gone(cause, why)) => Some((*cause, why.clone())),
-            _ => None,
-        }
-    }
-
-    /// The peer's response is gone and its body had no more to say: how it went. A peer
-    /// that finished writing cleanly and left before reading everything counts as cancelled.
-    /// `reset`: a RST_STREAM frame came through from it (then it is a reset); `connection`:
-    /// how its connection ended, if it did (then it is lost).
-    fn peer_left(&self, peer: Leg, reset: bool, connection: Option<&str>) -> (Cause, String) {
-        let (cause, why) = match connection {
-            _ if reset => (
-                Cause::Reset,
-                "it sent a RST_STREAM frame, then its call ended",
-            ),
-            Some(why) => (Cause::Lost, why),
-            None => (Cause::Cancelled, "its call ended before it read everything"),
-        };
-        self.set_end(peer, End::Gone(cause, why.into()));
-        if let Some(End::Gone(cause, why)) = self.legs[peer as usize].end.get() {
-            return (*cause, why.clone());
-        }
-        let _ = self.outcome.set((peer, cause, why.into()));
-        (cause, why.into())
-    }
-}
-
-impl Drop for Pair {
-    /// The session is over: both forwarders are gone. Each call is counted here, once.
-    fn drop(&mut self) {
-        let m = &self.metrics;
-        let duration = self.since.elapsed();
-        Metrics::observe(&m.session_duration, duration);
-        let reset = [Leg::First, Leg::Second]
-            .into_iter()
-            .find(|l| self.reset_by[*l as usize].load(Ordering::Relaxed));
-        let outcome = match (self.outcome.get(), reset) {
-            (Some(_), Some(leg)) => Some((leg, Cause::Reset, "it sent a RST_STREAM frame".into())),
-            (outcome, _) => outcome.cloned(),
-        };
-        for (i, leg) in self.legs.iter().enumerate() {
-            if !leg.joined.load(Ordering::Relaxed) {
-                continue;
-            }
-            let result = match (&outcome, leg.end.get()) {
-                (Some((who, cause, _)), _) if *who as usize == i => cause.result(),
-                (Some(_), _) if reset.is_some() => CallResult::PeerGone,
-                (_, Some(End::Gone(cause, _))) => cause.result(),
-                _ if self.closing.load(Ordering::Relaxed) => CallResult::Shutdown,
-                (None, _) => CallResult::Finished,
-                (Some(_), _) => CallResult::PeerGone,
-            };
-            m.call(result);
-            if matches!(
-                result,
-                CallResult::Lost | CallResult::Reset | CallResult::Aborted
-            ) {
-                m.aborted();
-            }
-        }
-        // Last: a waiter for `active == 0` finds every count of this pair in.
-        m.pair_ended();
-        let (outcome, caller, reason) = match &outcome {
-            Some((leg, cause, why)) => (cause.result().as_str(), leg.as_str(), why.as_str()),
-            None if self.closing.load(Ordering::Relaxed) => ("shutdown", "", SHUTDOWN),
-            None => ("finished", "", ""),
-        };
-        let [to_second, to_first] = &self.bytes;
-        let last = self
-            .last_sent
-            .iter()
-            .map(|t| t.load(Ordering::Relaxed))
-            .max();
-        let quiet_ms = (duration.as_millis() as u64).saturating_sub(last.unwrap_or_default());
-        tracing::info!(
-            stream = %self.tag,
-            outcome,
-            caller,
-            reason,
-            bytes_first_to_second = to_second.load(Ordering::Relaxed),
-            bytes_second_to_first = to_first.load(Ordering::Relaxed),
-            duration_ms = duration.as_millis() as u64,
-            quiet_ms,
-            "session ended"
-        );
-    }
-}
-
-/// What a waiting caller receives when its peer arrives.
-pub(super) struct Link {
-    pub(super) peer: RequestBody,
-    pub(super) pair: Arc<Pair>,
-}
-
-impl Link {
-    /// The waiting caller left before it took this link: nobody will read the second caller's
-    /// frames, and the second caller learns it as from any peer that left.
-    pub(super) fn abandon(self) {
-        self.pair.set_end(
-            Leg::First,
-            End::Gone(
-                Cause::Cancelled,
-                "the waiting caller left while pairing".into(),
-            ),
-        );
-        self.pair.left(Leg::First);
-    }
-}
+use super::body::{Cause, Inbound, RequestBody};
+use super::metrics::CallResult;
+use super::pair::{End, Leg, Link, Pair, SHUTDOWN};
+use super::pairing::{Accepted, Pairing, Pending};
 
 // ===== Forward =====
 
@@ -612,7 +76,7 @@ impl Link {
 /// It is what [`RouterService`](super::RouterService) answers a `Stream` call with.
 pub(crate) struct Forward {
     state: State,
-    inner: Arc<Inner>,
+    pairing: Arc<Pairing>,
     /// PING frames while nothing else goes to the caller ([`Keepalive::ping_frame_interval`]).
     ///
     /// [`Keepalive::ping_frame_interval`]: super::Keepalive::ping_frame_interval
@@ -632,11 +96,8 @@ struct IdlePing {
 }
 
 impl IdlePing {
-    fn new(inner: &Inner) -> Option<IdlePing> {
-        let every = inner
-            .keepalive
-            .ping_frame_interval
-            .filter(|d| !d.is_zero())?;
+    fn new(every: Option<std::time::Duration>) -> Option<IdlePing> {
+        let every = every.filter(|d| !d.is_zero())?;
         Some(IdlePing {
             every,
             last: tokio::time::Instant::now(),
@@ -716,30 +177,29 @@ enum Forwarded {
 // ===== impl Forward =====
 
 impl Forward {
-    pub(super) fn waiting(
-        inner: Arc<Inner>,
-        entry: Pending,
-        rx: oneshot::Receiver<Link>,
-        deadline: (tokio::time::Instant, &'static str),
+    /// The response body of a caller as [`Pairing::accept`] took it; a PING frame goes to it
+    /// after each `ping_every` with nothing else.
+    pub(super) fn new(
+        pairing: Arc<Pairing>,
+        accepted: Accepted,
+        ping_every: Option<std::time::Duration>,
     ) -> Self {
-        let (at, why) = deadline;
+        let state = match accepted {
+            Accepted::Paired(link) => State::Forwarding(Forwarding::new(link, Leg::Second)),
+            Accepted::Waiting(ticket) => {
+                let (at, why) = ticket.deadline;
+                State::Waiting(Waiting {
+                    entry: ticket.entry,
+                    rx: ticket.rx,
+                    deadline: Box::pin(tokio::time::sleep_until(at)),
+                    why,
+                })
+            }
+        };
         Forward {
-            state: State::Waiting(Waiting {
-                entry,
-                rx,
-                deadline: Box::pin(tokio::time::sleep_until(at)),
-                why,
-            }),
-            idle: IdlePing::new(&inner),
-            inner,
-        }
-    }
-
-    pub(super) fn forwarding(inner: Arc<Inner>, link: Link, me: Leg) -> Self {
-        Forward {
-            state: State::Forwarding(Forwarding::new(link, me)),
-            idle: IdlePing::new(&inner),
-            inner,
+            state,
+            idle: IdlePing::new(ping_every),
+            pairing,
         }
     }
 }
@@ -780,9 +240,6 @@ fn peer_gone(cause: Cause, why: &str, had_goaway: bool) -> State {
 /// response and its connection go at once when it was cancelled or lost).
 const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// What the callers of a pair are told when the router shuts down past its grace period.
-const SHUTDOWN: &str = "router shutting down: its grace period is over";
-
 /// The end of a call the router ends as it shuts down.
 fn shutting_down(had_goaway: bool) -> State {
     goaway_then(Status::unavailable(SHUTDOWN), had_goaway)
@@ -796,34 +253,32 @@ fn own_abort(why: &str) -> Status {
 // ===== impl Waiting =====
 
 impl Waiting {
-    fn poll(&mut self, inner: &Inner, cx: &mut Context<'_>) -> Poll<State> {
+    fn poll(&mut self, pairing: &Pairing, cx: &mut Context<'_>) -> Poll<State> {
         // The peer first: a peer that arrived as the deadline passed is paired.
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(link)) => {
-                inner.metrics.call(CallResult::Paired);
-                link.pair.legs[Leg::First as usize]
-                    .joined
-                    .store(true, Ordering::Relaxed);
+                pairing.metrics.call(CallResult::Paired);
+                link.pair.join(Leg::First);
                 return Poll::Ready(State::Forwarding(Forwarding::new(link, Leg::First)));
             }
             // The sender stays in the table until a peer takes it or we remove it; only the
             // router's shutdown drops it otherwise.
             Poll::Ready(Err(_)) => {
-                inner.metrics.call(CallResult::Shutdown);
+                pairing.metrics.call(CallResult::Shutdown);
                 return Poll::Ready(end(Status::unavailable(SHUTDOWN)));
             }
             Poll::Pending => {}
         }
         ready!(self.deadline.as_mut().poll(cx));
-        self.leave(inner, CallResult::TimedOut);
-        inner.metrics.call(CallResult::TimedOut);
+        self.leave(pairing, CallResult::TimedOut);
+        pairing.metrics.call(CallResult::TimedOut);
         Poll::Ready(end(Status::deadline_exceeded(self.why)))
     }
 
     /// Leaves the pending table, and tells a peer that was paired with us just now.
-    fn leave(&mut self, inner: &Inner, result: CallResult) {
+    fn leave(&mut self, pairing: &Pairing, result: CallResult) {
         tracing::debug!(stream = %self.entry.tag, result = result.as_str(), "stopped waiting for the peer");
-        inner.remove_pending(&self.entry);
+        pairing.remove_pending(&self.entry);
         // Closed first: a peer pairing with us from now on fails to send and aborts itself;
         // one that sent already is found here.
         self.rx.close();
@@ -838,7 +293,7 @@ impl Waiting {
 impl Forwarding {
     fn new(link: Link, me: Leg) -> Self {
         Forwarding {
-            counter: link.pair.metrics.bytes_counter(me.carries()),
+            counter: link.pair.bytes_counter(me),
             peer: link.peer,
             pair: link.pair,
             me,
@@ -900,7 +355,7 @@ impl Forwarding {
     /// Adds what this forwarder carried to its pair's count, as it stops.
     fn stop(&mut self) {
         let n = std::mem::take(&mut self.forwarded);
-        self.pair.bytes[self.me.carries() as usize].fetch_add(n, Ordering::Relaxed);
+        self.pair.add_bytes(self.me, n);
     }
 
     /// `draining`: the peer sent GOAWAY, so the end of its body is a clean finish.
@@ -910,7 +365,7 @@ impl Forwarding {
             self.stop();
             return Poll::Ready(Forwarded::Next(Box::new(end(own_abort(&why)))));
         }
-        if self.pair.closing.load(Ordering::Acquire) {
+        if self.pair.is_closing() {
             self.stop();
             return Poll::Ready(Forwarded::Next(Box::new(shutting_down(draining))));
         }
@@ -923,7 +378,7 @@ impl Forwarding {
                 self.counter.inc_by(payload);
                 self.forwarded += payload;
                 if self.peer.reset {
-                    self.pair.reset_by[peer as usize].store(true, Ordering::Relaxed);
+                    self.pair.reset_by(peer);
                 }
                 return Poll::Ready(Forwarded::Send(bytes, goaway));
             }
@@ -979,7 +434,7 @@ impl Forwarding {
 
 fn poll_finishing(pair: &Pair, me: Leg, cx: &mut Context<'_>) -> Poll<State> {
     let end_of_ours = pair.poll_end(me, cx);
-    if end_of_ours.is_none() && pair.closing.load(Ordering::Acquire) {
+    if end_of_ours.is_none() && pair.is_closing() {
         return Poll::Ready(shutting_down(true));
     }
     match end_of_ours {
@@ -1021,7 +476,7 @@ impl Body for Forward {
                 .is_some_and(|idle| idle.poll(cx).is_ready())
         {
             // Nothing to send, the call still open, and a PING due.
-            this.inner.metrics.ping_frames.inc();
+            this.pairing.metrics.ping_frames.inc();
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))));
         }
         polled
@@ -1040,10 +495,10 @@ impl Forward {
     /// The next frame of the state machine.
     fn poll_state(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self;
-        let inner = &*this.inner;
+        let pairing = &*this.pairing;
         loop {
             let next = match &mut this.state {
-                State::Waiting(w) => ready!(w.poll(inner, cx)),
+                State::Waiting(w) => ready!(w.poll(pairing, cx)),
                 State::Forwarding(f) => match ready!(f.poll(false, cx)) {
                     Forwarded::Send(bytes, goaway) => {
                         if goaway {
@@ -1081,11 +536,11 @@ impl Forward {
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        let inner = &*self.inner;
+        let pairing = &*self.pairing;
         match &mut self.state {
             State::Waiting(w) => {
-                w.leave(inner, CallResult::Left);
-                inner.metrics.call(CallResult::Left);
+                w.leave(pairing, CallResult::Left);
+                pairing.metrics.call(CallResult::Left);
             }
             State::Forwarding(f) => {
                 // Our caller's call is gone, and with it the reader of the peer's frames: the
@@ -1138,6 +593,9 @@ mod tests {
     use tokio_test::{assert_pending, assert_ready};
 
     use super::*;
+    // Driven through the router that owns it (its pairing and counters); the only import
+    // from above this file.
+    use crate::router::service::Inner;
     use crate::router::{Auth, Grant, Router};
 
     type Item = Result<Frame<Bytes>, Status>;

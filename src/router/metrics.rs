@@ -118,6 +118,23 @@ impl Direction {
     }
 }
 
+/// A snapshot of a router's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Callers waiting for their peer.
+    pub pending: usize,
+    /// Pairs whose forwarding has not ended.
+    pub active: usize,
+    /// Pairs made since start.
+    pub pairs_total: u64,
+    /// Callers that went other than cleanly or by cancelling their call (their connection
+    /// lost, a reset, an invalid stream, an end without GOAWAY) since start.
+    pub aborts_total: u64,
+    /// Payload bytes forwarded, both directions, since start.
+    pub bytes_forwarded: u64,
+}
+
 /// A router's metrics. Cheap to clone: clones share the counters.
 ///
 /// ```
@@ -251,8 +268,8 @@ impl Metrics {
 
     /// Counts a call's result.
     /// The counters of [`Router::stats`](super::Router::stats).
-    pub(crate) fn stats(&self) -> super::RouterStats {
-        super::RouterStats {
+    pub(crate) fn stats(&self) -> RouterStats {
+        RouterStats {
             pending: self.pending_callers.get().max(0) as usize,
             active: self.active_pairs.get().max(0) as usize,
             pairs_total: self.pairs.get(),
@@ -327,52 +344,4 @@ pub(crate) fn encode_registry(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut text, registry);
     text
-}
-
-/// Serves `GET /metrics` (OpenMetrics text) on `listener` with hyper's HTTP/1 server, until
-/// the task is dropped. Other paths get 404.
-pub(crate) async fn serve_http(listener: tokio::net::TcpListener, metrics: Metrics) {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper::{Method, Response, StatusCode};
-
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let registry = std::sync::Arc::new(registry);
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let registry = registry.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                    Response::builder()
-                        .header(
-                            hyper::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
-                        .body(Full::new(Bytes::from(encode_registry(&registry))))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")))
-                };
-                std::future::ready(response)
-            });
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics: connection ended");
-            }
-        });
-    }
 }

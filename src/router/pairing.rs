@@ -1,23 +1,26 @@
 //! Pairing: the table of callers waiting for their peer.
 //!
-//! The first caller of a stream id goes into the table with its request body; the second takes
-//! it out, and each gets a [`Forward`] that reads the other's body. A caller that leaves,
+//! The first caller of a stream id goes into the table with its request body and gets a
+//! [`Ticket`]; the second takes it out, and each gets a [`Link`] to the other's body (the
+//! waiting one through its ticket). Each turns into a `Forward` (`forward.rs`, above this).
+//! A caller that leaves,
 //! times out or whose token expires before its peer comes is removed (Jumpstarter's Go router
 //! once leaked these). Entries carry a caller number, so a caller only ever removes itself: a
 //! third caller of a stream id waits in the table on its own, it never joins a pair.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use super::forward::{Forward, Leg, Link, Pair, RequestBody};
+use super::auth::Grant;
+use super::body::RequestBody;
 use super::metrics::{CallResult, Metrics};
-use super::{Grant, Inner, StreamTag};
+use super::pair::{Link, Pair, StreamTag};
 
 /// A caller waiting in the table.
 pub(super) struct Waiter {
@@ -70,7 +73,45 @@ pub(super) struct Caps {
 /// How long a timer may wait: a token may expire centuries from now.
 const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-impl Inner {
+/// The callers waiting for their peer, and the pairs made: one per router.
+pub(super) struct Pairing {
+    table: Mutex<Table>,
+    /// Every pair made, for [`end_all`](Pairing::end_all) (pruned of ended ones as it grows).
+    pairs: Mutex<Vec<Weak<Pair>>>,
+    pub(super) metrics: Metrics,
+    next_caller: AtomicU64,
+    pairing_timeout: Option<Duration>,
+    caps: Caps,
+}
+
+/// What [`Pairing::accept`] made of a caller.
+pub(super) enum Accepted {
+    /// Its peer was waiting: this is the second caller's link.
+    Paired(Link),
+    /// It waits for its peer.
+    Waiting(Ticket),
+}
+
+/// A waiting caller's side of the table: its entry, where its link comes, and until when.
+pub(super) struct Ticket {
+    pub(super) entry: Pending,
+    pub(super) rx: oneshot::Receiver<Link>,
+    /// When it gives up, and what it is told then.
+    pub(super) deadline: (tokio::time::Instant, &'static str),
+}
+
+impl Pairing {
+    pub(super) fn new(metrics: Metrics, pairing_timeout: Option<Duration>, caps: Caps) -> Self {
+        Pairing {
+            table: Mutex::default(),
+            pairs: Mutex::default(),
+            metrics,
+            next_caller: AtomicU64::new(1),
+            pairing_timeout,
+            caps,
+        }
+    }
+
     /// Pairs the caller with `grant` with the one waiting for the same stream id, or makes it
     /// wait. `body` is the caller's request body, `conn` the connection it came on.
     ///
@@ -79,13 +120,13 @@ impl Inner {
     /// `ResourceExhausted` when the caller would wait and a cap on waiting callers is reached
     /// (the body is handed back, to be drained).
     pub(super) fn accept(
-        self: &Arc<Self>,
+        &self,
         grant: Grant,
         body: RequestBody,
         conn: Option<SocketAddr>,
-    ) -> Result<Forward, Box<(Status, RequestBody)>> {
+    ) -> Result<Accepted, Box<(Status, RequestBody)>> {
         let tag = StreamTag::of(&grant.stream);
-        let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiter) = table.remove(&grant.stream) {
             drop(table);
             let m = &self.metrics;
@@ -106,7 +147,7 @@ impl Inner {
                 // The waiting caller left just now: nobody will read this caller's frames.
                 back.abandon();
             }
-            return Ok(Forward::forwarding(self.clone(), mine, Leg::Second));
+            return Ok(Accepted::Paired(mine));
         }
         let caps = self.caps;
         let on_conn = conn.map_or(0, |c| table.per_conn.get(&c).copied().unwrap_or(0));
@@ -149,12 +190,16 @@ impl Inner {
             caller,
             tag,
         };
-        Ok(Forward::waiting(self.clone(), entry, rx, deadline))
+        Ok(Accepted::Waiting(Ticket {
+            entry,
+            rx,
+            deadline,
+        }))
     }
 
     /// Removes a waiting caller's entry, if it is still its own.
     pub(super) fn remove_pending(&self, entry: &Pending) {
-        let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if table
             .waiters
             .get(&entry.stream)
@@ -168,8 +213,8 @@ impl Inner {
         }
     }
 
-    /// Keeps a handle on `pair` for [`end_all_calls`](super::Router::end_all_calls); drops
-    /// the handles of ended pairs whenever the list would grow.
+    /// Keeps a handle on `pair` for [`end_all`](Pairing::end_all); drops the handles of ended
+    /// pairs whenever the list would grow.
     fn register_pair(&self, pair: &Arc<Pair>) {
         let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
         if pairs.len() == pairs.capacity() {
@@ -178,11 +223,16 @@ impl Inner {
         pairs.push(Arc::downgrade(pair));
     }
 
-    /// Takes every waiting caller out of the table: each one's call ends with `UNAVAILABLE`
-    /// (its side of the link is dropped, which its [`Forward`] takes as the router closing).
-    pub(super) fn end_waiting(&self) {
+    /// Ends every pair (each caller gets the router's GOAWAY, then `UNAVAILABLE`), and takes
+    /// every waiting caller out of the table: each one's call ends with `UNAVAILABLE` (its
+    /// side of the link is dropped, which its `Forward` takes as the router closing).
+    pub(super) fn end_all(&self) {
+        let pairs = std::mem::take(&mut *self.pairs.lock().unwrap_or_else(|e| e.into_inner()));
+        for pair in pairs.iter().filter_map(Weak::upgrade) {
+            pair.close();
+        }
         let waiters: Vec<Waiter> = {
-            let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
             let streams: Vec<String> = table.waiters.keys().cloned().collect();
             streams.iter().filter_map(|s| table.remove(s)).collect()
         };
