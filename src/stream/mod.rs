@@ -2,15 +2,18 @@
 //!
 //! # Layout
 //!
-//! - `stream/mod.rs`: the state machine of the two halves and the tokio I/O traits;
-//! - `stream/inbound.rs`: [`CallFrames`], the frames of a call as the read half takes them:
-//!   tonic's decoded messages, or (the client constructors) the raw response body read with
-//!   the shared scanner (`src/wire.rs`), DATA payloads as slices of the received HTTP/2 chunks;
+//! - `stream/mod.rs`: the state machine of the two halves and the tokio I/O traits, and
+//!   [`RouterStream::from_frames`] over any frame transport;
+//! - `stream/call.rs`: the client side of a call: [`RouterStream::from_call`] over tonic's
+//!   generated client, and the raw call of the client constructors (feature `client`): the
+//!   request body as the writer builds it, the response body read where it lies with the
+//!   shared scanner (`src/wire.rs`), HTTP's and gRPC's statuses as tonic's client maps them;
+//! - `stream/accept.rs`: the servicer side of a call, [`RouterStream::accept`];
+//! - `stream/inbound.rs`: [`CallFrames`], the frames of a call as the read half takes them;
 //! - `stream/outbound.rs`: the frames the write half sends: each DATA frame is built in place
-//!   as its whole gRPC message, which the client constructors send as a raw request body and
-//!   tonic's request or response stream ([`RequestStream`], [`ResponseStream`]) or
-//!   [`SentFrames`] take the payload of, as a slice;
-//! - `stream/server.rs`: [`RouterStream::accept`], the servicer side of a call;
+//!   as its whole gRPC message, which the raw call sends as it is and tonic's request or
+//!   response stream ([`RequestStream`], [`ResponseStream`]) or [`SentFrames`] take the
+//!   payload of, as a slice;
 //! - `stream/options.rs`: [`StreamOptions`];
 //! - `stream/tests.rs`: the state machine driven by scripted frames.
 //!
@@ -68,22 +71,21 @@ use futures_core::Stream;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
-use tonic::codec::Streaming;
-use tonic::{Response, Status};
+use tonic::Status;
 
-use crate::proto::StreamResponse;
 use crate::{Error, Frame};
 
+mod accept;
+mod call;
 mod inbound;
 mod options;
 mod outbound;
-mod server;
 
 pub use inbound::CallFrames;
 pub use options::{StreamOptions, DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT};
 pub use outbound::{RequestStream, ResponseStream, SentFrames};
 
-use outbound::{Handle, Outbound, Queued, Request, HEADROOM};
+use outbound::{Handle, Outbound, Queued, HEADROOM};
 
 /// The pending call of a client stream; resolves to its inbound frames.
 type CallFuture<S> = Pin<Box<dyn Future<Output = Result<S, Status>> + Send>>;
@@ -322,107 +324,6 @@ impl<S> RouterStream<S> {
     /// gives way to the cause the read half finds).
     pub fn error(&self) -> Option<&Error> {
         self.failure.as_ref()
-    }
-}
-
-impl RouterStream {
-    /// The client side of a stream over a call you make yourself.
-    ///
-    /// `make_call` receives the request stream to pass to
-    /// [`RouterServiceClient::stream`](crate::proto::router_service_client::RouterServiceClient::stream)
-    /// (with whatever metadata the call needs) and returns the call's future. The future is
-    /// never awaited before the stream is usable: the router may hold the response headers
-    /// until the peer speaks, so reads wait for them and writes go on. The request goes out
-    /// on the first read, flush or shutdown.
-    ///
-    /// ```no_run
-    /// use jumpstarter_router::proto::router_service_client::RouterServiceClient;
-    /// use jumpstarter_router::{RouterStream, StreamOptions};
-    ///
-    /// # async fn demo(channel: tonic::transport::Channel) {
-    /// let mut client = RouterServiceClient::new(channel);
-    /// let stream = RouterStream::from_call(
-    ///     move |requests| async move {
-    ///         let mut request = tonic::Request::new(requests);
-    ///         request.metadata_mut().insert("authorization", "Bearer TOKEN".parse().unwrap());
-    ///         client.stream(request).await
-    ///     },
-    ///     &StreamOptions::default(),
-    /// );
-    /// # }
-    /// ```
-    pub fn from_call<F, Fut>(make_call: F, opts: &StreamOptions) -> RouterStream
-    where
-        F: FnOnce(RequestStream) -> Fut,
-        Fut: Future<Output = Result<Response<Streaming<StreamResponse>>, Status>> + Send + 'static,
-    {
-        let (handle, outbound) = Outbound::channel();
-        let call = make_call(RequestStream(Request::new(outbound)));
-        let call: CallFuture<CallFrames> = Box::pin(async move {
-            call.await
-                .map(|response| CallFrames::responses(response.into_inner()))
-        });
-        let read = ReadState::Connecting {
-            call,
-            wakers: Arc::default(),
-        };
-        RouterStream::from_parts(read, EndOfOutbound::HalfCloses, opts, handle)
-    }
-
-    /// The client side of a stream over a `Stream` call on `channel` made without tonic's
-    /// codec: the request body is the messages as the writer builds them in its buffer
-    /// ([`Queued::seal`]), the response body is read where it lies
-    /// ([`RawResponse`](inbound::RawResponse)). Headers, errors and the final status as
-    /// tonic's generated client has them.
-    #[cfg(feature = "client")]
-    pub(crate) fn raw_call(
-        mut channel: tonic::transport::Channel,
-        authorization: tonic::codegen::http::HeaderValue,
-        opts: &StreamOptions,
-        max_message_size: usize,
-    ) -> RouterStream {
-        use tonic::codegen::{http, Service};
-        let (handle, outbound) = Outbound::channel();
-        let body = tonic::body::Body::new(outbound::RawRequest(Request::new(outbound)));
-        let call: CallFuture<CallFrames> = Box::pin(async move {
-            // The channel adds the scheme and authority of its endpoint.
-            let request = http::Request::builder()
-                .method(http::Method::POST)
-                .version(http::Version::HTTP_2)
-                .uri("/jumpstarter.v1.RouterService/Stream")
-                .header(http::header::TE, "trailers")
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .header(http::header::AUTHORIZATION, authorization)
-                .body(body)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            std::future::poll_fn(|cx| channel.poll_ready(cx))
-                .await
-                .map_err(|e| Status::from_error(e.into()))?;
-            let response = channel
-                .call(request)
-                .await
-                .map_err(|e| Status::from_error(e.into()))?;
-            let (parts, body) = response.into_parts();
-            // Trailers-only: an error status ends the call here, as in tonic's client.
-            let raw = match Status::from_header_map(&parts.headers) {
-                Some(status) if status.code() != tonic::Code::Ok => return Err(status),
-                Some(_) => inbound::RawResponse::empty(body),
-                None => inbound::RawResponse::new(body, parts.status, max_message_size),
-            };
-            Ok(CallFrames::raw(raw))
-        });
-        let read = ReadState::Connecting {
-            call,
-            wakers: Arc::default(),
-        };
-        RouterStream::from_parts(read, EndOfOutbound::HalfCloses, opts, handle)
-    }
-
-    /// Polls the pending call once, so the request is on its way before the first read or
-    /// write (the call future is polled again by both halves until its headers are in).
-    #[cfg(feature = "client")]
-    pub(crate) fn start_call(&mut self) {
-        let _ = self.drive_call(&mut Context::from_waker(Waker::noop()));
     }
 }
 

@@ -184,7 +184,7 @@ impl Request {
         }
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
         if self.linger.is_some() {
             return self.poll_linger(cx);
         }
@@ -224,27 +224,6 @@ impl Stream for RequestStream {
             .0
             .poll_next(cx)
             .map(|q| q.map(|q| q.into_frame().into()))
-    }
-}
-
-/// The request body of a client call made by the client constructors: each gRPC message as
-/// the writer built it in its buffer, handed to HTTP/2 as it is.
-#[cfg(feature = "client")]
-pub(super) struct RawRequest(pub(super) Request);
-
-#[cfg(feature = "client")]
-impl http_body::Body for RawRequest {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        self.get_mut()
-            .0
-            .poll_next(cx)
-            .map(|q| q.map(|q| Ok(http_body::Frame::data(q.into_message()))))
     }
 }
 
