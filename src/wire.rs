@@ -33,7 +33,7 @@ use crate::proto::FrameType;
 
 /// What one chunk held.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Scan {
+pub(crate) struct Scanned {
     /// Bytes of the chunk to forward: all of it, or with `error` up to the start of the
     /// message that went bad.
     pub(crate) valid: usize,
@@ -180,13 +180,13 @@ impl Parser {
 
     /// Follows the stream through `chunk`.
     #[cfg(any(feature = "router", test))]
-    pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scan {
+    pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scanned {
         self.scan_with(chunk, &mut ())
     }
 
     /// [`scan`](Parser::scan), telling `ev` where the payloads lie and where messages end.
-    pub(crate) fn scan_with<E: Events>(&mut self, chunk: &[u8], ev: &mut E) -> Scan {
-        let mut scan = Scan::default();
+    pub(crate) fn scan_with<E: Events>(&mut self, chunk: &[u8], ev: &mut E) -> Scanned {
+        let mut scan = Scanned::default();
         let mut i = 0;
         // Where the current message starts in this chunk (0: in an earlier one).
         let mut start = 0;
@@ -247,7 +247,12 @@ impl Parser {
     }
 
     /// One byte outside a skip.
-    fn step<E: Events>(&mut self, b: u8, scan: &mut Scan, ev: &mut E) -> Result<(), StreamError> {
+    fn step<E: Events>(
+        &mut self,
+        b: u8,
+        scan: &mut Scanned,
+        ev: &mut E,
+    ) -> Result<(), StreamError> {
         self.state = match self.state {
             State::Prefix { n: 0, .. } => match b {
                 0 => State::Prefix { n: 1, len: 0 },
@@ -302,7 +307,7 @@ impl Parser {
         &mut self,
         of: VarintOf,
         value: u64,
-        scan: &mut Scan,
+        scan: &mut Scanned,
         ev: &mut E,
     ) -> Result<State, StreamError> {
         Ok(match of {
@@ -375,7 +380,7 @@ impl Parser {
     }
 
     /// A field ended: the next tag, or the end of the message.
-    fn field_done<E: Events>(&mut self, scan: &mut Scan, ev: &mut E) -> State {
+    fn field_done<E: Events>(&mut self, scan: &mut Scanned, ev: &mut E) -> State {
         if self.left == 0 {
             self.message_done(scan, ev)
         } else {
@@ -383,7 +388,7 @@ impl Parser {
         }
     }
 
-    fn message_done<E: Events>(&mut self, scan: &mut Scan, ev: &mut E) -> State {
+    fn message_done<E: Events>(&mut self, scan: &mut Scanned, ev: &mut E) -> State {
         // prost reads an enum as int32: the low 32 bits.
         let frame_type = self.frame_type as u32 as i32;
         ev.message(frame_type);
@@ -407,9 +412,9 @@ pub(crate) fn scan_split(
     limit: usize,
     stream: &[u8],
     points: &[usize],
-) -> (Scan, Result<(), StreamError>) {
+) -> (Scanned, Result<(), StreamError>) {
     let mut p = Parser::new(limit);
-    let mut total = Scan::default();
+    let mut total = Scanned::default();
     let mut events = PayloadCount::default();
     // What a forwarder that holds back the open message releases, and holds.
     let (mut released, mut held) = (0usize, 0usize);
@@ -527,7 +532,7 @@ pub(crate) fn check_chunking(
     limit: usize,
     stream: &[u8],
     points: &[usize],
-) -> (Scan, Result<(), StreamError>) {
+) -> (Scanned, Result<(), StreamError>) {
     let whole = scan_split(limit, stream, &[0, stream.len()]);
     let split = scan_split(limit, stream, points);
     assert_eq!(whole.0.error, split.0.error);
@@ -569,7 +574,7 @@ mod tests {
     }
 
     /// `bytes` in chunks of `chunk` bytes.
-    fn scan_all(bytes: &[u8], chunk: usize) -> (Scan, Result<(), StreamError>) {
+    fn scan_all(bytes: &[u8], chunk: usize) -> (Scanned, Result<(), StreamError>) {
         let mut points: Vec<usize> = (0..bytes.len()).step_by(chunk.max(1)).collect();
         points.push(bytes.len());
         scan_split(1024, bytes, &points)
@@ -589,7 +594,7 @@ mod tests {
             let (s, finish) = scan_all(&stream, chunk);
             assert_eq!(
                 s,
-                Scan {
+                Scanned {
                     valid: stream.len(),
                     messages: 7,
                     goaways: 1,
@@ -755,7 +760,7 @@ mod tests {
     }
 
     /// `bytes` cut at `cuts` (any values), checked against `bytes` whole.
-    fn scan_cut(bytes: &[u8], cuts: &[usize]) -> (Scan, Result<(), StreamError>) {
+    fn scan_cut(bytes: &[u8], cuts: &[usize]) -> (Scanned, Result<(), StreamError>) {
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
         points.extend([0, bytes.len()]);
         points.sort_unstable();

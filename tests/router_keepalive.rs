@@ -19,7 +19,7 @@ async fn h2_client(r: &TestRouter) -> (h2::PingPong, Conn, h2::client::SendReque
 }
 
 /// (Pings once a second for longer, on paused time through the same I/O wrapper:
-/// `src/h2io/keepalive_policy.rs`.)
+/// `src/h2io/ping_policy.rs`.)
 #[tokio::test]
 async fn pings_without_streams_are_answered() {
     let r = TestRouter::start().await;

@@ -3,14 +3,14 @@
 //!
 //! - [`BatchedIo`]: large socket reads under load, and the frames h2 flushes one by one
 //!   written together;
-//! - [`KeepalivePolicy`] (router): the HTTP/2 keepalive enforcement of grpc-go's server, and
+//! - [`PolicedIo`] (router): the HTTP/2 keepalive enforcement of grpc-go's server, and
 //!   the deadline for the client's connection preface, on the decrypted bytes; and what
 //!   became of the connection and how many calls it has open ([`ConnState`]).
 
 mod batched_io;
 #[cfg(feature = "router")]
-mod keepalive_policy;
+mod ping_policy;
 
 pub(crate) use batched_io::BatchedIo;
 #[cfg(feature = "router")]
-pub(crate) use keepalive_policy::{CallGuard, ConnInfo, ConnState, KeepalivePolicy, PingRules};
+pub(crate) use ping_policy::{CallGuard, ConnInfo, ConnState, PingRules, PolicedIo};

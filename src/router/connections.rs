@@ -32,12 +32,11 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
 use super::keepalive::Keepalive;
-use super::service::RouterService;
-use crate::h2io::{BatchedIo, CallGuard, ConnInfo, KeepalivePolicy};
+use super::service::RouterServer;
+use crate::h2io::{BatchedIo, CallGuard, ConnInfo, PolicedIo};
 
 /// An accepted connection: TCP (TLS-terminated, or not) under the ping policy.
-pub(super) type Conn =
-    KeepalivePolicy<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
+pub(super) type Conn = PolicedIo<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
 
 /// Serves the connections from `incoming` with `svc` until `shutdown` completes; then sends
 /// each a GOAWAY and waits until all have closed.
@@ -249,7 +248,7 @@ impl http_body::Body for CallBody {
 /// own `Routes` needs its axum-based `router` feature, a dependency this one match avoids.)
 #[derive(Clone)]
 pub(super) struct WithHealth {
-    pub(super) router: RouterService,
+    pub(super) router: RouterServer,
     pub(super) health: HealthServer<HealthService>,
 }
 

@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame as BodyFrame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tonic::codegen::http;
@@ -73,7 +73,7 @@ use super::pairing::{Accepted, Pairing, Pending};
 
 /// The response body of one caller of the router: its peer's request body, forwarded.
 ///
-/// It is what [`RouterService`](super::RouterService) answers a `Stream` call with.
+/// It is what [`RouterServer`](super::RouterServer) answers a `Stream` call with.
 pub(crate) struct Forward {
     state: State,
     pairing: Arc<Pairing>,
@@ -458,7 +458,7 @@ impl Body for Forward {
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Status>>> {
         let this = self.get_mut();
         let polled = this.poll_state(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
@@ -477,7 +477,7 @@ impl Body for Forward {
         {
             // Nothing to send, the call still open, and a PING due.
             this.pairing.metrics.ping_frames.inc();
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING_MESSAGE)))));
+            return Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(PING_MESSAGE)))));
         }
         polled
     }
@@ -493,7 +493,10 @@ impl Body for Forward {
 
 impl Forward {
     /// The next frame of the state machine.
-    fn poll_state(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_state(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Status>>> {
         let this = self;
         let pairing = &*this.pairing;
         loop {
@@ -508,24 +511,26 @@ impl Forward {
                                 this.state = State::Draining(f);
                             }
                         }
-                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                        return Poll::Ready(Some(Ok(BodyFrame::data(bytes))));
                     }
                     Forwarded::Next(next) => *next,
                 },
                 State::Draining(f) => match ready!(f.poll(true, cx)) {
-                    Forwarded::Send(bytes, _) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                    Forwarded::Send(bytes, _) => {
+                        return Poll::Ready(Some(Ok(BodyFrame::data(bytes))))
+                    }
                     Forwarded::Next(next) => *next,
                 },
                 State::Finishing { pair, me } => ready!(poll_finishing(pair, *me, cx)),
                 State::GoAway(message, status) => {
                     let message = std::mem::take(message);
                     this.state = State::Trailers(std::mem::take(status));
-                    return Poll::Ready(Some(Ok(Frame::data(message))));
+                    return Poll::Ready(Some(Ok(BodyFrame::data(message))));
                 }
                 State::Trailers(trailers) => {
                     let trailers = std::mem::take(trailers);
                     this.state = State::Done;
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    return Poll::Ready(Some(Ok(BodyFrame::trailers(trailers))));
                 }
                 State::Done => return Poll::Ready(None),
             };
@@ -598,7 +603,7 @@ mod tests {
     use crate::router::service::Inner;
     use crate::router::{Auth, Grant, Router};
 
-    type Item = Result<Frame<Bytes>, Status>;
+    type Item = Result<BodyFrame<Bytes>, Status>;
 
     /// A request body whose frames the test sends.
     struct Script(mpsc::UnboundedReceiver<Item>);
@@ -737,7 +742,7 @@ mod tests {
         assert_pending!(poll(&mut b));
         let mut a_pings = pings(&mut a);
         for _ in 0..6 {
-            a_tx.send(Ok(Frame::data(msg(0, b"x")))).unwrap();
+            a_tx.send(Ok(BodyFrame::data(msg(0, b"x")))).unwrap();
             assert_eq!(data(poll(&mut b)), msg(0, b"x"));
             assert_pending!(poll(&mut b));
             tokio::time::advance(every / 2).await;
@@ -745,14 +750,14 @@ mod tests {
         }
         assert_eq!(a_pings, 3, "A: a PING every 20 s of its minute");
         // A finishes; B, half-closed and quiet, gets its PINGs again.
-        a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(msg(7, b"")))).unwrap();
         drop(a_tx);
         assert_eq!(data(poll(&mut b)), msg(7, b""));
         assert_pending!(poll(&mut b));
         tokio::time::advance(every).await;
         assert_eq!(pings(&mut b), 1);
         // B finishes: both calls end OK, with no PING in between.
-        b_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        b_tx.send(Ok(BodyFrame::data(msg(7, b"")))).unwrap();
         drop(b_tx);
         assert_eq!(data(poll(&mut a)), msg(7, b""));
         assert_eq!(status(&mut a), (tonic::Code::Ok, String::new()));
@@ -779,19 +784,19 @@ mod tests {
         // A's chunk reaches B as the very same bytes (no copy).
         let chunk = msg(0, b"hello");
         let at = chunk.as_ptr();
-        a_tx.send(Ok(Frame::data(chunk.clone()))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(chunk.clone()))).unwrap();
         assert!(b.is_woken());
         let got = data(poll(&mut b));
         assert_eq!((got.as_ptr(), &got), (at, &chunk));
 
         // A finishes: GOAWAY, end of body. B reads it, and its response waits for its own end.
-        a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(msg(7, b"")))).unwrap();
         drop(a_tx);
         assert_eq!(data(poll(&mut b)), msg(7, b""));
         assert_pending!(poll(&mut b));
         // B goes on sending after A's GOAWAY, then finishes too.
-        b_tx.send(Ok(Frame::data(msg(0, b"reply")))).unwrap();
-        b_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        b_tx.send(Ok(BodyFrame::data(msg(0, b"reply")))).unwrap();
+        b_tx.send(Ok(BodyFrame::data(msg(7, b"")))).unwrap();
         drop(b_tx);
         assert_eq!(data(poll(&mut a)), msg(0, b"reply"));
         assert_eq!(data(poll(&mut a)), msg(7, b""));
@@ -811,7 +816,7 @@ mod tests {
         let good = msg(0, b"ok");
         let mut chunk = good.to_vec();
         chunk.extend_from_slice(&[9, 0, 0, 0, 0]);
-        a_tx.send(Ok(Frame::data(Bytes::from(chunk)))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(Bytes::from(chunk)))).unwrap();
         assert_eq!(data(poll(&mut b)), good);
         // B: a GOAWAY that says why, then the status with the same words.
         let why = goaway_reason(data(poll(&mut b)));
@@ -856,7 +861,8 @@ mod tests {
         let chunk = Bytes::from([m1.clone(), m2.clone()].concat());
         let cuts = [0, m1.len() + 10, m1.len() + 100, chunk.len()];
         for w in cuts.windows(2) {
-            a_tx.send(Ok(Frame::data(chunk.slice(w[0]..w[1])))).unwrap();
+            a_tx.send(Ok(BodyFrame::data(chunk.slice(w[0]..w[1]))))
+                .unwrap();
         }
         // m1 at once; m2's head, middle and tail only together, as the received slices.
         let got = data(poll(&mut b));
@@ -878,7 +884,7 @@ mod tests {
         let (m1, m2) = (msg(0, b"whole"), msg(0, b"torn message"));
         let chunk = Bytes::from([m1.clone(), m2.clone()].concat());
         // All of m1 and half of m2, then the body fails (a lost connection).
-        a_tx.send(Ok(Frame::data(chunk.slice(..m1.len() + 6))))
+        a_tx.send(Ok(BodyFrame::data(chunk.slice(..m1.len() + 6))))
             .unwrap();
         a_tx.send(Err(Status::unavailable("connection reset")))
             .unwrap();
@@ -913,7 +919,7 @@ mod tests {
     async fn a_body_cut_short_inside_a_message_is_named_as_such() {
         let (router, a_tx, _b_tx, a, mut b) = paired();
         let m = msg(0, b"cut short");
-        a_tx.send(Ok(Frame::data(m.slice(..7)))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(m.slice(..7)))).unwrap();
         drop(a_tx);
         let why = goaway_reason(data(poll(&mut b)));
         assert!(why.contains("peer aborted the stream"), "{why}");
@@ -926,7 +932,7 @@ mod tests {
     #[tokio::test]
     async fn a_rst_stream_then_the_end_is_a_reset_and_the_peer_gets_both() {
         let (router, a_tx, _b_tx, a, mut b) = paired();
-        a_tx.send(Ok(Frame::data(msg(3, b"")))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(msg(3, b"")))).unwrap();
         drop(a_tx);
         // The RST_STREAM frame is forwarded as it is, then the router's GOAWAY and status.
         assert_eq!(data(poll(&mut b)), msg(3, b""));
@@ -941,7 +947,7 @@ mod tests {
     async fn a_survivor_that_had_the_peers_goaway_gets_no_second_one() {
         let (_router, a_tx, _b_tx, _a, mut b) = paired();
         // A finishes writing (GOAWAY), then its connection dies before its body ends.
-        a_tx.send(Ok(Frame::data(msg(7, b"")))).unwrap();
+        a_tx.send(Ok(BodyFrame::data(msg(7, b"")))).unwrap();
         assert_eq!(data(poll(&mut b)), msg(7, b""));
         a_tx.send(Err(Status::unavailable("gone"))).unwrap();
         let (code, message) = status(&mut b);

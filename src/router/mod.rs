@@ -83,5 +83,5 @@ pub use metrics::{CallResult, Direction, Metrics, RouterStats};
 /// The `prometheus-client` this crate's [`Metrics`] are made with, for [`Metrics::register`].
 pub use prometheus_client;
 pub use serve::{ServeConfig, TlsMode};
-pub use service::{Router, RouterBuilder, RouterService, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use service::{Router, RouterBuilder, RouterServer, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use tls::ServerTls;

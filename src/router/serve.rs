@@ -18,7 +18,7 @@ use super::error::ConfigError;
 use super::metrics::Metrics;
 use super::service::Router;
 use super::tls::ServerTls;
-use crate::h2io::{BatchedIo, KeepalivePolicy, PingRules};
+use crate::h2io::{BatchedIo, PingRules, PolicedIo};
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -318,12 +318,7 @@ impl Incoming {
                 match &tls {
                     None => {
                         if tx
-                            .send(KeepalivePolicy::new(
-                                Either::Left(tcp),
-                                info,
-                                deadline,
-                                rules,
-                            ))
+                            .send(PolicedIo::new(Either::Left(tcp), info, deadline, rules))
                             .await
                             .is_err()
                         {
@@ -335,12 +330,8 @@ impl Incoming {
                         tokio::spawn(async move {
                             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                                 Ok(Ok(tls)) => {
-                                    let guard = KeepalivePolicy::new(
-                                        Either::Right(tls),
-                                        info,
-                                        deadline,
-                                        rules,
-                                    );
+                                    let guard =
+                                        PolicedIo::new(Either::Right(tls), info, deadline, rules);
                                     let _ = tx.send(guard).await;
                                 }
                                 Ok(Err(e)) => {

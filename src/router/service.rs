@@ -219,15 +219,15 @@ impl Router {
         } else {
             tonic_health::ServingStatus::NotServing
         };
-        for name in ["", RouterService::NAME] {
+        for name in ["", RouterServer::NAME] {
             self.inner.health.set_service_status(name, status).await;
         }
     }
 
     /// The service to mount in your own tonic server (`Server::builder().add_service(..)`)
     /// or any tower stack: `jumpstarter.v1.RouterService`, on HTTP/2 requests.
-    pub fn into_service(self) -> RouterService {
-        RouterService { router: self }
+    pub fn into_service(self) -> RouterServer {
+        RouterServer { router: self }
     }
 
     /// Answers one HTTP/2 request.
@@ -300,16 +300,21 @@ impl Router {
 }
 
 /// The router as a tower service: what [`Router::into_service`] returns.
+///
+/// Named as tonic names the service of a generated server (`HealthServer`, which the router
+/// serves beside it); `RouterService` is the generated trait
+/// ([`proto::router_service_server::RouterService`](crate::proto::router_service_server::RouterService)),
+/// which an exporter that is called directly implements.
 #[derive(Clone, Debug)]
-pub struct RouterService {
+pub struct RouterServer {
     router: Router,
 }
 
-impl NamedService for RouterService {
+impl NamedService for RouterServer {
     const NAME: &'static str = "jumpstarter.v1.RouterService";
 }
 
-impl Service<http::Request<tonic::body::Body>> for RouterService {
+impl Service<http::Request<tonic::body::Body>> for RouterServer {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;

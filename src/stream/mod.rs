@@ -150,7 +150,7 @@ pub struct RouterStream<S = CallFrames> {
     /// Coalesced bytes of the next DATA frame.
     wbuf: BytesMut,
     max_payload: usize,
-    keepalive: Option<Keepalive>,
+    ping_timer: Option<PingTimer>,
     /// What ending the outbound stream does to the call.
     end_of_outbound: EndOfOutbound,
     /// Set when dropped before GOAWAY: the outbound stream then ends with RST_STREAM.
@@ -214,7 +214,7 @@ enum ReadEnd {
     Failed(Error),
 }
 
-struct Keepalive {
+struct PingTimer {
     every: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
@@ -240,7 +240,7 @@ impl<S> RouterStream<S> {
             write: WriteState::Open(PollSender::new(handle.tx)),
             wbuf: BytesMut::new(),
             max_payload: opts.max_payload,
-            keepalive: opts.ping_interval.map(|every| Keepalive {
+            ping_timer: opts.ping_interval.map(|every| PingTimer {
                 every,
                 sleep: Box::pin(tokio::time::sleep(every)),
             }),
@@ -444,7 +444,7 @@ where
         if !self.chunk.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        self.poll_keepalive(cx);
+        self.poll_ping_timer(cx);
         let end = loop {
             let inbound = match &mut self.read {
                 ReadState::Open(inbound) => inbound,
@@ -528,8 +528,8 @@ where
         Poll::Ready(())
     }
 
-    fn poll_keepalive(&mut self, cx: &mut Context<'_>) {
-        let Some(ka) = &mut self.keepalive else {
+    fn poll_ping_timer(&mut self, cx: &mut Context<'_>) {
+        let Some(ka) = &mut self.ping_timer else {
             return;
         };
         while ka.sleep.as_mut().poll(cx).is_ready() {

@@ -73,7 +73,7 @@ const FLAG_ACK: u8 = 0x1;
 
 /// Finds the frame headers in one direction of an HTTP/2 byte stream.
 #[derive(Debug)]
-enum Scan {
+enum FrameScanner {
     /// Skipping the client connection preface (inbound only).
     Preface(usize),
     /// Collecting a frame header.
@@ -82,14 +82,14 @@ enum Scan {
     Payload(usize),
 }
 
-impl Scan {
+impl FrameScanner {
     fn header() -> Self {
-        Scan::Header([0; FRAME_HEADER_LEN], 0)
+        FrameScanner::Header([0; FRAME_HEADER_LEN], 0)
     }
 
     /// Between two frames: a frame of our own can go in here.
     fn at_boundary(&self) -> bool {
-        matches!(self, Scan::Header(_, 0))
+        matches!(self, FrameScanner::Header(_, 0))
     }
 
     /// Feeds bytes; calls `on_frame(type, flags, stream id)` for each frame header completed.
@@ -100,15 +100,15 @@ impl Scan {
     ) -> Result<(), E> {
         while !bytes.is_empty() {
             match self {
-                Scan::Preface(left) | Scan::Payload(left) => {
+                FrameScanner::Preface(left) | FrameScanner::Payload(left) => {
                     let n = (*left).min(bytes.len());
                     *left -= n;
                     bytes = &bytes[n..];
                     if *left == 0 {
-                        *self = Scan::header();
+                        *self = FrameScanner::header();
                     }
                 }
-                Scan::Header(h, have) => {
+                FrameScanner::Header(h, have) => {
                     let n = (FRAME_HEADER_LEN - *have).min(bytes.len());
                     h[*have..*have + n].copy_from_slice(&bytes[..n]);
                     *have += n;
@@ -119,9 +119,9 @@ impl Scan {
                         let (ty, flags) = (h[3], h[4]);
                         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                         *self = if len == 0 {
-                            Scan::header()
+                            FrameScanner::header()
                         } else {
-                            Scan::Payload(len)
+                            FrameScanner::Payload(len)
                         };
                         on_frame(ty, flags, stream)?;
                     }
@@ -136,8 +136,8 @@ impl Scan {
 #[derive(Debug)]
 pub(crate) struct PingPolicy {
     rules: PingRules,
-    inbound: Scan,
-    outbound: Scan,
+    inbound: FrameScanner,
+    outbound: FrameScanner,
     last_ping: Option<Instant>,
     strikes: u32,
     /// The server sent DATA or HEADERS since the last ping (grpc-go's `resetPingStrikes`).
@@ -150,8 +150,8 @@ impl PingPolicy {
     pub(crate) fn new(rules: PingRules) -> Self {
         PingPolicy {
             rules,
-            inbound: Scan::Preface(PREFACE_LEN),
-            outbound: Scan::header(),
+            inbound: FrameScanner::Preface(PREFACE_LEN),
+            outbound: FrameScanner::header(),
             last_ping: None,
             strikes: 0,
             reset: false,
@@ -345,7 +345,7 @@ pub(crate) struct ConnInfo {
 
 /// A server connection whose inbound bytes go through a [`PingPolicy`], and that fails when
 /// the client's HTTP/2 preface does not arrive in time (hyper would wait for it for ever).
-pub(crate) struct KeepalivePolicy<IO> {
+pub(crate) struct PolicedIo<IO> {
     io: IO,
     policy: PingPolicy,
     info: TcpConnectInfo,
@@ -356,7 +356,7 @@ pub(crate) struct KeepalivePolicy<IO> {
     preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
-impl<IO> KeepalivePolicy<IO> {
+impl<IO> PolicedIo<IO> {
     /// `deadline`: when the connection fails if the preface is not in.
     pub(crate) fn new(
         io: IO,
@@ -364,7 +364,7 @@ impl<IO> KeepalivePolicy<IO> {
         deadline: tokio::time::Instant,
         rules: PingRules,
     ) -> Self {
-        KeepalivePolicy {
+        PolicedIo {
             io,
             policy: PingPolicy::new(rules),
             info,
@@ -375,7 +375,7 @@ impl<IO> KeepalivePolicy<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> KeepalivePolicy<IO> {
+impl<IO: AsyncWrite + Unpin> PolicedIo<IO> {
     /// Writes what is left of our GOAWAY, and flushes it.
     fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some((frame, written)) = &mut self.closing {
@@ -405,7 +405,7 @@ impl<IO: AsyncWrite + Unpin> KeepalivePolicy<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for KeepalivePolicy<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for PolicedIo<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -453,13 +453,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for KeepalivePolicy<IO> {
     }
 }
 
-impl<IO> Drop for KeepalivePolicy<IO> {
+impl<IO> Drop for PolicedIo<IO> {
     fn drop(&mut self) {
         self.state.set(ConnState::DROPPED);
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for KeepalivePolicy<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for PolicedIo<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -498,7 +498,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for KeepalivePolicy<IO> {
     }
 }
 
-impl<IO> Connected for KeepalivePolicy<IO> {
+impl<IO> Connected for PolicedIo<IO> {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
@@ -633,7 +633,7 @@ mod tests {
         goaway.extend_from_slice(b"too_many_pings");
         script.write(&goaway);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut io = KeepalivePolicy::new(script.build(), info, deadline, PingRules::default());
+        let mut io = PolicedIo::new(script.build(), info, deadline, PingRules::default());
         let mut buf = [0u8; 64];
         assert_eq!(io.read(&mut buf).await.unwrap(), PREFACE.len());
         for _ in 0..4 {
@@ -657,7 +657,7 @@ mod tests {
             remote_addr: None,
         };
         let start = Instant::now();
-        let mut io = KeepalivePolicy::new(
+        let mut io = PolicedIo::new(
             silent,
             info,
             start + Duration::from_secs(10),
