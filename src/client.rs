@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tonic::codegen::Service;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
-use crate::h2io::BatchedIo;
+use crate::h2io::Transport;
 use crate::{ConnectError, RouterStream, StreamOptions};
 use crate::{CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, STREAM_WINDOW};
 
@@ -121,6 +120,7 @@ pub struct ClientBuilder {
     keepalive_timeout: Duration,
     connect_timeout: Option<Duration>,
     options: StreamOptions,
+    batched_io: bool,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -140,6 +140,7 @@ impl fmt::Debug for ClientBuilder {
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("options", &self.options)
+            .field("batched_io", &self.batched_io)
             .finish()
     }
 }
@@ -161,6 +162,7 @@ impl ClientBuilder {
             keepalive_interval: Some(Duration::from_secs(20)),
             keepalive_timeout: Duration::from_secs(180),
             connect_timeout: Some(Duration::from_secs(30)),
+            batched_io: true,
             options: StreamOptions::default(),
         }
     }
@@ -234,6 +236,14 @@ impl ClientBuilder {
     /// How long to wait for the TCP (and TLS) connection. `None`: no limit.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether the connection's socket reads in bulk under load and writes the HTTP/2 frames
+    /// flushed one by one together (default: yes; measured in `benches/relay.rs`). Off, every
+    /// read and flush goes to the socket as HTTP/2 makes it: for debugging.
+    pub fn batched_io(mut self, enabled: bool) -> Self {
+        self.batched_io = enabled;
         self
     }
 
@@ -324,13 +334,16 @@ impl ClientBuilder {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(self.connect_timeout);
-        ep.connect_with_connector(BulkConnector(tcp))
-            .await
-            .map_err(|source| ConnectError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                message: crate::error::error_chain(&source),
-                source,
-            })
+        ep.connect_with_connector(Connector {
+            tcp,
+            batched: self.batched_io,
+        })
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            message: crate::error::error_chain(&source),
+            source,
+        })
     }
 
     /// Connects and opens the stream named by `token`. Returns as soon as the request is on its
@@ -368,25 +381,29 @@ impl ClientBuilder {
     }
 }
 
-/// hyper's TCP connector with [`BatchedIo`] under HTTP/2 (and under TLS, which tonic adds on
-/// top for `https`).
+/// hyper's TCP connector, its connection a [`Transport`] under HTTP/2 (and under TLS, which
+/// tonic adds on top for `https`).
 #[derive(Clone, Debug)]
-struct BulkConnector(HttpConnector);
+struct Connector {
+    tcp: HttpConnector,
+    batched: bool,
+}
 
-impl Service<Uri> for BulkConnector {
-    type Response = TokioIo<BatchedIo<TcpStream>>;
+impl Service<Uri> for Connector {
+    type Response = TokioIo<Transport>;
     type Error = <HttpConnector as Service<Uri>>::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.tcp.poll_ready(cx)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
+        let connecting = self.tcp.call(uri);
+        let batched = self.batched;
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(BatchedIo::new(tcp)))
+            Ok(TokioIo::new(Transport::new(tcp, batched)))
         })
     }
 }

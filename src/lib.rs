@@ -87,7 +87,7 @@ pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// 64 KiB, and 0.74/0.72/0.49x at 256 KiB; 64 KiB + 1 KiB (a whole default message in one
 /// frame) measured 0.77/0.58/0.50x against 0.63/0.64/0.51x for 64 KiB in the same session,
 /// and worse again with the client at the same size. The client's 64 KiB frames: see the
-/// README (the router's writes to it, and its reads, then skip `BatchedIo`'s copies).
+/// docs/performance.md (the router's writes to it, and its reads, then skip `BatchedIo`'s copies).
 #[cfg(any(feature = "client", feature = "router"))]
 pub(crate) const MAX_FRAME_SIZE: u32 = 64 * 1024;
 

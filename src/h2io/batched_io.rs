@@ -25,13 +25,13 @@
 //! least [`DIRECT`] bytes (a large frame) that would overflow the batch is not copied: it goes
 //! to the socket at once, in the same `writev` as what the buffer holds before it. A large
 //! write that fits is batched like a small one: a socket write per large frame wakes the peer
-//! per frame, and on a VM a wakeup costs more than the copy saved (see the README).
+//! per frame, and on a VM a wakeup costs more than the copy saved (see docs/performance.md).
 //!
 //! Buffers exist only while bytes move: both are given up once drained, so an idle connection
 //! holds none. A drained buffer is kept as a spare of the thread's (at most [`SPARES`] of
 //! them, 1 MiB per thread) for the next batch of any connection: a 256 KiB buffer allocated
 //! and freed per batch has the allocator hand its pages back and fault them in again, and the
-//! reuse measured streams / relay 1.60-1.68 against 1.34-1.46 at 64 KiB writes (README).
+//! reuse measured streams / relay 1.60-1.68 against 1.34-1.46 at 64 KiB writes (docs/performance.md).
 
 use std::cell::RefCell;
 use std::io;
@@ -42,19 +42,19 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest read in bulk mode.
-pub(crate) const BULK: usize = 256 * 1024;
+pub(super) const BULK: usize = 256 * 1024;
 /// The most bytes the write buffer holds (and writes in one system call): a read batch's
 /// size, since the spare buffers serve both.
-pub(crate) const WRITE_BATCH: usize = BULK;
+pub(super) const WRITE_BATCH: usize = BULK;
 /// The first flush since the last read writes at once when it finds fewer bytes than this.
-pub(crate) const EAGER: usize = 4 * 1024;
+pub(super) const EAGER: usize = 4 * 1024;
 /// Reads into a buffer with at least this much room skip the wrapper's buffer, and so do writes
 /// of at least this many bytes that would overflow the batch (no copy). Measured in
-/// `benches/relay.rs` against copying them (see the README).
-pub(crate) const DIRECT: usize = 32 * 1024;
+/// `benches/relay.rs` against copying them (see docs/performance.md).
+pub(super) const DIRECT: usize = 32 * 1024;
 
 /// Drained buffers this thread keeps for the next batch, of any connection: at most this many.
-pub(crate) const SPARES: usize = 4;
+pub(super) const SPARES: usize = 4;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -88,7 +88,7 @@ fn give(buf: &mut BytesMut) {
 /// An I/O object whose reads are batched under load and whose flushed frames are written
 /// together (see the module docs for the owner it needs).
 #[derive(Debug)]
-pub(crate) struct BatchedIo<IO> {
+pub(super) struct BatchedIo<IO> {
     io: IO,
     /// Read in bulk, not handed out yet.
     buf: BytesMut,
@@ -103,7 +103,7 @@ pub(crate) struct BatchedIo<IO> {
 }
 
 impl<IO> BatchedIo<IO> {
-    pub(crate) fn new(io: IO) -> Self {
+    pub(super) fn new(io: IO) -> Self {
         BatchedIo {
             io,
             buf: BytesMut::new(),
@@ -115,7 +115,7 @@ impl<IO> BatchedIo<IO> {
     }
 
     #[cfg(feature = "router")]
-    pub(crate) fn get_ref(&self) -> &IO {
+    pub(super) fn get_ref(&self) -> &IO {
         &self.io
     }
 }

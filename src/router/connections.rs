@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -33,10 +32,10 @@ use tonic_health::server::HealthService;
 
 use super::keepalive::Keepalive;
 use super::service::RouterServer;
-use crate::h2io::{BatchedIo, CallGuard, ConnInfo, PolicedIo};
+use crate::h2io::{CallGuard, ConnInfo, PolicedIo, Transport};
 
 /// An accepted connection: TCP (TLS-terminated, or not) under the ping policy.
-pub(super) type Conn = PolicedIo<Either<BatchedIo<TcpStream>, TlsStream<BatchedIo<TcpStream>>>>;
+pub(super) type Conn = PolicedIo<Either<Transport, TlsStream<Transport>>>;
 
 /// Serves the connections from `incoming` with `svc` until `shutdown` completes; then sends
 /// each a GOAWAY and waits until all have closed.

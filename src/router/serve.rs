@@ -18,7 +18,7 @@ use super::error::ConfigError;
 use super::metrics::Metrics;
 use super::service::Router;
 use super::tls::ServerTls;
-use crate::h2io::{BatchedIo, PingRules, PolicedIo};
+use crate::h2io::{PingRules, PolicedIo, Transport};
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -177,7 +177,13 @@ impl Router {
         let keepalive = self.inner.keepalive.clone();
         let rules = PingRules::from(&keepalive);
         let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
-        let incoming = Incoming::spawn(listener, acceptor, self.inner.handshake_timeout, rules);
+        let incoming = Incoming::spawn(
+            listener,
+            acceptor,
+            self.inner.handshake_timeout,
+            rules,
+            self.inner.batched_io,
+        );
         self.set_serving(true).await;
         let svc = WithHealth {
             health: self.health_service(),
@@ -286,6 +292,7 @@ impl Incoming {
         tls: Option<TlsAcceptor>,
         handshake: Duration,
         rules: PingRules,
+        batched: bool,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<Conn>(64);
         tokio::spawn(async move {
@@ -310,9 +317,9 @@ impl Incoming {
                 let _ = tcp.set_nodelay(true);
                 // The TLS handshake and the HTTP/2 preface, together, within `handshake`.
                 let deadline = tokio::time::Instant::now() + handshake;
-                let tcp = BatchedIo::new(tcp);
+                let tcp = Transport::new(tcp, batched);
                 let info = TcpConnectInfo {
-                    local_addr: tcp.get_ref().local_addr().ok(),
+                    local_addr: tcp.tcp().local_addr().ok(),
                     remote_addr: Some(remote),
                 };
                 match &tls {

@@ -48,6 +48,7 @@ pub struct RouterBuilder {
     caps: Caps,
     handshake_timeout: Duration,
     keepalive: Keepalive,
+    batched_io: bool,
 }
 
 /// What the clones of a [`Router`] share.
@@ -59,6 +60,7 @@ pub(super) struct Inner {
     max_message_size: usize,
     pub(super) handshake_timeout: Duration,
     pub(super) keepalive: Keepalive,
+    pub(super) batched_io: bool,
 }
 
 // ===== impl RouterBuilder =====
@@ -112,6 +114,15 @@ impl RouterBuilder {
         self
     }
 
+    /// Whether each connection's socket reads in bulk under load and writes the HTTP/2 frames
+    /// flushed one by one together (default: yes; measured in `benches/relay.rs`). Off, every
+    /// read and flush goes to the socket as HTTP/2 makes it: for debugging. Applies to the
+    /// serve functions' own listener.
+    pub fn batched_io(mut self, enabled: bool) -> Self {
+        self.batched_io = enabled;
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router {
         let metrics = Metrics::new();
@@ -128,6 +139,7 @@ impl RouterBuilder {
                 max_message_size: self.max_message_size,
                 handshake_timeout: self.handshake_timeout,
                 keepalive: self.keepalive,
+                batched_io: self.batched_io,
             }),
         }
     }
@@ -145,6 +157,7 @@ impl Router {
             caps: Caps::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             keepalive: Keepalive::default(),
+            batched_io: true,
         }
     }
 

@@ -87,6 +87,11 @@ enum Command {
         /// over cores.
         #[arg(long, value_name = "N", env = "JMP_ROUTER_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: u16,
+        /// Batch the socket I/O under HTTP/2: bulk reads under load, the frames flushed one by
+        /// one written together. `false` sends every read and flush to the socket as HTTP/2
+        /// makes it: for debugging.
+        #[arg(long, value_name = "BOOL", env = "JMP_ROUTER_BATCHED_IO", default_value_t = true, action = clap::ArgAction::Set)]
+        batched_io: bool,
         #[command(flatten)]
         keepalive: Box<KeepaliveArgs>,
     },
@@ -269,11 +274,18 @@ struct ClientArgs {
     /// No live progress on stderr (shown by default when stderr is a terminal).
     #[arg(long)]
     quiet: bool,
+    /// Batch the socket I/O under HTTP/2: bulk reads under load, the frames flushed one by
+    /// one written together. `false` sends every read and flush to the socket as HTTP/2
+    /// makes it: for debugging.
+    #[arg(long, value_name = "BOOL", env = "JMP_ROUTER_BATCHED_IO", default_value_t = true, action = clap::ArgAction::Set)]
+    batched_io: bool,
 }
 
 impl ClientArgs {
     async fn connect(&self) -> Result<RouterStream, String> {
-        let mut b = ClientBuilder::new(&self.endpoint).insecure_skip_verify(self.insecure);
+        let mut b = ClientBuilder::new(&self.endpoint)
+            .insecure_skip_verify(self.insecure)
+            .batched_io(self.batched_io);
         if let Some(ca) = &self.ca_file {
             let pem =
                 std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
@@ -467,6 +479,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             health_listen,
             tls_reload_interval,
             worker_threads,
+            batched_io,
         } => {
             tracing::info!(worker_threads, "serving on {worker_threads} thread(s)");
             let auth = Auth::from_env().map_err(|e| chain(&e))?;
@@ -487,6 +500,7 @@ async fn run(cmd: Command) -> Result<(), String> {
                 .keepalive(keepalive)
                 .max_pending(max_pending)
                 .max_pending_per_connection(max_pending_per_connection)
+                .batched_io(batched_io)
                 .build()
                 .run(config, shutdown_signal())
                 .await
