@@ -177,6 +177,19 @@ async fn serve_runs_on_the_threads_it_is_given() {
     assert!(err.contains("--worker-threads"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tunnels_with_its_batched_io_turned_off() {
+    let plain = Serve::start(&["--plaintext", "--grace", "1", "--batched-io", "false"]).await;
+    stdio_echo_through(&plain, "unbatched", MIB).await;
+
+    let out = cmd(&["serve", "--plaintext", "--batched-io", "maybe"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--batched-io"), "{err}");
+}
+
 /// `bytes` of pattern through `connect` on stdio, `router`, `expose` and an echo server, and
 /// back, compared.
 async fn stdio_echo_through(router: &Serve, subject: &str, bytes: u64) {
