@@ -63,6 +63,9 @@ pub mod router;
 #[doc(hidden)]
 pub mod fuzz;
 
+#[cfg(all(test, any(feature = "client", feature = "router")))]
+mod test_util;
+
 /// The generated protobuf messages and tonic client and server for
 /// `jumpstarter.v1.RouterService` (`proto/jumpstarter/v1/router.proto`).
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

@@ -561,17 +561,7 @@ mod tests {
     use super::*;
     use prost::Message;
 
-    fn message(frame_type: i32, payload: &[u8]) -> Vec<u8> {
-        let m = crate::proto::StreamRequest {
-            payload: payload.to_vec().into(),
-            frame_type,
-        };
-        let body = m.encode_to_vec();
-        let mut out = vec![0u8];
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
+    use crate::test_util::grpc_message as message;
 
     /// `bytes` in chunks of `chunk` bytes.
     fn scan_all(bytes: &[u8], chunk: usize) -> (Scanned, Result<(), StreamError>) {

@@ -606,23 +606,9 @@ mod tests {
     type Item = Result<BodyFrame<Bytes>, Status>;
 
     /// A request body whose frames the test sends.
-    struct Script(mpsc::UnboundedReceiver<Item>);
-
-    impl Body for Script {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-            self.get_mut().0.poll_recv(cx)
-        }
-    }
-
     fn script() -> (mpsc::UnboundedSender<Item>, RequestBody) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            tx,
-            RequestBody::new(tonic::body::Body::new(Script(rx)), 1024, None),
-        )
+        let (tx, body) = crate::test_util::ScriptedBody::channel();
+        (tx, RequestBody::new(body, 1024, None))
     }
 
     fn accept(inner: &Arc<Inner>, stream: &str, body: RequestBody) -> Forward {
@@ -658,15 +644,7 @@ mod tests {
 
     /// A gRPC message: prefix and `StreamRequest`.
     fn msg(frame_type: i32, payload: &[u8]) -> Bytes {
-        let body = crate::proto::StreamRequest {
-            payload: payload.to_vec().into(),
-            frame_type,
-        }
-        .encode_to_vec();
-        let mut out = vec![0u8];
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out.into()
+        crate::test_util::grpc_message(frame_type, payload).into()
     }
 
     fn poll(f: &mut Spawn<Forward>) -> Poll<Option<Item>> {

@@ -332,41 +332,15 @@ pub(super) fn grpc_status(
 
 #[cfg(all(test, feature = "client"))]
 mod tests {
-    use std::collections::VecDeque;
 
     use futures_util::StreamExt;
-    use prost::Message;
+
     use tonic::codegen::http::{HeaderMap, StatusCode};
     use tonic::Code;
 
     use super::*;
-    use crate::proto::StreamResponse;
 
-    /// A response body that yields its frames at once.
-    struct Script(VecDeque<Result<http_body::Frame<Bytes>, Status>>);
-
-    impl http_body::Body for Script {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-            Poll::Ready(self.get_mut().0.pop_front())
-        }
-    }
-
-    fn message(frame_type: i32, payload: &[u8]) -> Vec<u8> {
-        let m = StreamResponse {
-            payload: payload.to_vec().into(),
-            frame_type,
-        };
-        let mut out = vec![0];
-        out.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
-        m.encode(&mut out).unwrap();
-        out
-    }
+    use crate::test_util::{grpc_message as message, ScriptedBody};
 
     fn trailers(code: Code) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -377,12 +351,11 @@ mod tests {
     /// What a raw response of `chunks` and then `end` (trailers; none: the body just ends)
     /// yields.
     fn read(chunks: &[Bytes], end: Option<HeaderMap>) -> Vec<Result<Frame, Status>> {
-        let mut frames: VecDeque<_> = chunks
+        let frames = chunks
             .iter()
             .map(|c| Ok(http_body::Frame::data(c.clone())))
-            .collect();
-        frames.extend(end.map(|t| Ok(http_body::Frame::trailers(t))));
-        let body = tonic::body::Body::new(Script(frames));
+            .chain(end.map(|t| Ok(http_body::Frame::trailers(t))));
+        let body = ScriptedBody::of(frames);
         let raw = CallFrames::raw(RawResponse::new(body, StatusCode::OK, 1024));
         tokio_test::block_on(raw.collect())
     }
