@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::process::{scrape, Proc, BIN, ROUTER_KEY};
+use support::process::{scrape, Proc, BIN};
 use support::*;
 use tokio::sync::mpsc;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -136,7 +136,7 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     let mut cmd = Command::new(&router);
     cmd.env_clear()
         .env("GRPC_ROUTER_ENDPOINT", "localhost:8083")
-        .env("ROUTER_KEY", ROUTER_KEY)
+        .env("ROUTER_KEY", KEY)
         .env("NAMESPACE", "jumpstarter-lab")
         .env("EXTERNAL_CERT_PEM", dir.join("tls/tls.crt"))
         .env("EXTERNAL_KEY_PEM", dir.join("tls/tls.key"));
@@ -242,7 +242,7 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     );
     let client = jumpstarter_router::ClientBuilder::new("https://localhost:8083")
         .ca_certificate_pem(cert_pem.as_bytes().to_vec());
-    let token = jumpstarter_router::router::Auth::new(ROUTER_KEY.as_bytes())
+    let token = jumpstarter_router::router::Auth::new(KEY)
         .mint("operator-session", std::time::Duration::from_secs(600))
         .unwrap();
     let (mut a, mut b) = pair_up_with(&client, &token, b"hello through /router").await;

@@ -61,14 +61,9 @@ fn peer(py: &Path, ep: &str, tok: &str, send: &str, seed: &str, order: &str, hol
     harness(py, &args)
 }
 
-/// The router key of the suite, as the harness takes it.
-fn key_arg() -> &'static str {
-    std::str::from_utf8(KEY).unwrap()
-}
-
 /// A token for `stream` minted by the harness with PyJWT in the controller's form.
 async fn py_token(py: &Path, stream: &str) -> String {
-    let mut p = harness(py, &["token", "--key", key_arg(), "--stream", stream]);
+    let mut p = harness(py, &["token", "--key", KEY, "--stream", stream]);
     let v = p.next_of(&["token", "error"], 60).await;
     v["token"]
         .as_str()
@@ -161,7 +156,7 @@ async fn a_two_python_peers_through_our_router() {
                 "--endpoint",
                 &ep,
                 "--key",
-                key_arg(),
+                KEY,
                 "--stream",
                 "interop-a",
                 "--send",
@@ -226,7 +221,7 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
                 "--endpoint",
                 &ep,
                 "--key",
-                key_arg(),
+                KEY,
                 "--stream",
                 "raw-frames",
                 "--frames",
@@ -258,7 +253,7 @@ async fn a_concurrent_python_pairs_at_two_write_sizes() {
                 "--endpoint",
                 &ep,
                 "--key",
-                key_arg(),
+                KEY,
                 "--stream",
                 &stream,
                 "--send",
@@ -521,7 +516,7 @@ const BAD_TOKEN_CASES: &[(&str, &str)] = &[
 /// read) against `endpoint` and asserts every answer was `UNAUTHENTICATED` with the case's
 /// message: never `INTERNAL` "Internal error from Core" (a write failing under a reset).
 async fn assert_bad_tokens_refused(py: &Path, endpoint: &str, tls: &[&str]) {
-    let mut args = vec!["bad-tokens", "--endpoint", endpoint, "--key", key_arg()];
+    let mut args = vec!["bad-tokens", "--endpoint", endpoint, "--key", KEY];
     args.extend_from_slice(tls);
     args.extend_from_slice(&["--rounds", "20"]);
     let mut p = harness(py, &args);
@@ -572,7 +567,7 @@ async fn a_compressing_python_client_is_refused_as_unimplemented() {
         "--endpoint",
         &ep,
         "--key",
-        key_arg(),
+        KEY,
         "--stream",
         "gzip",
     ];

@@ -178,7 +178,7 @@ async fn rust_calls_the_real_exporter_over_our_router() {
             "--router",
             &endpoint,
             "--router-key",
-            support::process::ROUTER_KEY,
+            support::KEY,
             "--certs",
             &dir_arg,
         ],

@@ -47,10 +47,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::pattern_sha;
-use support::process::{Serve, ROUTER_KEY};
+use support::process::Serve;
 use support::proxy::{self, Certs, Proxy, Route, TempDir, TIMER};
 use support::python::{self, python, Py};
+use support::{pattern_sha, KEY};
 
 const MIB: u64 = 1024 * 1024;
 /// Bytes each way in the exchange.
@@ -194,7 +194,7 @@ impl Lab {
     fn harness(&self, sub: &str, direct: bool, stream: &str, rest: &[&str]) -> Py {
         let mut args: Vec<String> = vec![sub.into()];
         args.extend(self.endpoint_args(direct));
-        args.extend(["--key", ROUTER_KEY, "--stream", stream].map(String::from));
+        args.extend(["--key", KEY, "--stream", stream].map(String::from));
         args.extend(rest.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Py::spawn(self.py, "harness.py", &args, false)
@@ -390,7 +390,7 @@ async fn exchange_frames_refusal_and_kill(route: Route) {
 async fn refusals(lab: &Lab, direct: bool) -> Vec<(String, String)> {
     let mut args: Vec<String> = vec!["bad-tokens".into()];
     args.extend(lab.endpoint_args(direct));
-    args.extend(["--key", ROUTER_KEY, "--rounds", "1"].map(String::from));
+    args.extend(["--key", KEY, "--rounds", "1"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut p = Py::spawn(lab.py, "harness.py", &args, false);
     let mut seen = Vec::new();

@@ -30,9 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::env_or;
-use support::process::{Serve, ROUTER_KEY};
+use support::process::Serve;
 use support::python::{python, Py};
+use support::{env_or, KEY};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -163,7 +163,7 @@ impl Lab {
                 "--router",
                 &router_ep,
                 "--router-key",
-                ROUTER_KEY,
+                KEY,
                 "--certs",
                 &path(""),
                 "--tokens",

@@ -143,12 +143,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
 
     // Neither a token nor the key is in the logs.
     let logs = serve.raw_logs();
-    for secret in [
-        tok.as_str(),
-        lonely.as_str(),
-        bad.as_str(),
-        process::ROUTER_KEY,
-    ] {
+    for secret in [tok.as_str(), lonely.as_str(), bad.as_str(), KEY] {
         assert!(!logs.contains(secret), "a secret in the logs: {logs}");
     }
     // Other paths are 404.
@@ -276,7 +271,7 @@ async fn no_token_or_key_in_the_logs_even_at_trace() {
     let logs = serve.raw_logs();
     assert!(logs.lines().count() > 50, "not a TRACE run: {logs}");
     // The whole token, and each of its signed parts (header.payload and the signature).
-    for secret in [tok.as_str(), bad.as_str(), process::ROUTER_KEY] {
+    for secret in [tok.as_str(), bad.as_str(), KEY] {
         assert!(!logs.contains(secret), "a secret in the logs");
         for part in secret.rsplitn(2, '.') {
             assert!(

@@ -34,7 +34,9 @@ pub use rx_stream::RxStream;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub const KEY: &[u8] = b"test-router-key";
+/// The router key of every test: the in-process routers' and `serve`'s (`ROUTER_KEY`, set by
+/// `process::cmd`).
+pub const KEY: &str = "test-router-key";
 
 /// A router on 127.0.0.1 with [`KEY`], plaintext; stops when the returned guard drops.
 #[cfg(feature = "router")]

@@ -13,9 +13,6 @@ use tokio::sync::mpsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
 
-/// The router key of these tests (as the in-process routers' `KEY`).
-pub const ROUTER_KEY: &str = "test-router-key";
-
 /// Kills the child when dropped.
 pub struct Proc(pub Child);
 
@@ -26,10 +23,10 @@ impl Drop for Proc {
     }
 }
 
-/// The binary with `args`, `ROUTER_KEY` set, and none of the variables it reads otherwise.
+/// The binary with `args`, `ROUTER_KEY` set to [`KEY`](super::KEY), and none of the variables it reads otherwise.
 pub fn cmd(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args).env("ROUTER_KEY", ROUTER_KEY);
+    c.args(args).env("ROUTER_KEY", super::KEY);
     // Nothing from the environment of the test run.
     for var in [
         "RUST_LOG",
