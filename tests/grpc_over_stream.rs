@@ -26,6 +26,7 @@ use jumpstarter_router::{ClientBuilder, RouterStream};
 use support::*;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
@@ -129,7 +130,7 @@ struct Echo;
 
 #[tonic::async_trait]
 impl RouterService for Echo {
-    type StreamStream = RxStream<Result<StreamResponse, Status>>;
+    type StreamStream = ReceiverStream<Result<StreamResponse, Status>>;
 
     async fn stream(
         &self,
@@ -148,7 +149,7 @@ impl RouterService for Echo {
                 }
             }
         });
-        Ok(Response::new(RxStream(rx)))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -393,7 +394,7 @@ async fn exporter_stream_dropped_mid_call_fails_the_calls() {
     // ... and a bidi call with a request in flight and one answered.
     let (tx, rx) = mpsc::channel(1);
     tx.send(data(b"before".to_vec())).await.unwrap();
-    let mut echo = within(10, "echo call", s.echo().stream(RxStream(rx)))
+    let mut echo = within(10, "echo call", s.echo().stream(ReceiverStream::new(rx)))
         .await
         .unwrap()
         .into_inner();

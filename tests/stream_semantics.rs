@@ -19,12 +19,11 @@ use futures_util::{SinkExt, StreamExt};
 use jumpstarter_router::proto::router_service_server::RouterService;
 use jumpstarter_router::proto::{StreamRequest, StreamResponse};
 use jumpstarter_router::{connect, ClientBuilder, Error, Frame, RouterStream, StreamOptions};
-use raw::{
-    data_of, describe, serve, within, AcceptingServer, BoxResponses, PeerServer, RawCall, RxStream,
-};
+use raw::{data_of, describe, serve, within, AcceptingServer, BoxResponses, PeerServer, RawCall};
 use support::{pattern_sha, recv_all, send_pattern, test_bytes, TestRouter};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -1052,7 +1051,9 @@ impl RouterService for HoldingRouter {
         released
             .await
             .map_err(|_| Status::aborted("peer left before speaking"))?;
-        Ok(Response::new(Box::pin(RxStream(rx)) as BoxResponses))
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as BoxResponses
+        ))
     }
 }
 

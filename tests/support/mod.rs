@@ -20,7 +20,6 @@ pub mod process;
 pub mod proxy;
 pub mod python;
 pub mod raw;
-mod rx_stream;
 #[cfg(feature = "router")]
 pub mod wire;
 
@@ -30,7 +29,6 @@ use std::time::Duration;
 
 #[cfg(feature = "router")]
 use jumpstarter_router::router::{Auth, Router};
-pub use rx_stream::RxStream;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
