@@ -6,8 +6,9 @@
 //! Jumpstarter's controller issues (`aud` as an array, a `jti`). The TLS cases use certificates
 //! the harness makes with Python's `cryptography`, and Jumpstarter's own client TLS setup.
 //!
-//! Set `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` to skip these tests explicitly; otherwise a missing
-//! Python fails them with a message that says what to install.
+//! With `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` these tests are `ignored` (build.rs's
+//! `skip_interop`); otherwise a missing Python fails them with a message that says what to
+//! install.
 #![cfg(all(feature = "router", feature = "client"))]
 
 #[cfg(feature = "cli")]
@@ -142,8 +143,9 @@ async fn python_router(py: &Path) -> (Py, String) {
 // ===== a. two Python peers through our router =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_two_python_peers_through_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     // Each peer mints its own token with PyJWT (controller form, its own `jti`).
     let ep = r.addr.to_string();
@@ -184,8 +186,9 @@ async fn a_two_python_peers_through_our_router() {
 // ===== b. a Python peer and our client through our router =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn b_python_peer_and_our_client_through_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let size = size_arg();
     // Both orders: the Python peer finishes first, then ours does.
@@ -209,8 +212,9 @@ async fn b_python_peer_and_our_client_through_our_router() {
 /// unchanged and in order (empty DATA, PING with and without payload, an unknown type,
 /// RST_STREAM and DATA after it), both ways, and both calls end with OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_raw_python_frames_pass_our_router_unchanged() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let raw = |frames: &str| {
@@ -237,8 +241,9 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
 
 /// Eight Python peers in four concurrent pairs, at 1 KiB and 64 KiB writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_concurrent_python_pairs_at_two_write_sizes() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let size = (4 * MIB).to_string();
@@ -289,8 +294,9 @@ async fn a_concurrent_python_pairs_at_two_write_sizes() {
 // ===== c. our streams through a router made of Jumpstarter's Python pieces =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn c_our_streams_through_the_python_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-c").await;
     let a = connect(&format!("http://{ep}"), &tok).await.unwrap();
@@ -305,8 +311,9 @@ async fn c_our_streams_through_the_python_router() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn c_python_peer_and_our_client_through_the_python_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-c2").await;
     let size = size_arg();
@@ -324,8 +331,9 @@ async fn c_python_peer_and_our_client_through_the_python_router() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn c_ping_and_unknown_frames_arrive_as_empty_data_and_are_skipped() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-frames").await;
     let mut ours = connect(&format!("http://{ep}"), &tok).await.unwrap();
@@ -406,8 +414,9 @@ async fn exporter(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn d_our_servicer_answers_a_python_client() {
-    let Some(py) = python() else { return };
+    let py = python();
     let size = size_arg();
     for (python_sends_first, py_seed, our_seed) in [(true, 9, 10), (false, 11, 12)] {
         let (ep, mut results) = exporter(!python_sends_first, our_seed).await;
@@ -433,8 +442,9 @@ async fn d_our_servicer_answers_a_python_client() {
 // ===== a Python peer killed mid-stream =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn killed_python_peer_is_an_error_through_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let tok = py_token(py, "interop-kill").await;
     let mut peer = peer(
@@ -458,8 +468,9 @@ async fn killed_python_peer_is_an_error_through_our_router() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn killed_python_client_is_an_error_at_our_servicer() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (ep, mut results) = exporter(false, 14).await;
     let mut peer = peer(
         py,
@@ -539,8 +550,9 @@ async fn assert_bad_tokens_refused(py: &Path, endpoint: &str, tls: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     assert_bad_tokens_refused(py, &r.addr.to_string(), &[]).await;
     let s = r.router.stats();
@@ -558,8 +570,9 @@ async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
 /// A grpc-core client with gzip compression on is refused before pairing, with
 /// `UNIMPLEMENTED` (the router forwards messages as they are), and learns it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_compressing_python_client_is_refused_as_unimplemented() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let args = [
@@ -695,8 +708,9 @@ mod tls {
 /// `EXTERNAL_CERT_PEM`/`EXTERNAL_KEY_PEM`: RSA (PKCS#1 key) and ECDSA (SEC1 key).
 #[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
-    let Some(py) = python() else { return };
+    let py = python();
     for key_type in ["rsa", "ecdsa"] {
         let dir = tls::certs(py, key_type).await;
         let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
@@ -758,8 +772,9 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
 /// `tls.insecure` mode pair through it.
 #[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn tls_self_signed_default_with_insecure_clients() {
-    let Some(py) = python() else { return };
+    let py = python();
     // The certificate names the host of GRPC_ROUTER_ENDPOINT (default `localhost:8083`).
     let router = tls::serve(&[]).await;
     let ep = format!("localhost:{}", router.listen.port());
