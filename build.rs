@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_transport(false)
         .bytes(".")
-        // prost with smaller per-call buffers (src/codec.rs).
+        // prost with smaller per-call buffers (src/prost_codec.rs).
         .codec_path("crate::prost_codec::RouterCodec")
         .compile_fds(fds)?;
     Ok(())
