@@ -90,7 +90,7 @@ struct Honest {
 impl Honest {
     async fn pair(&mut self) -> (RouterStream, RouterStream) {
         self.n += 1;
-        let token = attack::mint(&format!("honest-{}", self.n));
+        let token = support::token(&format!("honest-{}", self.n));
         support::pair_up_with(&self.client, &token, b"hello").await
     }
 

@@ -242,9 +242,7 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     );
     let client = jumpstarter_router::ClientBuilder::new("https://localhost:8083")
         .ca_certificate_pem(cert_pem.as_bytes().to_vec());
-    let token = jumpstarter_router::router::Auth::new(KEY)
-        .mint("operator-session", std::time::Duration::from_secs(600))
-        .unwrap();
+    let token = token("operator-session");
     let (mut a, mut b) = pair_up_with(&client, &token, b"hello through /router").await;
     send_and_finish(&mut a, &mut b, b" and done").await;
     send_and_finish(&mut b, &mut a, b"bye").await;

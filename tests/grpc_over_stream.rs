@@ -203,7 +203,7 @@ impl Session {
 
 async fn plaintext_session(name: &str) -> (TestRouter, Session) {
     let router = TestRouter::start().await;
-    let session = Session::open(&ClientBuilder::new(router.endpoint()), &router.token(name)).await;
+    let session = Session::open(&ClientBuilder::new(router.endpoint()), &token(name)).await;
     (router, session)
 }
 
@@ -448,9 +448,7 @@ async fn session_through_a_tls_router() {
     }));
     let client =
         ClientBuilder::new(format!("https://localhost:{port}")).ca_certificate_pem(ck.cert.pem());
-    let token = Auth::new(KEY)
-        .mint("grpc-tls", std::time::Duration::from_secs(60))
-        .unwrap();
+    let token = token("grpc-tls");
     let s = Session::open(&client, &token).await;
     let reply = within(10, "Check over TLS", s.health().check(check("")))
         .await

@@ -14,7 +14,6 @@ mod support;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use jumpstarter_router::router::Auth;
 use jumpstarter_router::{ClientBuilder, RouterStream};
 use process::{open_fds, proc_status_kib, scrape, Serve};
 use support::process;
@@ -22,12 +21,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
-
-fn mint(stream: &str) -> String {
-    Auth::new(KEY)
-        .mint(stream, Duration::from_secs(3600))
-        .unwrap()
-}
 
 async fn serve() -> Serve {
     Serve::start(&["--plaintext", "--metrics-listen", "127.0.0.1:0"]).await
@@ -79,7 +72,7 @@ async fn concurrent_pairs_through_serve() {
     }
     let mut tasks = Vec::new();
     for i in 0..pairs {
-        let tok = mint(&format!("load-{i}"));
+        let tok = token(&format!("load-{i}"));
         for side in 0..2u64 {
             let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
             tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
@@ -202,7 +195,7 @@ async fn session(
     rng: &mut Rng,
     tally: &mut Tally,
 ) {
-    let tok = mint(&format!("soak-{id}"));
+    let tok = token(&format!("soak-{id}"));
     let mut a = jumpstarter_router::connect(endpoint, &tok).await.unwrap();
     let mut b = jumpstarter_router::connect(endpoint, &tok).await.unwrap();
     let (up, down) = if largest {

@@ -47,10 +47,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
         0.0
     );
 
-    let auth = Auth::new(KEY);
-    let tok = auth
-        .mint("metrics-session", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("metrics-session");
     let ep = serve.endpoint();
     // The first caller waits (its log line says so), then the second pairs with it.
     let mut first = connect(&ep, &tok).await.unwrap();
@@ -81,9 +78,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
     assert!(ended["duration_ms"].is_u64(), "{ended}");
 
     // An unpaired caller times out; a refused one learns why.
-    let lonely = auth
-        .mint("metrics-lonely", Duration::from_secs(600))
-        .unwrap();
+    let lonely = token("metrics-lonely");
     let mut c = connect(&ep, &lonely).await.unwrap();
     let err = read_to_error(&mut c, 5, "the pairing timeout").await;
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err:?}");
@@ -222,9 +217,7 @@ async fn health_is_serving_then_not_serving_from_the_start_of_a_graceful_shutdow
     assert_eq!(first.status(), ServingStatus::Serving);
 
     // An active session holds the grace period open.
-    let tok = Auth::new(KEY)
-        .mint("health-grace", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("health-grace");
     let (mut a, mut b) = pair_up(&serve.endpoint(), &tok, b"hello").await;
     serve.terminate();
     let next = within(5, "NOT_SERVING after SIGTERM", watch.message())
@@ -252,9 +245,7 @@ async fn health_is_serving_then_not_serving_from_the_start_of_a_graceful_shutdow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_key_in_the_logs_even_at_trace() {
     let mut serve = Serve::start_with_env(&["--plaintext"], &[("RUST_LOG", "trace")]).await;
-    let tok = Auth::new(KEY)
-        .mint("trace-session", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("trace-session");
     let (mut a, mut b) = pair_up(&serve.endpoint(), &tok, b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
     send_and_finish(&mut b, &mut a, b"bye").await;

@@ -44,9 +44,7 @@ async fn open(
     };
     let requests = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
     let mut req = tonic::Request::new(requests);
-    let token = Auth::new(KEY)
-        .mint(stream, Duration::from_secs(600))
-        .unwrap();
+    let token = token(stream);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     RouterServiceClient::new(channel.clone())
@@ -111,7 +109,7 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
     // The pairing freed a slot: an honest pair (whose first caller waits too) goes through
     // while the table holds 999 waiters.
     r.wait_for("the pair", |s| s.pending == n - 1).await;
-    let tok = r.token("honest");
+    let tok = token("honest");
     let (mut a, mut b) = pair_up(&r.endpoint(), &tok, b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
     send_and_finish(&mut b, &mut a, b"bye").await;
@@ -187,13 +185,13 @@ async fn connections_that_never_finish_the_handshake_time_out() {
     )
     .await;
     let honest = async {
-        let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+        let (mut a, mut b) = pair_up(&r.endpoint(), &token("honest"), b"hello").await;
         send_and_finish(&mut a, &mut b, b"bye").await;
     };
     let took = stall_handshakes(r.addr, 1000, attack::PARTIAL_PREFACE, honest).await;
     eprintln!("2,000 stalled plaintext handshakes closed within {took:?}");
     // And the router still serves.
-    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
+    let (mut a, mut b) = pair_up(&r.endpoint(), &token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
 
@@ -219,7 +217,7 @@ async fn tls_connections_that_never_finish_the_handshake_time_out() {
     let pair = |name: &'static str| {
         let endpoint = endpoint.clone();
         async move {
-            let tok = Auth::new(KEY).mint(name, Duration::from_secs(60)).unwrap();
+            let tok = token(name);
             let client = ClientBuilder::new(&endpoint).insecure_skip_verify(true);
             let mut a = within(10, "TLS connect", client.connect(&tok))
                 .await
@@ -246,7 +244,7 @@ async fn header_lists_over_the_limit_are_refused() {
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
     let request = |extra: Option<String>| {
-        let mut req = attack::stream_request(r.addr, &format!("Bearer {}", r.token("big-headers")));
+        let mut req = attack::stream_request(r.addr, &format!("Bearer {}", token("big-headers")));
         if let Some(v) = extra {
             req = req.header("x-padding", v);
         }
@@ -271,7 +269,7 @@ async fn header_lists_over_the_limit_are_refused() {
         assert_eq!(resp.status(), 200, "{resp:?}");
     }
     // And other callers pair.
-    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
+    let (mut a, mut b) = pair_up(&r.endpoint(), &token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
 
@@ -309,7 +307,7 @@ async fn malformed_input_gets_clear_statuses_while_honest_pairs_go_on() {
             })
         })
         .collect();
-    let (a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+    let (a, mut b) = pair_up(&r.endpoint(), &token("honest"), b"hello").await;
     one_way(a, &mut b, 8 << 20, 9).await;
     for w in workers {
         let outcomes = within(60, "the malformed rounds", w).await.unwrap();
@@ -336,7 +334,7 @@ async fn rapid_reset_leaves_the_router_serving() {
     let r = TestRouter::start().await;
 
     async fn honest(r: &TestRouter, name: &str) -> Duration {
-        let (a, mut b) = pair_up(&r.endpoint(), &r.token(name), b"hello").await;
+        let (a, mut b) = pair_up(&r.endpoint(), &token(name), b"hello").await;
         let (mut a, took) = one_way(a, &mut b, 32 * MIB, 5).await;
         b.shutdown().await.unwrap();
         let mut rest = Vec::new();

@@ -275,9 +275,7 @@ async fn renewed_certificate_is_served_and_open_sessions_go_on() {
     // A session through the router, exchanging data before the renewal.
     let endpoint = router.endpoint();
     let client = || ClientBuilder::new(&endpoint).ca_certificate_pem(ca.pem());
-    let tok = Auth::new(KEY)
-        .mint("renewal", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("renewal");
     let mut x = client().connect(&tok).await.unwrap();
     let mut y = client().connect(&tok).await.unwrap();
     exchange(&mut x, &mut y, b"before the renewal").await;
@@ -299,9 +297,7 @@ async fn renewed_certificate_is_served_and_open_sessions_go_on() {
     send_and_finish(&mut y, &mut x, b"y done").await;
 
     // A new session, on the new certificate.
-    let tok = Auth::new(KEY)
-        .mint("after-renewal", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("after-renewal");
     let mut x = client().connect(&tok).await.unwrap();
     let mut y = client().connect(&tok).await.unwrap();
     send_and_finish(&mut x, &mut y, b"new session").await;

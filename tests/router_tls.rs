@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
 use jumpstarter_router::ClientBuilder;
 use support::*;
@@ -26,7 +24,7 @@ async fn tls_router(tls: TlsMode) -> (std::net::SocketAddr, tokio::sync::oneshot
 
 /// A pair of streams through the router exchanges bytes both ways and finishes cleanly.
 async fn exchange(a: ClientBuilder, b: ClientBuilder) {
-    let tok = Auth::new(KEY).mint("tls", Duration::from_secs(60)).unwrap();
+    let tok = token("tls");
     let mut x = a.connect(&tok).await.unwrap();
     let mut y = b.connect(&tok).await.unwrap();
     send_and_finish(&mut x, &mut y, b"over tls").await;
@@ -48,9 +46,7 @@ async fn certificate_files_and_a_custom_ca() {
     exchange(with_ca(), with_ca()).await;
 
     // The system roots do not know this certificate: a clear error, at connect time.
-    let tok = Auth::new(KEY)
-        .mint("tls-untrusted", Duration::from_secs(60))
-        .unwrap();
+    let tok = token("tls-untrusted");
     let err = within(10, "untrusted", ClientBuilder::new(&ep).connect(&tok))
         .await
         .unwrap_err();

@@ -36,6 +36,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// `process::cmd`).
 pub const KEY: &str = "test-router-key";
 
+/// A token for stream `stream` signed with [`KEY`], valid for an hour (longer than any run of
+/// these tests and benches, the soak's included).
+#[cfg(feature = "router")]
+pub fn token(stream: &str) -> String {
+    Auth::new(KEY)
+        .mint(stream, Duration::from_secs(3600))
+        .unwrap()
+}
+
 /// A router on 127.0.0.1 with [`KEY`], plaintext; stops when the returned guard drops.
 #[cfg(feature = "router")]
 pub struct TestRouter {
@@ -66,12 +75,6 @@ impl TestRouter {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    pub fn token(&self, stream: &str) -> String {
-        Auth::new(KEY)
-            .mint(stream, Duration::from_secs(600))
-            .unwrap()
     }
 
     /// Waits until the router's counters satisfy `f`, for at most 5 s.
