@@ -439,15 +439,8 @@ async fn session_through_a_tls_router() {
         ck.signing_key.serialize_pem().as_bytes(),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let router = Router::builder(Auth::new(KEY)).build();
-    tokio::spawn(router.serve_listener(listener, Some(tls), async {
-        let _ = stopped.await;
-    }));
-    let client =
-        ClientBuilder::new(format!("https://localhost:{port}")).ca_certificate_pem(ck.cert.pem());
+    let r = TestRouter::with_tls(Router::builder(Auth::new(KEY)).build(), Some(tls)).await;
+    let client = ClientBuilder::new(r.tls_endpoint()).ca_certificate_pem(ck.cert.pem());
     let token = token("grpc-tls");
     let s = Session::open(&client, &token).await;
     let reply = within(10, "Check over TLS", s.health().check(check("")))

@@ -8,10 +8,9 @@ mod support;
 use std::time::Duration;
 
 use jumpstarter_router::proto::router_service_client::RouterServiceClient;
-use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::router::{Auth, Router};
 use support::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn rss_kib() -> u64 {
@@ -23,27 +22,13 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn channel(r: &TestRouter) -> Channel {
-    Endpoint::from_shared(r.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// Opens a `Stream` call on `channel` as stream `stream`, with an open request stream that
 /// sends one message; returns the response (or the status it was refused with).
 async fn open(
     channel: &Channel,
     stream: &str,
 ) -> Result<tonic::Streaming<jumpstarter_router::proto::StreamResponse>, tonic::Status> {
-    use futures_util::StreamExt;
-    let first = StreamRequest {
-        payload: b"x".to_vec().into(),
-        frame_type: 0,
-    };
-    let requests = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
-    let mut req = tonic::Request::new(requests);
+    let mut req = tonic::Request::new(raw::data_then_open(b"x"));
     let token = token(stream);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -72,7 +57,7 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
     // 8 connections or more (hyper allows 200 streams on each; we use 100).
     let mut channels = Vec::new();
     for _ in 0..(n / 100).max(8) {
-        channels.push(channel(&r).await);
+        channels.push(r.channel().await);
     }
     let before = rss_kib();
     let mut waiting = Vec::new();
@@ -138,7 +123,7 @@ async fn waiting_callers_per_connection_are_capped() {
             .build(),
     )
     .await;
-    let (one, two) = (channel(&r).await, channel(&r).await);
+    let (one, two) = (r.channel().await, r.channel().await);
     let _a = open(&one, "a").await.unwrap();
     let _b = open(&one, "b").await.unwrap();
     let err = open(&one, "c").await.unwrap_err();
@@ -199,21 +184,14 @@ async fn connections_that_never_finish_the_handshake_time_out() {
 /// inside it; honest TLS callers pair meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_that_never_finish_the_handshake_time_out() {
-    use jumpstarter_router::router::{ServeConfig, TlsMode};
+    use jumpstarter_router::router::ServerTls;
     use jumpstarter_router::ClientBuilder;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = ServeConfig::new(addr, TlsMode::SelfSigned("localhost".into()))
-        .tls_config()
-        .unwrap();
     let router = Router::builder(Auth::new(KEY))
         .handshake_timeout(Duration::from_secs(1))
         .build();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(router.serve_listener(listener, tls, async {
-        let _ = stopped.await;
-    }));
-    let endpoint = format!("https://localhost:{}", addr.port());
+    let tls = ServerTls::self_signed("localhost").unwrap();
+    let r = TestRouter::with_tls(router, Some(tls)).await;
+    let endpoint = r.tls_endpoint();
     let pair = |name: &'static str| {
         let endpoint = endpoint.clone();
         async move {
@@ -229,7 +207,13 @@ async fn tls_connections_that_never_finish_the_handshake_time_out() {
             send_and_finish(&mut b, &mut a, b"back").await;
         }
     };
-    let took = stall_handshakes(addr, 1000, attack::PARTIAL_CLIENT_HELLO, pair("tls-honest")).await;
+    let took = stall_handshakes(
+        r.addr,
+        1000,
+        attack::PARTIAL_CLIENT_HELLO,
+        pair("tls-honest"),
+    )
+    .await;
     eprintln!("2,000 stalled TLS handshakes closed within {took:?}");
     pair("tls-after").await;
 }

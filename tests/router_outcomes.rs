@@ -50,9 +50,7 @@ impl RawCaller {
             frame_type,
         }
         .encode_to_vec();
-        let mut out = vec![0u8];
-        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        out.extend_from_slice(&msg);
+        let out = support::wire::grpc_message(&msg);
         self.body.send_data(out.into(), false).unwrap();
     }
 }

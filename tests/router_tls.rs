@@ -8,18 +8,11 @@ use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
 use jumpstarter_router::ClientBuilder;
 use support::*;
 
-async fn tls_router(tls: TlsMode) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = ServeConfig::new(addr, tls);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+/// A router serving the TLS of `tls` (what `ServeConfig` makes of it).
+async fn tls_router(tls: TlsMode) -> TestRouter {
+    let config = ServeConfig::new(([127, 0, 0, 1], 0).into(), tls);
     let router = Router::builder(Auth::new(KEY)).build();
-    tokio::spawn(
-        router.serve_listener(listener, config.tls_config().unwrap(), async {
-            let _ = rx.await;
-        }),
-    );
-    (addr, tx)
+    TestRouter::with_tls(router, config.tls_config().unwrap()).await
 }
 
 /// A pair of streams through the router exchanges bytes both ways and finishes cleanly.
@@ -40,8 +33,8 @@ async fn certificate_files_and_a_custom_ca() {
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
 
-    let (addr, _stop) = tls_router(TlsMode::Files { cert, key }).await;
-    let ep = format!("https://localhost:{}", addr.port());
+    let r = tls_router(TlsMode::Files { cert, key }).await;
+    let ep = r.tls_endpoint();
     let with_ca = || ClientBuilder::new(&ep).ca_certificate_pem(ck.cert.pem());
     exchange(with_ca(), with_ca()).await;
 
@@ -57,8 +50,8 @@ async fn certificate_files_and_a_custom_ca() {
 
 #[tokio::test]
 async fn self_signed_router_with_insecure_clients() {
-    let (addr, _stop) = tls_router(TlsMode::SelfSigned("localhost".into())).await;
-    let ep = format!("localhost:{}", addr.port()); // no scheme: TLS
+    let r = tls_router(TlsMode::SelfSigned("localhost".into())).await;
+    let ep = format!("localhost:{}", r.addr.port()); // no scheme: TLS
     let insecure = || ClientBuilder::new(&ep).insecure_skip_verify(true);
     exchange(insecure(), insecure()).await;
 }

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[cfg(feature = "router")]
-use jumpstarter_router::router::{Auth, Router};
+use jumpstarter_router::router::{Auth, Router, ServerTls};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -45,7 +45,8 @@ pub fn token(stream: &str) -> String {
         .unwrap()
 }
 
-/// A router on 127.0.0.1 with [`KEY`], plaintext; stops when the returned guard drops.
+/// A router on 127.0.0.1 with [`KEY`], plaintext (or TLS: [`TestRouter::with_tls`]); stops when
+/// the returned guard drops.
 #[cfg(feature = "router")]
 pub struct TestRouter {
     pub addr: SocketAddr,
@@ -60,10 +61,15 @@ impl TestRouter {
     }
 
     pub async fn with(router: Router) -> Self {
+        Self::with_tls(router, None).await
+    }
+
+    /// `router` over TLS when `tls` is given ([`TestRouter::tls_endpoint`]), else plaintext.
+    pub async fn with_tls(router: Router, tls: Option<ServerTls>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(router.clone().serve_plaintext(listener, async {
+        tokio::spawn(router.clone().serve_listener(listener, tls, async {
             let _ = rx.await;
         }));
         TestRouter {
@@ -75,6 +81,20 @@ impl TestRouter {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The endpoint of a TLS router: `https://localhost:PORT` (the name in the certificates).
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// A tonic channel to the (plaintext) router.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Waits until the router's counters satisfy `f`, for at most 5 s.

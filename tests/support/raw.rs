@@ -242,6 +242,19 @@ impl RawCall {
     }
 }
 
+/// A request stream that sends one DATA frame of `payload`, then stays open (as a grpc-core
+/// client does until it has more to say).
+pub fn data_then_open(
+    payload: &'static [u8],
+) -> impl Stream<Item = StreamRequest> + Send + 'static {
+    use futures_util::StreamExt;
+    let first = StreamRequest {
+        payload: Bytes::from_static(payload),
+        frame_type: 0,
+    };
+    futures_util::stream::iter([first]).chain(futures_util::stream::pending())
+}
+
 /// Concatenates the payloads of DATA frames; panics on any other frame.
 pub fn data_of(frames: &[Frame]) -> Vec<u8> {
     let mut out = Vec::new();
