@@ -40,8 +40,8 @@ use tokio::sync::watch;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::attack::{self, Tally};
-use support::env_or;
-use support::process::{proc_status_kib, Serve};
+use support::process::Serve;
+use support::{env_or, proc_status_kib};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -14,12 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    proc_status_kib(std::process::id(), "VmRSS")
 }
 
 /// Opens a `Stream` call on `channel` as stream `stream`, with an open request stream that

@@ -211,33 +211,16 @@ async fn two_hundred_concurrent_pairs() {
     for _ in 0..4 {
         channels.push(builder.channel().await.unwrap());
     }
-    let mut tasks = Vec::new();
-    for i in 0..pairs {
-        let tok = token(&format!("pair-{i}"));
-        for side in 0..2u64 {
-            let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
-            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
-        }
-    }
-    within(300, "the pairs", async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await;
+    load_pairs(&channels, pairs, 300, |i| token(&format!("pair-{i}"))).await;
     r.wait_for("all pairs to end", |s| s.active == 0 && s.pending == 0)
         .await;
     let s = r.router.stats();
     assert_eq!(s.pairs_total, pairs as u64);
     assert_eq!(s.aborts_total, 0, "{s:?}");
     assert_eq!(s.bytes_forwarded, 2 * pairs as u64 * MIB);
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
+    let peak = proc_status_kib(std::process::id(), "VmHWM");
     eprintln!(
-        "{pairs} pairs x 1 MiB each way: {:.1} s, peak RSS {peak} (router and all clients in one process)",
+        "{pairs} pairs x 1 MiB each way: {:.1} s, peak RSS {peak} kB (router and all clients in one process)",
         started.elapsed().as_secs_f64()
     );
 }

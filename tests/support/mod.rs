@@ -203,6 +203,16 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// A line of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Fails the test instead of hanging.
 pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(secs), f).await {
@@ -336,6 +346,32 @@ pub async fn load_pair_side(
     assert_eq!(sha, want, "pair {pair} side {side}");
     s.close().await.unwrap();
     sent
+}
+
+/// `pairs` load pairs at once ([`load_pair_side`] on each side), side `s` of pair `i` on
+/// `channels[(2i + s) % channels.len()]` with the stream token `token_of(i)`; every pair must
+/// be done within `secs`.
+#[cfg(feature = "client")]
+pub async fn load_pairs(
+    channels: &[tonic::transport::Channel],
+    pairs: usize,
+    secs: u64,
+    token_of: impl Fn(usize) -> String,
+) {
+    let mut tasks = Vec::new();
+    for i in 0..pairs {
+        let tok = token_of(i);
+        for side in 0..2u64 {
+            let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
+            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
+        }
+    }
+    within(secs, "the pairs", async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
 }
 
 // ===== a temporary folder =====
