@@ -109,11 +109,8 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
             "port {port} is taken on this machine: the operator's ports are fixed, free it to run this test"
         );
     }
-    let dir = std::env::temp_dir().join(format!(
-        "jumpstarter-router-operator-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("operator");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("tls")).unwrap();
     let router = dir.join("router");
     std::os::unix::fs::symlink(BIN, &router).unwrap();
@@ -263,17 +260,14 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     })
     .await;
     assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The Go router's flags, as the operator may pass them: taken, and the ones without effect
 /// here said in the log; a flag the Go router does not have is refused with Go's words.
 #[test]
 fn go_flags_are_taken_and_unknown_ones_refused() {
-    let dir = std::env::temp_dir().join(format!("jumpstarter-router-flags-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let router = dir.join("router");
+    let dir = TempDir::new("flags");
+    let router = dir.path().join("router");
     std::os::unix::fs::symlink(BIN, &router).unwrap();
     let out = Command::new(&router)
         .env_clear()
@@ -306,5 +300,4 @@ fn go_flags_are_taken_and_unknown_ones_refused() {
         err.contains("ignoring a Go router flag") && err.contains("-zap-stacktrace-level=error"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

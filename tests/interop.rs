@@ -15,7 +15,7 @@
 use support::process;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -682,23 +682,9 @@ mod tls {
     }
 
     /// The harness's CA and server certificate (`rsa` or `ecdsa`) in a fresh folder.
-    pub(super) async fn certs(py: &Path, key_type: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "jumpstarter-router-interop-{key_type}-{}",
-            std::process::id()
-        ));
-        let mut p = harness(
-            py,
-            &[
-                "certs",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--key-type",
-                key_type,
-            ],
-        );
-        let v = p.next_of(&["certs", "error"], 60).await;
-        assert_eq!(v["event"], "certs", "{v}");
+    pub(super) async fn certs(py: &Path, key_type: &str) -> TempDir {
+        let dir = TempDir::new(&format!("interop-{key_type}"));
+        Py::make_certs(py, &dir.file(""), key_type).await;
         dir
     }
 }
@@ -713,7 +699,7 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
     let py = python();
     for key_type in ["rsa", "ecdsa"] {
         let dir = tls::certs(py, key_type).await;
-        let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let path = |f: &str| dir.file(f);
         let router = tls::serve(&[
             ("EXTERNAL_CERT_PEM", path("cert.pem")),
             ("EXTERNAL_KEY_PEM", path("key.pem")),
@@ -763,7 +749,6 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
             assert_bad_tokens_refused(py, &ep, &["--tls-ca", &ca]).await;
         }
         drop(router);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -29,7 +29,7 @@ use jumpstarter_router::ClientBuilder;
 use prost::Message;
 use support::process::Serve;
 use support::python::{python, Py};
-use support::within;
+use support::{within, TempDir};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -147,19 +147,10 @@ async fn rust_calls_the_real_exporter_over_our_router() {
     let t0 = Instant::now();
 
     // The harness's CA and server certificate, and our router serving it.
-    let dir = std::env::temp_dir().join(format!(
-        "jumpstarter-router-interop-grpc-{}",
-        std::process::id()
-    ));
-    let dir_arg = dir.to_str().unwrap().to_string();
-    let mut certs = Py::spawn(
-        py,
-        "harness.py",
-        &["certs", "--dir", &dir_arg, "--key-type", "ecdsa"],
-        false,
-    );
-    certs.next("certs", 60).await;
-    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let dir = TempDir::new("interop-grpc");
+    let dir_arg = dir.file("");
+    Py::make_certs(py, &dir_arg, "ecdsa").await;
+    let path = |f: &str| dir.file(f);
     let router = Serve::start_with_env(
         &[],
         &[
@@ -309,5 +300,4 @@ async fn rust_calls_the_real_exporter_over_our_router() {
     lab.next("lab_exit", 60).await;
     eprintln!("whole case in {:?}", t0.elapsed());
     drop(router);
-    let _ = std::fs::remove_dir_all(&dir);
 }

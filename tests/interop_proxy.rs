@@ -119,12 +119,6 @@ impl Lab {
         proxy::binary(route.binary());
         let dir = TempDir::new(route.name());
         let (certs_dir, default_pem) = (dir.file("certs"), dir.file("default.pem"));
-        let mut made = Py::spawn(
-            py,
-            "harness.py",
-            &["certs", "--dir", &certs_dir, "--key-type", "ecdsa"],
-            false,
-        );
         // OpenShift's default certificate names the cluster's wildcard, never the route.
         let mut default = Py::spawn(
             py,
@@ -138,7 +132,7 @@ impl Lab {
             ],
             false,
         );
-        made.next("certs", 60).await;
+        Py::make_certs(py, &certs_dir, "ecdsa").await;
         default.next("self-signed", 60).await;
         let file = |f: &str| format!("{certs_dir}/{f}");
         let certs = Certs {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::process::Serve;
 use support::python::{python, Py};
-use support::{env_or, KEY};
+use support::{env_or, TempDir, KEY};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -107,12 +107,13 @@ enum RouterProc {
 
 struct Lab {
     py: PathBuf,
-    dir: PathBuf,
     _router: RouterProc,
     router_port: u16,
     controller: Py,
     controller_ep: String,
     echo_port: u16,
+    /// Last: removed once the processes are gone.
+    dir: TempDir,
 }
 
 impl Lab {
@@ -121,25 +122,9 @@ impl Lab {
     /// token for both sides, as upstream; `distinct`: two tokens of the same stream;
     /// `JMP_SESSION_TOKENS` overrides it). Our router gets `router_args` too.
     async fn start(py: &Path, name: &str, tokens: &str, router_args: &[&str]) -> Lab {
-        let dir = std::env::temp_dir().join(format!(
-            "jumpstarter-router-session-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut certs = Py::spawn(
-            py,
-            "harness.py",
-            &[
-                "certs",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--key-type",
-                "ecdsa",
-            ],
-            false,
-        );
-        certs.next("certs", 60).await;
-        let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let dir = TempDir::new(&format!("session-{name}"));
+        Py::make_certs(py, &dir.file(""), "ecdsa").await;
+        let path = |f: &str| dir.file(f);
         let (router, router_port) =
             if std::env::var("JMP_SESSION_ROUTER").as_deref() == Ok("python") {
                 let mut r = Py::session(py, &["pyrouter", "--certs", &path("")]);
@@ -184,7 +169,7 @@ impl Lab {
     }
 
     fn ca(&self) -> String {
-        self.dir.join("ca.pem").to_str().unwrap().to_string()
+        self.dir.file("ca.pem")
     }
 
     fn exporter(&self) -> Py {
@@ -264,12 +249,6 @@ impl Lab {
     /// The exporter's connections to the router.
     fn router_conns(&self, exporter: &Py) -> usize {
         tcp_conns_to(exporter.pid(), self.router_port)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

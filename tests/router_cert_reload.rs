@@ -10,7 +10,7 @@ mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,25 +80,24 @@ impl Leaf {
 /// A directory laid out as the kubelet lays out a Secret volume: `..<timestamp>/tls.crt`,
 /// `..data -> ..<timestamp>`, `tls.crt -> ..data/tls.crt` (and `tls.key`).
 struct SecretVolume {
-    dir: PathBuf,
+    dir: TempDir,
     version: u32,
 }
 
 impl SecretVolume {
     fn new(name: &str) -> SecretVolume {
-        let dir = std::env::temp_dir().join(format!("jr-reload-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("reload-{name}"));
         for file in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(Path::new("..data").join(file), dir.join(file)).unwrap();
+            let link = dir.path().join(file);
+            std::os::unix::fs::symlink(Path::new("..data").join(file), link).unwrap();
         }
         SecretVolume { dir, version: 0 }
     }
 
     fn tls_mode(&self) -> TlsMode {
         TlsMode::Files {
-            cert: self.dir.join("tls.crt"),
-            key: self.dir.join("tls.key"),
+            cert: self.dir.path().join("tls.crt"),
+            key: self.dir.path().join("tls.key"),
         }
     }
 
@@ -107,7 +106,7 @@ impl SecretVolume {
     fn publish(&mut self, cert: Option<&[u8]>, key: Option<&[u8]>) {
         self.version += 1;
         let name = format!("..2026_12_07_01_{:02}_00.{:09}", self.version, self.version);
-        let data = self.dir.join(&name);
+        let data = self.dir.path().join(&name);
         std::fs::create_dir(&data).unwrap();
         for (file, contents) in [("tls.crt", cert), ("tls.key", key)] {
             if let Some(contents) = contents {
@@ -116,9 +115,9 @@ impl SecretVolume {
                 f.sync_all().unwrap();
             }
         }
-        let tmp = self.dir.join("..data_tmp");
+        let tmp = self.dir.path().join("..data_tmp");
         std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
     }
 
     fn publish_pair(&mut self, leaf: &Leaf) {
@@ -126,12 +125,6 @@ impl SecretVolume {
             Some(leaf.cert_pem.as_bytes()),
             Some(leaf.key_pem.as_bytes()),
         );
-    }
-}
-
-impl Drop for SecretVolume {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -286,7 +279,10 @@ async fn renewed_certificate_is_served_and_open_sessions_go_on() {
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["not_after"], new.not_after.as_str(), "{line}");
     assert_eq!(line["sha256"], new.sha256().as_str(), "{line}");
-    assert_eq!(line["cert"], volume.dir.join("tls.crt").to_str().unwrap());
+    assert_eq!(
+        line["cert"],
+        volume.dir.path().join("tls.crt").to_str().unwrap()
+    );
     assert_eq!(router.served(&ca).await, new.der);
     assert_eq!(router.served(&ca).await, new.der);
 
@@ -327,7 +323,10 @@ async fn unusable_files_are_refused_until_a_good_pair_arrives() {
         error.contains("does not belong to the certificate"),
         "{line}"
     );
-    assert_eq!(line["key"], volume.dir.join("tls.key").to_str().unwrap());
+    assert_eq!(
+        line["key"],
+        volume.dir.path().join("tls.key").to_str().unwrap()
+    );
     assert_eq!(router.served(&ca).await, old.der);
 
     // A certificate cut in the middle.
@@ -336,14 +335,17 @@ async fn unusable_files_are_refused_until_a_good_pair_arrives() {
     let line = router.refused().await;
     let error = line["error"].as_str().unwrap();
     assert!(error.contains("certificate PEM"), "{line}");
-    assert_eq!(line["cert"], volume.dir.join("tls.crt").to_str().unwrap());
+    assert_eq!(
+        line["cert"],
+        volume.dir.path().join("tls.crt").to_str().unwrap()
+    );
     assert_eq!(router.served(&ca).await, old.der);
 
     // The certificate file missing.
     volume.publish(None, Some(good.key_pem.as_bytes()));
     let line = router.refused().await;
     let error = line["error"].as_str().unwrap();
-    let crt = volume.dir.join("tls.crt");
+    let crt = volume.dir.path().join("tls.crt");
     assert!(
         error.contains(&format!("cannot read {}", crt.display())),
         "{line}"

@@ -26,10 +26,9 @@ async fn exchange(a: ClientBuilder, b: ClientBuilder) {
 
 #[tokio::test]
 async fn certificate_files_and_a_custom_ca() {
-    let dir = std::env::temp_dir().join(format!("jr-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tls");
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
 
@@ -45,7 +44,6 @@ async fn certificate_files_and_a_custom_ca() {
         .unwrap_err();
     let io: std::io::Error = err.into();
     assert!(io.to_string().contains("cannot connect to router"), "{io}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

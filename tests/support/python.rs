@@ -137,6 +137,15 @@ impl Py {
         Self::spawn(py, "session.py", args, false)
     }
 
+    /// `harness.py certs`: a test CA (`ca.pem`) and a certificate for localhost signed by it
+    /// (`cert.pem`, `key.pem`; `key_type` `rsa` or `ecdsa`) made in `dir`.
+    pub async fn make_certs(py: &Path, dir: &str, key_type: &str) {
+        let args = ["certs", "--dir", dir, "--key-type", key_type];
+        Self::spawn(py, "harness.py", &args, false)
+            .next("certs", 60)
+            .await;
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
