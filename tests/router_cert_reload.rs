@@ -20,7 +20,6 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
@@ -271,8 +270,8 @@ async fn renewed_certificate_is_served_and_open_sessions_go_on() {
     let tok = token("renewal");
     let mut x = client().connect(&tok).await.unwrap();
     let mut y = client().connect(&tok).await.unwrap();
-    exchange(&mut x, &mut y, b"before the renewal").await;
-    exchange(&mut y, &mut x, b"answer before").await;
+    send_and_read(&mut x, &mut y, b"before the renewal").await;
+    send_and_read(&mut y, &mut x, b"answer before").await;
 
     volume.publish_pair(&new);
     let line = router.reloaded().await;
@@ -287,8 +286,8 @@ async fn renewed_certificate_is_served_and_open_sessions_go_on() {
     assert_eq!(router.served(&ca).await, new.der);
 
     // The session from before goes on over its TLS connections, and ends cleanly.
-    exchange(&mut x, &mut y, b"after the renewal").await;
-    exchange(&mut y, &mut x, b"answer after").await;
+    send_and_read(&mut x, &mut y, b"after the renewal").await;
+    send_and_read(&mut y, &mut x, b"answer after").await;
     send_and_finish(&mut x, &mut y, b"x done").await;
     send_and_finish(&mut y, &mut x, b"y done").await;
 
@@ -358,19 +357,4 @@ async fn unusable_files_are_refused_until_a_good_pair_arrives() {
     assert_eq!(line["sha256"], good.sha256().as_str(), "{line}");
     assert_eq!(line["not_after"], good.not_after.as_str(), "{line}");
     assert_eq!(router.served(&ca).await, good.der);
-}
-
-/// `from` writes `msg` (without closing); `to` reads exactly it.
-async fn exchange<A, B>(from: &mut A, to: &mut B, msg: &[u8])
-where
-    A: tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + Unpin,
-{
-    from.write_all(msg).await.unwrap();
-    from.flush().await.unwrap();
-    let mut got = vec![0; msg.len()];
-    within(10, "the other side reads", to.read_exact(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, msg);
 }

@@ -252,13 +252,7 @@ pub async fn pair_up_with(
 ) {
     let mut a = client.connect(token).await.unwrap();
     let mut b = client.connect(token).await.unwrap();
-    a.write_all(hello).await.unwrap();
-    a.flush().await.unwrap();
-    let mut buf = vec![0u8; hello.len()];
-    within(10, "the first bytes", b.read_exact(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(buf, hello);
+    send_and_read(&mut a, &mut b, hello).await;
     (a, b)
 }
 
@@ -299,6 +293,21 @@ pub async fn read_to_error<R: AsyncRead + Unpin>(
     })
     .await
     .expect_err(&format!("{what}: an abort looked like a clean EOF"))
+}
+
+/// `from` writes `msg` and flushes, without closing; `to` must read exactly `msg` within 10 s.
+pub async fn send_and_read<A, B>(from: &mut A, to: &mut B, msg: &[u8])
+where
+    A: AsyncWrite + Unpin,
+    B: AsyncRead + Unpin,
+{
+    from.write_all(msg).await.unwrap();
+    from.flush().await.unwrap();
+    let mut got = vec![0; msg.len()];
+    within(10, "the other side reads", to.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, msg);
 }
 
 /// Half-close hand-over: `from` writes `msg` and shuts down; `to` reads to EOF and must have
