@@ -4,7 +4,7 @@
 #![cfg(feature = "cli")]
 
 use support::process;
-use support::process::scrape;
+use support::process::{http_get, scrape};
 mod support;
 
 use std::collections::HashMap;
@@ -142,14 +142,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
         assert!(!logs.contains(secret), "a secret in the logs: {logs}");
     }
     // Other paths are 404.
-    let mut tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    within(10, "the 404 response", tcp.read_to_string(&mut response))
-        .await
-        .unwrap();
+    let response = http_get(metrics, "/").await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
 

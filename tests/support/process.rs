@@ -168,21 +168,24 @@ impl Serve {
     }
 }
 
-/// `GET /metrics` over a plain TCP connection; returns the samples as `name{labels}` -> value.
-pub async fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+/// `GET path` over a plain TCP connection (HTTP/1.1, `Connection: close`): the whole response,
+/// within 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n")
+    let request = format!("GET {path} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let what = format!("the {path} response");
+    super::within(10, &what, tcp.read_to_string(&mut response))
         .await
         .unwrap();
-    let mut response = String::new();
-    super::within(
-        10,
-        "the /metrics response",
-        tcp.read_to_string(&mut response),
-    )
-    .await
-    .unwrap();
+    response
+}
+
+/// `GET /metrics` ([`http_get`]); returns the samples as `name{labels}` -> value.
+pub async fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let response = http_get(addr, "/metrics").await;
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
