@@ -19,14 +19,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
+use jumpstarter_router::proto::router_service_server::RouterService;
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{connect, ResponseStream, RouterStream};
 use serde_json::Value;
 use support::python::{self, python, Py};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 const MIB: u64 = 1024 * 1024;
@@ -391,26 +391,24 @@ impl RouterService for Exporter {
     }
 }
 
+/// An [`Exporter`] on 127.0.0.1: its address, its results, and the sender that stops it when
+/// dropped.
 async fn exporter(
     send_first: bool,
     seed: u64,
 ) -> (
     String,
     mpsc::UnboundedReceiver<std::io::Result<(u64, String)>>,
+    oneshot::Sender<()>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    let svc = RouterServiceServer::new(Exporter {
+    let (addr, stop) = raw::serve(Exporter {
         send_first,
         seed,
         results: tx,
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .serve_with_incoming(svc, tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    (addr.to_string(), rx)
+    })
+    .await;
+    (addr.to_string(), rx, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,7 +417,7 @@ async fn d_our_servicer_answers_a_python_client() {
     let py = python();
     let size = size_arg();
     for (python_sends_first, py_seed, our_seed) in [(true, 9, 10), (false, 11, 12)] {
-        let (ep, mut results) = exporter(!python_sends_first, our_seed).await;
+        let (ep, mut results, _stop) = exporter(!python_sends_first, our_seed).await;
         let order = if python_sends_first {
             "send-first"
         } else {
@@ -471,7 +469,7 @@ async fn killed_python_peer_is_an_error_through_our_router() {
 #[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn killed_python_client_is_an_error_at_our_servicer() {
     let py = python();
-    let (ep, mut results) = exporter(false, 14).await;
+    let (ep, mut results, _stop) = exporter(false, 14).await;
     let mut peer = peer(
         py,
         &ep,
