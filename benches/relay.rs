@@ -1871,10 +1871,9 @@ fn alternating<T>(runs: usize, mut f: impl FnMut(&str) -> T) -> HashMap<&'static
 /// connection per caller, through our router and through the plain tonic relay behind the
 /// same TLS; a fresh router process per run, the two alternating.
 fn session() {
-    assert!(
-        !cfg!(skip_interop),
-        "JUMPSTARTER_ROUTER_SKIP_INTEROP is set: this measurement needs the Python peers"
-    );
+    if cfg!(skip_interop) {
+        panic!("JUMPSTARTER_ROUTER_SKIP_INTEROP is set: this measurement needs the Python peers");
+    }
     let py = python::python().clone();
     let rt = runtime();
     let runs: usize = env_or("RELAY_RUNS", 5);

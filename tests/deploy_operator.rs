@@ -138,7 +138,7 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
         .env("EXTERNAL_CERT_PEM", dir.join("tls/tls.crt"))
         .env("EXTERNAL_KEY_PEM", dir.join("tls/tls.key"));
     #[cfg(feature = "kube")]
-    cmd.env("KUBECONFIG", api.kubeconfig(&dir));
+    cmd.env("KUBECONFIG", api.kubeconfig(dir));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
