@@ -40,8 +40,8 @@ use tokio::sync::watch;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::attack::{self, Tally};
-use support::env_or;
-use support::process::{proc_status_kib, Serve};
+use support::process::Serve;
+use support::{env_or, proc_status_kib};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -90,7 +90,7 @@ struct Honest {
 impl Honest {
     async fn pair(&mut self) -> (RouterStream, RouterStream) {
         self.n += 1;
-        let token = attack::mint(&format!("honest-{}", self.n));
+        let token = support::token(&format!("honest-{}", self.n));
         support::pair_up_with(&self.client, &token, b"hello").await
     }
 

@@ -67,14 +67,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 #[path = "../tests/support/python.rs"]
 mod python;
-#[path = "../tests/support/rx_stream.rs"]
-mod rx_stream;
-use rx_stream::RxStream;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -216,7 +214,7 @@ async fn forward(mut inbound: Streaming<StreamRequest>, to: Replies) {
 
 #[tonic::async_trait]
 impl RouterService for PlainRelay {
-    type StreamStream = RxStream<Result<StreamResponse, Status>>;
+    type StreamStream = ReceiverStream<Result<StreamResponse, Status>>;
 
     async fn stream(
         &self,
@@ -251,7 +249,7 @@ impl RouterService for PlainRelay {
                 });
             }
         }
-        Ok(Response::new(RxStream(rx)))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -317,7 +315,7 @@ async fn plain_call(
     name: &Name,
 ) -> (mpsc::Sender<StreamRequest>, Streaming<StreamResponse>) {
     let (tx, rx) = mpsc::channel(16);
-    let mut req = Request::new(RxStream(rx));
+    let mut req = Request::new(ReceiverStream::new(rx));
     match name {
         Name::Plain(stream) => req.metadata_mut().insert("stream", stream.parse().unwrap()),
         Name::Token(t) => req
@@ -1593,7 +1591,7 @@ impl tokio::io::AsyncWrite for TlsConn {
 
 /// The relay child's connections: TLS (ALPN h2, a self-signed certificate for localhost),
 /// each handshake in a task of its own, as our router does it.
-fn tls_incoming(listener: TcpListener) -> RxStream<std::io::Result<TlsConn>> {
+fn tls_incoming(listener: TcpListener) -> ReceiverStream<std::io::Result<TlsConn>> {
     use tokio_rustls::rustls;
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
@@ -1618,7 +1616,7 @@ fn tls_incoming(listener: TcpListener) -> RxStream<std::io::Result<TlsConn>> {
             });
         }
     });
-    RxStream(rx)
+    ReceiverStream::new(rx)
 }
 
 /// What one measured run saw in the router's process.
@@ -1873,9 +1871,10 @@ fn alternating<T>(runs: usize, mut f: impl FnMut(&str) -> T) -> HashMap<&'static
 /// connection per caller, through our router and through the plain tonic relay behind the
 /// same TLS; a fresh router process per run, the two alternating.
 fn session() {
-    let py = python::python()
-        .expect("JUMPSTARTER_ROUTER_SKIP_INTEROP is set: this measurement needs the Python peers")
-        .clone();
+    if cfg!(skip_interop) {
+        panic!("JUMPSTARTER_ROUTER_SKIP_INTEROP is set: this measurement needs the Python peers");
+    }
+    let py = python::python().clone();
     let rt = runtime();
     let runs: usize = env_or("RELAY_RUNS", 5);
     let pings: usize = env_or("RELAY_PINGS", 2000);

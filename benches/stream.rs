@@ -30,12 +30,9 @@ use jumpstarter_router::{ClientBuilder, RouterStream, StreamOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
-
-#[path = "../tests/support/rx_stream.rs"]
-mod rx_stream;
-use rx_stream::RxStream;
 
 /// Bytes per iteration.
 const BATCH: usize = 8 << 20;
@@ -100,7 +97,7 @@ impl RouterService for Bench {
                 }
             }
         });
-        Ok(Response::new(Box::pin(RxStream(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -151,7 +148,7 @@ struct Raw {
 
 async fn raw(channel: &Channel, frame: usize) -> Raw {
     let (tx, rx) = mpsc::channel(4);
-    let mut req = Request::new(RxStream(rx));
+    let mut req = Request::new(ReceiverStream::new(rx));
     req.metadata_mut()
         .insert("frame", frame.to_string().parse().unwrap());
     let rx = RouterServiceClient::new(channel.clone())

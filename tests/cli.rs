@@ -503,10 +503,8 @@ async fn past_the_grace_period_each_caller_is_told_the_router_is_shutting_down()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_takes_keepalive_from_a_config_file_and_flags_override_it() {
     use support::wire::{Pings, RawH2};
-    let dir =
-        std::env::temp_dir().join(format!("jumpstarter-router-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yaml");
+    let dir = TempDir::new("config");
+    let file = dir.path().join("config.yaml");
     std::fs::write(
         &file,
         "grpc:\n  keepalive:\n    minTime: 3s\n    permitWithoutStream: true\n    intervalTime: 1m0s\n    timeout: 2s\n    maxConnectionAge: 1h0m0s\n",
@@ -563,5 +561,4 @@ async fn serve_takes_keepalive_from_a_config_file_and_flags_override_it() {
         )) && err.contains("grpc.keepalive.maxConnectionIdle: unknown unit"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

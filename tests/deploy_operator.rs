@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::process::{scrape, Proc, BIN, ROUTER_KEY};
+use support::process::{scrape, Proc, BIN};
 use support::*;
 use tokio::sync::mpsc;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -109,11 +109,8 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
             "port {port} is taken on this machine: the operator's ports are fixed, free it to run this test"
         );
     }
-    let dir = std::env::temp_dir().join(format!(
-        "jumpstarter-router-operator-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("operator");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("tls")).unwrap();
     let router = dir.join("router");
     std::os::unix::fs::symlink(BIN, &router).unwrap();
@@ -136,12 +133,12 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     let mut cmd = Command::new(&router);
     cmd.env_clear()
         .env("GRPC_ROUTER_ENDPOINT", "localhost:8083")
-        .env("ROUTER_KEY", ROUTER_KEY)
+        .env("ROUTER_KEY", KEY)
         .env("NAMESPACE", "jumpstarter-lab")
         .env("EXTERNAL_CERT_PEM", dir.join("tls/tls.crt"))
         .env("EXTERNAL_KEY_PEM", dir.join("tls/tls.key"));
     #[cfg(feature = "kube")]
-    cmd.env("KUBECONFIG", api.kubeconfig(&dir));
+    cmd.env("KUBECONFIG", api.kubeconfig(dir));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -242,9 +239,7 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     );
     let client = jumpstarter_router::ClientBuilder::new("https://localhost:8083")
         .ca_certificate_pem(cert_pem.as_bytes().to_vec());
-    let token = jumpstarter_router::router::Auth::new(ROUTER_KEY.as_bytes())
-        .mint("operator-session", std::time::Duration::from_secs(600))
-        .unwrap();
+    let token = token("operator-session");
     let (mut a, mut b) = pair_up_with(&client, &token, b"hello through /router").await;
     send_and_finish(&mut a, &mut b, b" and done").await;
     send_and_finish(&mut b, &mut a, b"bye").await;
@@ -265,17 +260,14 @@ async fn started_as_router_it_serves_as_the_operator_expects() {
     })
     .await;
     assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The Go router's flags, as the operator may pass them: taken, and the ones without effect
 /// here said in the log; a flag the Go router does not have is refused with Go's words.
 #[test]
 fn go_flags_are_taken_and_unknown_ones_refused() {
-    let dir = std::env::temp_dir().join(format!("jumpstarter-router-flags-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let router = dir.join("router");
+    let dir = TempDir::new("flags");
+    let router = dir.path().join("router");
     std::os::unix::fs::symlink(BIN, &router).unwrap();
     let out = Command::new(&router)
         .env_clear()
@@ -308,5 +300,4 @@ fn go_flags_are_taken_and_unknown_ones_refused() {
         err.contains("ignoring a Go router flag") && err.contains("-zap-stacktrace-level=error"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

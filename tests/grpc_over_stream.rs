@@ -26,6 +26,7 @@ use jumpstarter_router::{ClientBuilder, RouterStream};
 use support::*;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
@@ -129,7 +130,7 @@ struct Echo;
 
 #[tonic::async_trait]
 impl RouterService for Echo {
-    type StreamStream = RxStream<Result<StreamResponse, Status>>;
+    type StreamStream = ReceiverStream<Result<StreamResponse, Status>>;
 
     async fn stream(
         &self,
@@ -148,7 +149,7 @@ impl RouterService for Echo {
                 }
             }
         });
-        Ok(Response::new(RxStream(rx)))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -202,7 +203,7 @@ impl Session {
 
 async fn plaintext_session(name: &str) -> (TestRouter, Session) {
     let router = TestRouter::start().await;
-    let session = Session::open(&ClientBuilder::new(router.endpoint()), &router.token(name)).await;
+    let session = Session::open(&ClientBuilder::new(router.endpoint()), &token(name)).await;
     (router, session)
 }
 
@@ -393,7 +394,7 @@ async fn exporter_stream_dropped_mid_call_fails_the_calls() {
     // ... and a bidi call with a request in flight and one answered.
     let (tx, rx) = mpsc::channel(1);
     tx.send(data(b"before".to_vec())).await.unwrap();
-    let mut echo = within(10, "echo call", s.echo().stream(RxStream(rx)))
+    let mut echo = within(10, "echo call", s.echo().stream(ReceiverStream::new(rx)))
         .await
         .unwrap()
         .into_inner();
@@ -438,18 +439,9 @@ async fn session_through_a_tls_router() {
         ck.signing_key.serialize_pem().as_bytes(),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let router = Router::builder(Auth::new(KEY)).build();
-    tokio::spawn(router.serve_listener(listener, Some(tls), async {
-        let _ = stopped.await;
-    }));
-    let client =
-        ClientBuilder::new(format!("https://localhost:{port}")).ca_certificate_pem(ck.cert.pem());
-    let token = Auth::new(KEY)
-        .mint("grpc-tls", std::time::Duration::from_secs(60))
-        .unwrap();
+    let r = TestRouter::with_tls(Router::builder(Auth::new(KEY)).build(), Some(tls)).await;
+    let client = ClientBuilder::new(r.tls_endpoint()).ca_certificate_pem(ck.cert.pem());
+    let token = token("grpc-tls");
     let s = Session::open(&client, &token).await;
     let reply = within(10, "Check over TLS", s.health().check(check("")))
         .await

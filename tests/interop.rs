@@ -6,26 +6,27 @@
 //! Jumpstarter's controller issues (`aud` as an array, a `jti`). The TLS cases use certificates
 //! the harness makes with Python's `cryptography`, and Jumpstarter's own client TLS setup.
 //!
-//! Set `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` to skip these tests explicitly; otherwise a missing
-//! Python fails them with a message that says what to install.
+//! With `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` these tests are `ignored` (build.rs's
+//! `skip_interop`); otherwise a missing Python fails them with a message that says what to
+//! install.
 #![cfg(all(feature = "router", feature = "client"))]
 
 #[cfg(feature = "cli")]
 use support::process;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
+use jumpstarter_router::proto::router_service_server::RouterService;
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{connect, ResponseStream, RouterStream};
 use serde_json::Value;
 use support::python::{self, python, Py};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 const MIB: u64 = 1024 * 1024;
@@ -61,14 +62,9 @@ fn peer(py: &Path, ep: &str, tok: &str, send: &str, seed: &str, order: &str, hol
     harness(py, &args)
 }
 
-/// The router key of the suite, as the harness takes it.
-fn key_arg() -> &'static str {
-    std::str::from_utf8(KEY).unwrap()
-}
-
 /// A token for `stream` minted by the harness with PyJWT in the controller's form.
 async fn py_token(py: &Path, stream: &str) -> String {
-    let mut p = harness(py, &["token", "--key", key_arg(), "--stream", stream]);
+    let mut p = harness(py, &["token", "--key", KEY, "--stream", stream]);
     let v = p.next_of(&["token", "error"], 60).await;
     v["token"]
         .as_str()
@@ -147,8 +143,9 @@ async fn python_router(py: &Path) -> (Py, String) {
 // ===== a. two Python peers through our router =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_two_python_peers_through_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     // Each peer mints its own token with PyJWT (controller form, its own `jti`).
     let ep = r.addr.to_string();
@@ -161,7 +158,7 @@ async fn a_two_python_peers_through_our_router() {
                 "--endpoint",
                 &ep,
                 "--key",
-                key_arg(),
+                KEY,
                 "--stream",
                 "interop-a",
                 "--send",
@@ -189,8 +186,9 @@ async fn a_two_python_peers_through_our_router() {
 // ===== b. a Python peer and our client through our router =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn b_python_peer_and_our_client_through_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let size = size_arg();
     // Both orders: the Python peer finishes first, then ours does.
@@ -214,8 +212,9 @@ async fn b_python_peer_and_our_client_through_our_router() {
 /// unchanged and in order (empty DATA, PING with and without payload, an unknown type,
 /// RST_STREAM and DATA after it), both ways, and both calls end with OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_raw_python_frames_pass_our_router_unchanged() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let raw = |frames: &str| {
@@ -226,7 +225,7 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
                 "--endpoint",
                 &ep,
                 "--key",
-                key_arg(),
+                KEY,
                 "--stream",
                 "raw-frames",
                 "--frames",
@@ -242,8 +241,9 @@ async fn a_raw_python_frames_pass_our_router_unchanged() {
 
 /// Eight Python peers in four concurrent pairs, at 1 KiB and 64 KiB writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_concurrent_python_pairs_at_two_write_sizes() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let size = (4 * MIB).to_string();
@@ -258,7 +258,7 @@ async fn a_concurrent_python_pairs_at_two_write_sizes() {
                 "--endpoint",
                 &ep,
                 "--key",
-                key_arg(),
+                KEY,
                 "--stream",
                 &stream,
                 "--send",
@@ -294,8 +294,9 @@ async fn a_concurrent_python_pairs_at_two_write_sizes() {
 // ===== c. our streams through a router made of Jumpstarter's Python pieces =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn c_our_streams_through_the_python_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-c").await;
     let a = connect(&format!("http://{ep}"), &tok).await.unwrap();
@@ -310,8 +311,9 @@ async fn c_our_streams_through_the_python_router() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn c_python_peer_and_our_client_through_the_python_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-c2").await;
     let size = size_arg();
@@ -329,8 +331,9 @@ async fn c_python_peer_and_our_client_through_the_python_router() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn c_ping_and_unknown_frames_arrive_as_empty_data_and_are_skipped() {
-    let Some(py) = python() else { return };
+    let py = python();
     let (_router, ep) = python_router(py).await;
     let tok = py_token(py, "interop-frames").await;
     let mut ours = connect(&format!("http://{ep}"), &tok).await.unwrap();
@@ -388,34 +391,33 @@ impl RouterService for Exporter {
     }
 }
 
+/// An [`Exporter`] on 127.0.0.1: its address, its results, and the sender that stops it when
+/// dropped.
 async fn exporter(
     send_first: bool,
     seed: u64,
 ) -> (
     String,
     mpsc::UnboundedReceiver<std::io::Result<(u64, String)>>,
+    oneshot::Sender<()>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    let svc = RouterServiceServer::new(Exporter {
+    let (addr, stop) = raw::serve(Exporter {
         send_first,
         seed,
         results: tx,
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .serve_with_incoming(svc, tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    (addr.to_string(), rx)
+    })
+    .await;
+    (addr.to_string(), rx, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn d_our_servicer_answers_a_python_client() {
-    let Some(py) = python() else { return };
+    let py = python();
     let size = size_arg();
     for (python_sends_first, py_seed, our_seed) in [(true, 9, 10), (false, 11, 12)] {
-        let (ep, mut results) = exporter(!python_sends_first, our_seed).await;
+        let (ep, mut results, _stop) = exporter(!python_sends_first, our_seed).await;
         let order = if python_sends_first {
             "send-first"
         } else {
@@ -438,8 +440,9 @@ async fn d_our_servicer_answers_a_python_client() {
 // ===== a Python peer killed mid-stream =====
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn killed_python_peer_is_an_error_through_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let tok = py_token(py, "interop-kill").await;
     let mut peer = peer(
@@ -463,9 +466,10 @@ async fn killed_python_peer_is_an_error_through_our_router() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn killed_python_client_is_an_error_at_our_servicer() {
-    let Some(py) = python() else { return };
-    let (ep, mut results) = exporter(false, 14).await;
+    let py = python();
+    let (ep, mut results, _stop) = exporter(false, 14).await;
     let mut peer = peer(
         py,
         &ep,
@@ -521,7 +525,7 @@ const BAD_TOKEN_CASES: &[(&str, &str)] = &[
 /// read) against `endpoint` and asserts every answer was `UNAUTHENTICATED` with the case's
 /// message: never `INTERNAL` "Internal error from Core" (a write failing under a reset).
 async fn assert_bad_tokens_refused(py: &Path, endpoint: &str, tls: &[&str]) {
-    let mut args = vec!["bad-tokens", "--endpoint", endpoint, "--key", key_arg()];
+    let mut args = vec!["bad-tokens", "--endpoint", endpoint, "--key", KEY];
     args.extend_from_slice(tls);
     args.extend_from_slice(&["--rounds", "20"]);
     let mut p = harness(py, &args);
@@ -544,8 +548,9 @@ async fn assert_bad_tokens_refused(py: &Path, endpoint: &str, tls: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     assert_bad_tokens_refused(py, &r.addr.to_string(), &[]).await;
     let s = r.router.stats();
@@ -563,8 +568,9 @@ async fn bad_tokens_reach_a_python_client_as_unauthenticated_every_time() {
 /// A grpc-core client with gzip compression on is refused before pairing, with
 /// `UNIMPLEMENTED` (the router forwards messages as they are), and learns it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_compressing_python_client_is_refused_as_unimplemented() {
-    let Some(py) = python() else { return };
+    let py = python();
     let r = TestRouter::start().await;
     let ep = r.addr.to_string();
     let args = [
@@ -572,7 +578,7 @@ async fn a_compressing_python_client_is_refused_as_unimplemented() {
         "--endpoint",
         &ep,
         "--key",
-        key_arg(),
+        KEY,
         "--stream",
         "gzip",
     ];
@@ -674,23 +680,9 @@ mod tls {
     }
 
     /// The harness's CA and server certificate (`rsa` or `ecdsa`) in a fresh folder.
-    pub(super) async fn certs(py: &Path, key_type: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "jumpstarter-router-interop-{key_type}-{}",
-            std::process::id()
-        ));
-        let mut p = harness(
-            py,
-            &[
-                "certs",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--key-type",
-                key_type,
-            ],
-        );
-        let v = p.next_of(&["certs", "error"], 60).await;
-        assert_eq!(v["event"], "certs", "{v}");
+    pub(super) async fn certs(py: &Path, key_type: &str) -> TempDir {
+        let dir = TempDir::new(&format!("interop-{key_type}"));
+        Py::make_certs(py, &dir.file(""), key_type).await;
         dir
     }
 }
@@ -700,11 +692,12 @@ mod tls {
 /// `EXTERNAL_CERT_PEM`/`EXTERNAL_KEY_PEM`: RSA (PKCS#1 key) and ECDSA (SEC1 key).
 #[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
-    let Some(py) = python() else { return };
+    let py = python();
     for key_type in ["rsa", "ecdsa"] {
         let dir = tls::certs(py, key_type).await;
-        let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let path = |f: &str| dir.file(f);
         let router = tls::serve(&[
             ("EXTERNAL_CERT_PEM", path("cert.pem")),
             ("EXTERNAL_KEY_PEM", path("key.pem")),
@@ -754,7 +747,6 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
             assert_bad_tokens_refused(py, &ep, &["--tls-ca", &ca]).await;
         }
         drop(router);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -763,8 +755,9 @@ async fn tls_with_cert_files_python_peers_and_our_cli_rsa_and_ecdsa() {
 /// `tls.insecure` mode pair through it.
 #[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn tls_self_signed_default_with_insecure_clients() {
-    let Some(py) = python() else { return };
+    let py = python();
     // The certificate names the host of GRPC_ROUTER_ENDPOINT (default `localhost:8083`).
     let router = tls::serve(&[]).await;
     let ep = format!("localhost:{}", router.listen.port());

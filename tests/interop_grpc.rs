@@ -15,8 +15,8 @@
 //! hand-written `prost` messages (field numbers from `jumpstarter_protocol`'s
 //! `jumpstarter_pb2` in the venv).
 //!
-//! The venv is `tests/interop.rs`'s (`target/interop-venv`); set
-//! `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` to skip explicitly.
+//! The venv is `tests/interop.rs`'s (`target/interop-venv`); with
+//! `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` the test is `ignored` (build.rs's `skip_interop`).
 #![cfg(feature = "cli")]
 
 mod support;
@@ -29,7 +29,7 @@ use jumpstarter_router::ClientBuilder;
 use prost::Message;
 use support::process::Serve;
 use support::python::{python, Py};
-use support::within;
+use support::{within, TempDir};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -141,24 +141,16 @@ fn driver_call(uuid: &str, method: &str) -> Request<Bytes> {
 /// Our router (`serve`, TLS), the real exporter behind it, and Rust calling the exporter's
 /// `ExporterService` over the router stream its lease dialled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn rust_calls_the_real_exporter_over_our_router() {
-    let Some(py) = python() else { return };
+    let py = python();
     let t0 = Instant::now();
 
     // The harness's CA and server certificate, and our router serving it.
-    let dir = std::env::temp_dir().join(format!(
-        "jumpstarter-router-interop-grpc-{}",
-        std::process::id()
-    ));
-    let dir_arg = dir.to_str().unwrap().to_string();
-    let mut certs = Py::spawn(
-        py,
-        "harness.py",
-        &["certs", "--dir", &dir_arg, "--key-type", "ecdsa"],
-        false,
-    );
-    certs.next("certs", 60).await;
-    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let dir = TempDir::new("interop-grpc");
+    let dir_arg = dir.file("");
+    Py::make_certs(py, &dir_arg, "ecdsa").await;
+    let path = |f: &str| dir.file(f);
     let router = Serve::start_with_env(
         &[],
         &[
@@ -178,7 +170,7 @@ async fn rust_calls_the_real_exporter_over_our_router() {
             "--router",
             &endpoint,
             "--router-key",
-            support::process::ROUTER_KEY,
+            support::KEY,
             "--certs",
             &dir_arg,
         ],
@@ -308,5 +300,4 @@ async fn rust_calls_the_real_exporter_over_our_router() {
     lab.next("lab_exit", 60).await;
     eprintln!("whole case in {:?}", t0.elapsed());
     drop(router);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,8 +37,8 @@
 //! fired, how the router classed the session's end).
 //!
 //! Needs `nginx` and `haproxy` (`apt-get install nginx haproxy`; the tests start them, the
-//! packaged services are not needed) and the interop venv. `JUMPSTARTER_ROUTER_SKIP_INTEROP=1`
-//! skips them explicitly.
+//! packaged services are not needed) and the interop venv. With
+//! `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` they are `ignored` (build.rs's `skip_interop`).
 #![cfg(feature = "cli")]
 
 mod support;
@@ -47,10 +47,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::pattern_sha;
-use support::process::{Serve, ROUTER_KEY};
+use support::process::Serve;
 use support::proxy::{self, Certs, Proxy, Route, TempDir, TIMER};
 use support::python::{self, python, Py};
+use support::{pattern_sha, KEY};
 
 const MIB: u64 = 1024 * 1024;
 /// Bytes each way in the exchange.
@@ -113,19 +113,12 @@ struct Lab {
 }
 
 impl Lab {
-    /// Certificates, `serve` with `pings`, and the proxy of `route` in front of it; `None`
-    /// when the interop tests are skipped.
-    async fn start(route: Route, pings: Pings) -> Option<Lab> {
-        let py = python()?.as_path();
+    /// Certificates, `serve` with `pings`, and the proxy of `route` in front of it.
+    async fn start(route: Route, pings: Pings) -> Lab {
+        let py = python().as_path();
         proxy::binary(route.binary());
         let dir = TempDir::new(route.name());
         let (certs_dir, default_pem) = (dir.file("certs"), dir.file("default.pem"));
-        let mut made = Py::spawn(
-            py,
-            "harness.py",
-            &["certs", "--dir", &certs_dir, "--key-type", "ecdsa"],
-            false,
-        );
         // OpenShift's default certificate names the cluster's wildcard, never the route.
         let mut default = Py::spawn(
             py,
@@ -139,7 +132,7 @@ impl Lab {
             ],
             false,
         );
-        made.next("certs", 60).await;
+        Py::make_certs(py, &certs_dir, "ecdsa").await;
         default.next("self-signed", 60).await;
         let file = |f: &str| format!("{certs_dir}/{f}");
         let certs = Certs {
@@ -158,14 +151,14 @@ impl Lab {
         }
         let serve = Serve::start_with_env(&args, &env).await;
         let proxy = Proxy::start(route, &dir, serve.listen, &certs).await;
-        Some(Lab {
+        Lab {
             py,
             route,
             ca: certs.ca,
             proxy,
             serve,
             _dir: dir,
-        })
+        }
     }
 
     /// `--endpoint` and TLS flags: through the proxy, or straight to `serve` (`direct`).
@@ -194,7 +187,7 @@ impl Lab {
     fn harness(&self, sub: &str, direct: bool, stream: &str, rest: &[&str]) -> Py {
         let mut args: Vec<String> = vec![sub.into()];
         args.extend(self.endpoint_args(direct));
-        args.extend(["--key", ROUTER_KEY, "--stream", stream].map(String::from));
+        args.extend(["--key", KEY, "--stream", stream].map(String::from));
         args.extend(rest.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Py::spawn(self.py, "harness.py", &args, false)
@@ -295,9 +288,7 @@ fn assert_not_clean(v: &Value, what: &str) {
 // ===== the cases =====
 
 async fn exchange_frames_refusal_and_kill(route: Route) {
-    let Some(lab) = Lab::start(route, Pings::On).await else {
-        return;
-    };
+    let lab = Lab::start(route, Pings::On).await;
     let name = lab.name();
 
     // 16 MiB each way with a half-close.
@@ -390,7 +381,7 @@ async fn exchange_frames_refusal_and_kill(route: Route) {
 async fn refusals(lab: &Lab, direct: bool) -> Vec<(String, String)> {
     let mut args: Vec<String> = vec!["bad-tokens".into()];
     args.extend(lab.endpoint_args(direct));
-    args.extend(["--key", ROUTER_KEY, "--rounds", "1"].map(String::from));
+    args.extend(["--key", KEY, "--rounds", "1"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut p = Py::spawn(lab.py, "harness.py", &args, false);
     let mut seen = Vec::new();
@@ -416,9 +407,7 @@ async fn refusals(lab: &Lab, direct: bool) -> Vec<(String, String)> {
 /// The three idle cases at once, each idle three timers and a half (the router's pings on),
 /// then an exchange that must be whole.
 async fn idle_sessions_outlive_three_timers(route: Route) {
-    let Some(lab) = Lab::start(route, Pings::On).await else {
-        return;
-    };
+    let lab = Lab::start(route, Pings::On).await;
     let name = lab.name();
     let idle = idle_secs(route);
     let n = AFTER_IDLE;
@@ -542,9 +531,7 @@ async fn without_pings_an_idle_session_dies_at_the_timer(route: Route) {
     if skipped_with_stock_timers("the control") {
         return;
     }
-    let Some(lab) = Lab::start(route, Pings::Off).await else {
-        return;
-    };
+    let lab = Lab::start(route, Pings::Off).await;
     let name = lab.name();
     let (v1, v2) = paired_idle(&lab, "control").await;
     let first = assert_died_at_the_timer(name, &v1, &v2);
@@ -569,9 +556,6 @@ async fn one_kind_of_ping_at_a_time(route: Route) {
         Lab::start(route, Pings::H2Only),
         Lab::start(route, Pings::FramesOnly)
     );
-    let (Some(h2), Some(frames)) = (h2, frames) else {
-        return;
-    };
     let name = route.name();
     let ((h1, h2v), (f1, f2)) = tokio::join!(
         paired_idle(&h2, "h2-pings-only"),
@@ -599,21 +583,25 @@ macro_rules! route_tests {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
             async fn exchange_frames_refusal_and_kill() {
                 super::exchange_frames_refusal_and_kill($route).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
             async fn idle_sessions_outlive_three_timers() {
                 super::idle_sessions_outlive_three_timers($route).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
             async fn without_pings_an_idle_session_dies_at_the_timer() {
                 super::without_pings_an_idle_session_dies_at_the_timer($route).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
             async fn one_kind_of_ping_at_a_time() {
                 super::one_kind_of_ping_at_a_time($route).await
             }
@@ -650,9 +638,7 @@ async fn one_way_secs(lab: &Lab, direct: bool, stream: &str) -> f64 {
 #[ignore = "a measurement: cargo test --all-features --test interop_proxy -- --ignored --nocapture"]
 async fn throughput_through_each_proxy_and_direct() {
     for route in Route::ALL {
-        let Some(lab) = Lab::start(route, Pings::On).await else {
-            return;
-        };
+        let lab = Lab::start(route, Pings::On).await;
         let mib = 64.0;
         let through = mib / one_way_secs(&lab, false, "via").await;
         let direct = mib / one_way_secs(&lab, true, "direct").await;

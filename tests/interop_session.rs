@@ -19,8 +19,9 @@
 //! (`harness.py`'s `PythonRouter`, over TLS) instead of ours, for comparison;
 //! `JMP_SESSION_TOKENS=distinct` gives the two sides different tokens of the same stream.
 //!
-//! Set `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` to skip these tests explicitly; otherwise a missing
-//! Python fails them with a message that says what to install.
+//! With `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` these tests are `ignored` (build.rs's
+//! `skip_interop`); otherwise a missing Python fails them with a message that says what to
+//! install.
 #![cfg(feature = "cli")]
 
 mod support;
@@ -30,9 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::env_or;
-use support::process::{Serve, ROUTER_KEY};
+use support::process::Serve;
 use support::python::{python, Py};
+use support::{env_or, TempDir, KEY};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -106,12 +107,13 @@ enum RouterProc {
 
 struct Lab {
     py: PathBuf,
-    dir: PathBuf,
     _router: RouterProc,
     router_port: u16,
     controller: Py,
     controller_ep: String,
     echo_port: u16,
+    /// Last: removed once the processes are gone.
+    dir: TempDir,
 }
 
 impl Lab {
@@ -120,25 +122,9 @@ impl Lab {
     /// token for both sides, as upstream; `distinct`: two tokens of the same stream;
     /// `JMP_SESSION_TOKENS` overrides it). Our router gets `router_args` too.
     async fn start(py: &Path, name: &str, tokens: &str, router_args: &[&str]) -> Lab {
-        let dir = std::env::temp_dir().join(format!(
-            "jumpstarter-router-session-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut certs = Py::spawn(
-            py,
-            "harness.py",
-            &[
-                "certs",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--key-type",
-                "ecdsa",
-            ],
-            false,
-        );
-        certs.next("certs", 60).await;
-        let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let dir = TempDir::new(&format!("session-{name}"));
+        Py::make_certs(py, &dir.file(""), "ecdsa").await;
+        let path = |f: &str| dir.file(f);
         let (router, router_port) =
             if std::env::var("JMP_SESSION_ROUTER").as_deref() == Ok("python") {
                 let mut r = Py::session(py, &["pyrouter", "--certs", &path("")]);
@@ -163,7 +149,7 @@ impl Lab {
                 "--router",
                 &router_ep,
                 "--router-key",
-                ROUTER_KEY,
+                KEY,
                 "--certs",
                 &path(""),
                 "--tokens",
@@ -183,7 +169,7 @@ impl Lab {
     }
 
     fn ca(&self) -> String {
-        self.dir.join("ca.pem").to_str().unwrap().to_string()
+        self.dir.file("ca.pem")
     }
 
     fn exporter(&self) -> Py {
@@ -266,12 +252,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn runs() -> usize {
     env_or("JMP_SESSION_RUNS", 3usize).max(1)
 }
@@ -312,8 +292,9 @@ async fn lease_warnings(exporter: &mut Py, from: usize) -> Vec<Value> {
 }
 
 #[tokio::test]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
-    let Some(py) = python() else { return };
+    let py = python();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::start(
         py,
@@ -532,8 +513,9 @@ async fn kill_exporter_once(lab: &mut Lab, case: &str) -> (Option<Duration>, Val
 }
 
 #[tokio::test]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn e_exporter_killed_mid_call_and_mid_stream_the_client_raises() {
-    let Some(py) = python() else { return };
+    let py = python();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::start(py, "e", "same", &[]).await;
     let n = runs();
@@ -600,8 +582,9 @@ async fn e_exporter_killed_mid_call_and_mid_stream_the_client_raises() {
 // ===== f: the client SIGKILLed =====
 
 #[tokio::test]
+#[cfg_attr(skip_interop, ignore = "JUMPSTARTER_ROUTER_SKIP_INTEROP is set")]
 async fn f_client_killed_the_exporter_ends_its_session_and_keeps_serving() {
-    let Some(py) = python() else { return };
+    let py = python();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::start(py, "f", "distinct", &[]).await;
     let exporter = lab.exporter();

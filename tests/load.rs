@@ -14,20 +14,13 @@ mod support;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use jumpstarter_router::router::Auth;
 use jumpstarter_router::{ClientBuilder, RouterStream};
-use process::{open_fds, proc_status_kib, scrape, Serve};
+use process::{open_fds, scrape, Serve};
 use support::process;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
-
-fn mint(stream: &str) -> String {
-    Auth::new(KEY)
-        .mint(stream, Duration::from_secs(3600))
-        .unwrap()
-}
 
 async fn serve() -> Serve {
     Serve::start(&["--plaintext", "--metrics-listen", "127.0.0.1:0"]).await
@@ -77,20 +70,7 @@ async fn concurrent_pairs_through_serve() {
     for _ in 0..8 {
         channels.push(builder.channel().await.unwrap());
     }
-    let mut tasks = Vec::new();
-    for i in 0..pairs {
-        let tok = mint(&format!("load-{i}"));
-        for side in 0..2u64 {
-            let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
-            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
-        }
-    }
-    within(600, "the pairs", async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await;
+    load_pairs(&channels, pairs, 600, |i| token(&format!("load-{i}"))).await;
     let took = started.elapsed();
     drop(channels);
     settle(&router, None).await;
@@ -202,7 +182,7 @@ async fn session(
     rng: &mut Rng,
     tally: &mut Tally,
 ) {
-    let tok = mint(&format!("soak-{id}"));
+    let tok = token(&format!("soak-{id}"));
     let mut a = jumpstarter_router::connect(endpoint, &tok).await.unwrap();
     let mut b = jumpstarter_router::connect(endpoint, &tok).await.unwrap();
     let (up, down) = if largest {

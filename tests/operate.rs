@@ -4,7 +4,7 @@
 #![cfg(feature = "cli")]
 
 use support::process;
-use support::process::scrape;
+use support::process::{http_get, scrape};
 mod support;
 
 use std::collections::HashMap;
@@ -47,10 +47,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
         0.0
     );
 
-    let auth = Auth::new(KEY);
-    let tok = auth
-        .mint("metrics-session", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("metrics-session");
     let ep = serve.endpoint();
     // The first caller waits (its log line says so), then the second pairs with it.
     let mut first = connect(&ep, &tok).await.unwrap();
@@ -81,9 +78,7 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
     assert!(ended["duration_ms"].is_u64(), "{ended}");
 
     // An unpaired caller times out; a refused one learns why.
-    let lonely = auth
-        .mint("metrics-lonely", Duration::from_secs(600))
-        .unwrap();
+    let lonely = token("metrics-lonely");
     let mut c = connect(&ep, &lonely).await.unwrap();
     let err = read_to_error(&mut c, 5, "the pairing timeout").await;
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err:?}");
@@ -143,23 +138,11 @@ async fn metrics_count_a_session_a_timeout_and_a_refusal() {
 
     // Neither a token nor the key is in the logs.
     let logs = serve.raw_logs();
-    for secret in [
-        tok.as_str(),
-        lonely.as_str(),
-        bad.as_str(),
-        process::ROUTER_KEY,
-    ] {
+    for secret in [tok.as_str(), lonely.as_str(), bad.as_str(), KEY] {
         assert!(!logs.contains(secret), "a secret in the logs: {logs}");
     }
     // Other paths are 404.
-    let mut tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    within(10, "the 404 response", tcp.read_to_string(&mut response))
-        .await
-        .unwrap();
+    let response = http_get(metrics, "/").await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
 
@@ -227,9 +210,7 @@ async fn health_is_serving_then_not_serving_from_the_start_of_a_graceful_shutdow
     assert_eq!(first.status(), ServingStatus::Serving);
 
     // An active session holds the grace period open.
-    let tok = Auth::new(KEY)
-        .mint("health-grace", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("health-grace");
     let (mut a, mut b) = pair_up(&serve.endpoint(), &tok, b"hello").await;
     serve.terminate();
     let next = within(5, "NOT_SERVING after SIGTERM", watch.message())
@@ -257,9 +238,7 @@ async fn health_is_serving_then_not_serving_from_the_start_of_a_graceful_shutdow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_key_in_the_logs_even_at_trace() {
     let mut serve = Serve::start_with_env(&["--plaintext"], &[("RUST_LOG", "trace")]).await;
-    let tok = Auth::new(KEY)
-        .mint("trace-session", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("trace-session");
     let (mut a, mut b) = pair_up(&serve.endpoint(), &tok, b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
     send_and_finish(&mut b, &mut a, b"bye").await;
@@ -276,7 +255,7 @@ async fn no_token_or_key_in_the_logs_even_at_trace() {
     let logs = serve.raw_logs();
     assert!(logs.lines().count() > 50, "not a TRACE run: {logs}");
     // The whole token, and each of its signed parts (header.payload and the signature).
-    for secret in [tok.as_str(), bad.as_str(), process::ROUTER_KEY] {
+    for secret in [tok.as_str(), bad.as_str(), KEY] {
         assert!(!logs.contains(secret), "a secret in the logs");
         for part in secret.rsplitn(2, '.') {
             assert!(

@@ -8,27 +8,13 @@ mod support;
 use std::time::Duration;
 
 use jumpstarter_router::proto::router_service_client::RouterServiceClient;
-use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::router::{Auth, Router};
 use support::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-async fn channel(r: &TestRouter) -> Channel {
-    Endpoint::from_shared(r.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    proc_status_kib(std::process::id(), "VmRSS")
 }
 
 /// Opens a `Stream` call on `channel` as stream `stream`, with an open request stream that
@@ -37,16 +23,8 @@ async fn open(
     channel: &Channel,
     stream: &str,
 ) -> Result<tonic::Streaming<jumpstarter_router::proto::StreamResponse>, tonic::Status> {
-    use futures_util::StreamExt;
-    let first = StreamRequest {
-        payload: b"x".to_vec().into(),
-        frame_type: 0,
-    };
-    let requests = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
-    let mut req = tonic::Request::new(requests);
-    let token = Auth::new(KEY)
-        .mint(stream, Duration::from_secs(600))
-        .unwrap();
+    let mut req = tonic::Request::new(raw::data_then_open(b"x"));
+    let token = token(stream);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     RouterServiceClient::new(channel.clone())
@@ -74,7 +52,7 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
     // 8 connections or more (hyper allows 200 streams on each; we use 100).
     let mut channels = Vec::new();
     for _ in 0..(n / 100).max(8) {
-        channels.push(channel(&r).await);
+        channels.push(r.channel().await);
     }
     let before = rss_kib();
     let mut waiting = Vec::new();
@@ -111,7 +89,7 @@ async fn unpaired_callers_are_capped_and_cleaned_up() {
     // The pairing freed a slot: an honest pair (whose first caller waits too) goes through
     // while the table holds 999 waiters.
     r.wait_for("the pair", |s| s.pending == n - 1).await;
-    let tok = r.token("honest");
+    let tok = token("honest");
     let (mut a, mut b) = pair_up(&r.endpoint(), &tok, b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
     send_and_finish(&mut b, &mut a, b"bye").await;
@@ -140,7 +118,7 @@ async fn waiting_callers_per_connection_are_capped() {
             .build(),
     )
     .await;
-    let (one, two) = (channel(&r).await, channel(&r).await);
+    let (one, two) = (r.channel().await, r.channel().await);
     let _a = open(&one, "a").await.unwrap();
     let _b = open(&one, "b").await.unwrap();
     let err = open(&one, "c").await.unwrap_err();
@@ -187,13 +165,13 @@ async fn connections_that_never_finish_the_handshake_time_out() {
     )
     .await;
     let honest = async {
-        let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+        let (mut a, mut b) = pair_up(&r.endpoint(), &token("honest"), b"hello").await;
         send_and_finish(&mut a, &mut b, b"bye").await;
     };
     let took = stall_handshakes(r.addr, 1000, attack::PARTIAL_PREFACE, honest).await;
     eprintln!("2,000 stalled plaintext handshakes closed within {took:?}");
     // And the router still serves.
-    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
+    let (mut a, mut b) = pair_up(&r.endpoint(), &token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
 
@@ -201,25 +179,18 @@ async fn connections_that_never_finish_the_handshake_time_out() {
 /// inside it; honest TLS callers pair meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_that_never_finish_the_handshake_time_out() {
-    use jumpstarter_router::router::{ServeConfig, TlsMode};
+    use jumpstarter_router::router::ServerTls;
     use jumpstarter_router::ClientBuilder;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = ServeConfig::new(addr, TlsMode::SelfSigned("localhost".into()))
-        .tls_config()
-        .unwrap();
     let router = Router::builder(Auth::new(KEY))
         .handshake_timeout(Duration::from_secs(1))
         .build();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(router.serve_listener(listener, tls, async {
-        let _ = stopped.await;
-    }));
-    let endpoint = format!("https://localhost:{}", addr.port());
+    let tls = ServerTls::self_signed("localhost").unwrap();
+    let r = TestRouter::with_tls(router, Some(tls)).await;
+    let endpoint = r.tls_endpoint();
     let pair = |name: &'static str| {
         let endpoint = endpoint.clone();
         async move {
-            let tok = Auth::new(KEY).mint(name, Duration::from_secs(60)).unwrap();
+            let tok = token(name);
             let client = ClientBuilder::new(&endpoint).insecure_skip_verify(true);
             let mut a = within(10, "TLS connect", client.connect(&tok))
                 .await
@@ -231,7 +202,13 @@ async fn tls_connections_that_never_finish_the_handshake_time_out() {
             send_and_finish(&mut b, &mut a, b"back").await;
         }
     };
-    let took = stall_handshakes(addr, 1000, attack::PARTIAL_CLIENT_HELLO, pair("tls-honest")).await;
+    let took = stall_handshakes(
+        r.addr,
+        1000,
+        attack::PARTIAL_CLIENT_HELLO,
+        pair("tls-honest"),
+    )
+    .await;
     eprintln!("2,000 stalled TLS handshakes closed within {took:?}");
     pair("tls-after").await;
 }
@@ -246,7 +223,7 @@ async fn header_lists_over_the_limit_are_refused() {
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
     let request = |extra: Option<String>| {
-        let mut req = attack::stream_request(r.addr, &format!("Bearer {}", r.token("big-headers")));
+        let mut req = attack::stream_request(r.addr, &format!("Bearer {}", token("big-headers")));
         if let Some(v) = extra {
             req = req.header("x-padding", v);
         }
@@ -271,7 +248,7 @@ async fn header_lists_over_the_limit_are_refused() {
         assert_eq!(resp.status(), 200, "{resp:?}");
     }
     // And other callers pair.
-    let (mut a, mut b) = pair_up(&r.endpoint(), &r.token("after"), b"hello").await;
+    let (mut a, mut b) = pair_up(&r.endpoint(), &token("after"), b"hello").await;
     send_and_finish(&mut a, &mut b, b"bye").await;
 }
 
@@ -309,7 +286,7 @@ async fn malformed_input_gets_clear_statuses_while_honest_pairs_go_on() {
             })
         })
         .collect();
-    let (a, mut b) = pair_up(&r.endpoint(), &r.token("honest"), b"hello").await;
+    let (a, mut b) = pair_up(&r.endpoint(), &token("honest"), b"hello").await;
     one_way(a, &mut b, 8 << 20, 9).await;
     for w in workers {
         let outcomes = within(60, "the malformed rounds", w).await.unwrap();
@@ -336,7 +313,7 @@ async fn rapid_reset_leaves_the_router_serving() {
     let r = TestRouter::start().await;
 
     async fn honest(r: &TestRouter, name: &str) -> Duration {
-        let (a, mut b) = pair_up(&r.endpoint(), &r.token(name), b"hello").await;
+        let (a, mut b) = pair_up(&r.endpoint(), &token(name), b"hello").await;
         let (mut a, took) = one_way(a, &mut b, 32 * MIB, 5).await;
         b.shutdown().await.unwrap();
         let mut rest = Vec::new();

@@ -26,8 +26,9 @@ fn claims() -> serde_json::Value {
     json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "auth-stream", "exp": now() + 600, "iat": now(), "nbf": now()})
 }
 
-fn sign(alg: Algorithm, key: &[u8], claims: &serde_json::Value) -> String {
-    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
+fn sign(alg: Algorithm, key: impl AsRef<[u8]>, claims: &serde_json::Value) -> String {
+    let key = EncodingKey::from_secret(key.as_ref());
+    jsonwebtoken::encode(&Header::new(alg), claims, &key).unwrap()
 }
 
 fn b64(s: &str) -> String {
@@ -53,7 +54,7 @@ fn forged(header: &str, claims: &serde_json::Value, sig: &str) -> String {
 /// Opens a `Stream` call with these authorization values that sends one DATA frame and keeps
 /// its request open, as a grpc-core client does; returns the call's status code.
 async fn call(r: &TestRouter, auth: &[&str]) -> Code {
-    call_with(r, auth, first_frame_then_open()).await
+    call_with(r, auth, raw::data_then_open(b"first")).await
 }
 
 /// The same, with the request stream `requests`.
@@ -62,12 +63,7 @@ async fn call_with(
     auth: &[&str],
     requests: impl futures_core::Stream<Item = StreamRequest> + Send + 'static,
 ) -> Code {
-    let channel = tonic::transport::Endpoint::from_shared(r.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = RouterServiceClient::new(channel);
+    let mut client = RouterServiceClient::new(r.channel().await);
     let mut req = tonic::Request::new(requests);
     for a in auth {
         req.metadata_mut()
@@ -76,22 +72,10 @@ async fn call_with(
     match client.stream(req).await {
         Ok(_) => Code::Ok,
         Err(s) => {
-            assert!(
-                !s.message().contains(std::str::from_utf8(KEY).unwrap()),
-                "status leaks the key: {s:?}"
-            );
+            assert!(!s.message().contains(KEY), "status leaks the key: {s:?}");
             s.code()
         }
     }
-}
-
-fn first_frame_then_open() -> impl futures_core::Stream<Item = StreamRequest> + Send + 'static {
-    use futures_util::StreamExt;
-    let first = StreamRequest {
-        payload: b"first".to_vec().into(),
-        frame_type: 0,
-    };
-    futures_util::stream::iter([first]).chain(futures_util::stream::pending())
 }
 
 #[tokio::test]

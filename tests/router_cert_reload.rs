@@ -10,7 +10,7 @@ mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,6 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
@@ -80,25 +79,24 @@ impl Leaf {
 /// A directory laid out as the kubelet lays out a Secret volume: `..<timestamp>/tls.crt`,
 /// `..data -> ..<timestamp>`, `tls.crt -> ..data/tls.crt` (and `tls.key`).
 struct SecretVolume {
-    dir: PathBuf,
+    dir: TempDir,
     version: u32,
 }
 
 impl SecretVolume {
     fn new(name: &str) -> SecretVolume {
-        let dir = std::env::temp_dir().join(format!("jr-reload-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("reload-{name}"));
         for file in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(Path::new("..data").join(file), dir.join(file)).unwrap();
+            let link = dir.path().join(file);
+            std::os::unix::fs::symlink(Path::new("..data").join(file), link).unwrap();
         }
         SecretVolume { dir, version: 0 }
     }
 
     fn tls_mode(&self) -> TlsMode {
         TlsMode::Files {
-            cert: self.dir.join("tls.crt"),
-            key: self.dir.join("tls.key"),
+            cert: self.dir.path().join("tls.crt"),
+            key: self.dir.path().join("tls.key"),
         }
     }
 
@@ -107,7 +105,7 @@ impl SecretVolume {
     fn publish(&mut self, cert: Option<&[u8]>, key: Option<&[u8]>) {
         self.version += 1;
         let name = format!("..2026_12_07_01_{:02}_00.{:09}", self.version, self.version);
-        let data = self.dir.join(&name);
+        let data = self.dir.path().join(&name);
         std::fs::create_dir(&data).unwrap();
         for (file, contents) in [("tls.crt", cert), ("tls.key", key)] {
             if let Some(contents) = contents {
@@ -116,9 +114,9 @@ impl SecretVolume {
                 f.sync_all().unwrap();
             }
         }
-        let tmp = self.dir.join("..data_tmp");
+        let tmp = self.dir.path().join("..data_tmp");
         std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
     }
 
     fn publish_pair(&mut self, leaf: &Leaf) {
@@ -126,12 +124,6 @@ impl SecretVolume {
             Some(leaf.cert_pem.as_bytes()),
             Some(leaf.key_pem.as_bytes()),
         );
-    }
-}
-
-impl Drop for SecretVolume {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -275,33 +267,32 @@ async fn renewed_certificate_is_served_and_open_sessions_go_on() {
     // A session through the router, exchanging data before the renewal.
     let endpoint = router.endpoint();
     let client = || ClientBuilder::new(&endpoint).ca_certificate_pem(ca.pem());
-    let tok = Auth::new(KEY)
-        .mint("renewal", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("renewal");
     let mut x = client().connect(&tok).await.unwrap();
     let mut y = client().connect(&tok).await.unwrap();
-    exchange(&mut x, &mut y, b"before the renewal").await;
-    exchange(&mut y, &mut x, b"answer before").await;
+    send_and_read(&mut x, &mut y, b"before the renewal").await;
+    send_and_read(&mut y, &mut x, b"answer before").await;
 
     volume.publish_pair(&new);
     let line = router.reloaded().await;
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["not_after"], new.not_after.as_str(), "{line}");
     assert_eq!(line["sha256"], new.sha256().as_str(), "{line}");
-    assert_eq!(line["cert"], volume.dir.join("tls.crt").to_str().unwrap());
+    assert_eq!(
+        line["cert"],
+        volume.dir.path().join("tls.crt").to_str().unwrap()
+    );
     assert_eq!(router.served(&ca).await, new.der);
     assert_eq!(router.served(&ca).await, new.der);
 
     // The session from before goes on over its TLS connections, and ends cleanly.
-    exchange(&mut x, &mut y, b"after the renewal").await;
-    exchange(&mut y, &mut x, b"answer after").await;
+    send_and_read(&mut x, &mut y, b"after the renewal").await;
+    send_and_read(&mut y, &mut x, b"answer after").await;
     send_and_finish(&mut x, &mut y, b"x done").await;
     send_and_finish(&mut y, &mut x, b"y done").await;
 
     // A new session, on the new certificate.
-    let tok = Auth::new(KEY)
-        .mint("after-renewal", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("after-renewal");
     let mut x = client().connect(&tok).await.unwrap();
     let mut y = client().connect(&tok).await.unwrap();
     send_and_finish(&mut x, &mut y, b"new session").await;
@@ -331,7 +322,10 @@ async fn unusable_files_are_refused_until_a_good_pair_arrives() {
         error.contains("does not belong to the certificate"),
         "{line}"
     );
-    assert_eq!(line["key"], volume.dir.join("tls.key").to_str().unwrap());
+    assert_eq!(
+        line["key"],
+        volume.dir.path().join("tls.key").to_str().unwrap()
+    );
     assert_eq!(router.served(&ca).await, old.der);
 
     // A certificate cut in the middle.
@@ -340,14 +334,17 @@ async fn unusable_files_are_refused_until_a_good_pair_arrives() {
     let line = router.refused().await;
     let error = line["error"].as_str().unwrap();
     assert!(error.contains("certificate PEM"), "{line}");
-    assert_eq!(line["cert"], volume.dir.join("tls.crt").to_str().unwrap());
+    assert_eq!(
+        line["cert"],
+        volume.dir.path().join("tls.crt").to_str().unwrap()
+    );
     assert_eq!(router.served(&ca).await, old.der);
 
     // The certificate file missing.
     volume.publish(None, Some(good.key_pem.as_bytes()));
     let line = router.refused().await;
     let error = line["error"].as_str().unwrap();
-    let crt = volume.dir.join("tls.crt");
+    let crt = volume.dir.path().join("tls.crt");
     assert!(
         error.contains(&format!("cannot read {}", crt.display())),
         "{line}"
@@ -360,19 +357,4 @@ async fn unusable_files_are_refused_until_a_good_pair_arrives() {
     assert_eq!(line["sha256"], good.sha256().as_str(), "{line}");
     assert_eq!(line["not_after"], good.not_after.as_str(), "{line}");
     assert_eq!(router.served(&ca).await, good.der);
-}
-
-/// `from` writes `msg` (without closing); `to` reads exactly it.
-async fn exchange<A, B>(from: &mut A, to: &mut B, msg: &[u8])
-where
-    A: tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + Unpin,
-{
-    from.write_all(msg).await.unwrap();
-    from.flush().await.unwrap();
-    let mut got = vec![0; msg.len()];
-    within(10, "the other side reads", to.read_exact(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, msg);
 }

@@ -15,9 +15,8 @@ mod support;
 
 use std::time::Duration;
 
-use jumpstarter_router::router::Auth;
 use support::apiserver::{operator_config, ApiServer, TOKEN};
-use support::process::{cmd, Serve, ROUTER_KEY};
+use support::process::{cmd, Serve};
 use support::wire::{Pings, RawH2, DATA, ENHANCE_YOUR_CALM, GOAWAY, NO_ERROR, PING};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,12 +58,6 @@ async fn configured(name: &str, keepalive: &[(&str, &str)]) -> Configured {
         _api: api,
         _dir: dir,
     }
-}
-
-fn token(name: &str) -> String {
-    Auth::new(ROUTER_KEY.as_bytes())
-        .mint(name, Duration::from_secs(600))
-        .unwrap()
 }
 
 /// `intervalTime: 2s`, `timeout: 3s`: a client that does not answer sees the first PING

@@ -154,7 +154,7 @@ async fn pair_through_proxy(
     jumpstarter_router::RouterStream,
     jumpstarter_router::RouterStream,
 ) {
-    let tok = r.token(name);
+    let tok = token(name);
     let client = |addr: SocketAddr| {
         ClientBuilder::new(format!("http://{addr}"))
             .keepalive_interval(Some(Duration::from_secs(1)))
@@ -253,7 +253,7 @@ async fn a_slow_link_delivers_every_byte() {
             bytes_per_sec: 10 * MIB,
         })
         .unwrap();
-    let tok = r.token("slow");
+    let tok = token("slow");
     let mut a = ClientBuilder::new(format!("http://{via}"))
         .connect(&tok)
         .await

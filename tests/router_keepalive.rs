@@ -71,7 +71,7 @@ async fn a_ping_flood_closes_the_connection() {
     assert!(e.is_go_away() && e.is_remote(), "{e:?}");
     assert_eq!(e.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{e:?}");
     // The router itself keeps serving others.
-    let tok = r.token("after-flood");
+    let tok = token("after-flood");
     let a = jumpstarter_router::connect(&r.endpoint(), &tok)
         .await
         .unwrap();

@@ -50,16 +50,14 @@ impl RawCaller {
             frame_type,
         }
         .encode_to_vec();
-        let mut out = vec![0u8];
-        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        out.extend_from_slice(&msg);
+        let out = support::wire::grpc_message(&msg);
         self.body.send_data(out.into(), false).unwrap();
     }
 }
 
 /// A raw caller and one of ours, paired: the raw one said `hello`, ours read it.
 async fn paired(r: &TestRouter, stream: &str) -> (RawCaller, RouterStream) {
-    let token = r.token(stream);
+    let token = token(stream);
     let mut raw = RawCaller::open(r, &token).await;
     let mut ours = jumpstarter_router::connect(&r.endpoint(), &token)
         .await
@@ -146,7 +144,7 @@ async fn an_end_without_goaway_is_an_abort() {
 #[tokio::test]
 async fn a_dropped_router_stream_is_a_reset() {
     let r = TestRouter::start().await;
-    let token = r.token("dropped");
+    let token = token("dropped");
     let (a, mut b) = pair_up(&r.endpoint(), &token, b"hi").await;
     drop(a);
     let e = read_to_error(&mut b, 5, "the survivor of a dropped stream").await;

@@ -17,7 +17,7 @@ const MIB: u64 = 1024 * 1024;
 #[tokio::test]
 async fn half_close_through_the_router() {
     let r = TestRouter::start().await;
-    let tok = r.token("half-close");
+    let tok = token("half-close");
     let mut a = connect(&r.endpoint(), &tok).await.unwrap();
     let mut b = connect(&r.endpoint(), &tok).await.unwrap();
 
@@ -50,7 +50,7 @@ async fn half_close_through_the_router() {
 #[tokio::test]
 async fn lone_caller_leaving_empties_the_pending_table() {
     let r = TestRouter::start().await;
-    let tok = r.token("lonely");
+    let tok = token("lonely");
     let a = connect(&r.endpoint(), &tok).await.unwrap();
     r.wait_for("caller to wait", |s| s.pending == 1).await;
     drop(a);
@@ -61,7 +61,7 @@ async fn lone_caller_leaving_empties_the_pending_table() {
 #[tokio::test]
 async fn peer_abort_is_an_error_not_eof() {
     let r = TestRouter::start().await;
-    let (a, mut b) = pair_up(&r.endpoint(), &r.token("abort"), b"hello").await;
+    let (a, mut b) = pair_up(&r.endpoint(), &token("abort"), b"hello").await;
     drop(a); // no shutdown: abort
     let err = read_to_error(&mut b, 2, "abort to reach B").await;
     // The dropped stream's RST_STREAM frame went through the router: a reset, not a vague end.
@@ -84,7 +84,7 @@ async fn every_frame_passes_unchanged_and_forwarding_goes_on_after_rst_stream() 
     use raw::RawCall;
 
     let r = TestRouter::start().await;
-    let tok = r.token("transparent");
+    let tok = token("transparent");
     let mut a = RawCall::open_with_token(&r.endpoint(), &tok).await.unwrap();
     let mut b = RawCall::open_with_token(&r.endpoint(), &tok).await.unwrap();
     let b_ = |s: &'static str| Bytes::from_static(s.as_bytes());
@@ -134,7 +134,7 @@ async fn every_frame_passes_unchanged_and_forwarding_goes_on_after_rst_stream() 
 #[tokio::test]
 async fn third_caller_does_not_hijack_a_pair() {
     let r = TestRouter::start().await;
-    let tok = r.token("trio");
+    let tok = token("trio");
     let (mut a, mut b) = pair_up(&r.endpoint(), &tok, b"a->b").await;
     r.wait_for("pair", |s| s.active == 1 && s.pending == 0)
         .await;
@@ -186,7 +186,7 @@ async fn pairing_timeout_drops_a_waiting_caller() {
             .pairing_timeout(Some(Duration::from_millis(300)))
             .build();
     let r = TestRouter::with(router).await;
-    let mut a = connect(&r.endpoint(), &r.token("nobody-comes"))
+    let mut a = connect(&r.endpoint(), &token("nobody-comes"))
         .await
         .unwrap();
     let mut buf = [0u8; 1];
@@ -211,33 +211,16 @@ async fn two_hundred_concurrent_pairs() {
     for _ in 0..4 {
         channels.push(builder.channel().await.unwrap());
     }
-    let mut tasks = Vec::new();
-    for i in 0..pairs {
-        let tok = r.token(&format!("pair-{i}"));
-        for side in 0..2u64 {
-            let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
-            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
-        }
-    }
-    within(300, "the pairs", async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await;
+    load_pairs(&channels, pairs, 300, |i| token(&format!("pair-{i}"))).await;
     r.wait_for("all pairs to end", |s| s.active == 0 && s.pending == 0)
         .await;
     let s = r.router.stats();
     assert_eq!(s.pairs_total, pairs as u64);
     assert_eq!(s.aborts_total, 0, "{s:?}");
     assert_eq!(s.bytes_forwarded, 2 * pairs as u64 * MIB);
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
+    let peak = proc_status_kib(std::process::id(), "VmHWM");
     eprintln!(
-        "{pairs} pairs x 1 MiB each way: {:.1} s, peak RSS {peak} (router and all clients in one process)",
+        "{pairs} pairs x 1 MiB each way: {:.1} s, peak RSS {peak} kB (router and all clients in one process)",
         started.elapsed().as_secs_f64()
     );
 }
@@ -251,7 +234,7 @@ async fn an_oversized_frame_aborts_both_sides_with_a_clear_error() {
             .build(),
     )
     .await;
-    let tok = r.token("oversized");
+    let tok = token("oversized");
     // A sender whose frames are larger than the router takes.
     let mut a = ClientBuilder::new(r.endpoint())
         .stream_options(StreamOptions::new().max_payload(2 * limit))
@@ -281,7 +264,7 @@ async fn an_oversized_frame_aborts_both_sides_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_copies_both_ways_with_half_close() {
     let r = TestRouter::start().await;
-    let tok = r.token("bridge");
+    let tok = token("bridge");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
@@ -320,7 +303,7 @@ async fn bridge_copies_both_ways_with_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_turns_a_reset_socket_into_an_abort() {
     let r = TestRouter::start().await;
-    let tok = r.token("bridge-reset");
+    let tok = token("bridge-reset");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
@@ -395,7 +378,7 @@ impl tokio::io::AsyncWrite for FlushToKeep {
 #[tokio::test]
 async fn bridge_flushes_before_it_shuts_the_writer_down() {
     let r = TestRouter::start().await;
-    let tok = r.token("bridge-flush");
+    let tok = token("bridge-flush");
     let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
     let mut far = connect(&r.endpoint(), &tok).await.unwrap();
     let sent = send_pattern(&mut far, 256 * 1024, 3, 4096).await.unwrap();

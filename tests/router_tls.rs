@@ -4,29 +4,20 @@
 
 mod support;
 
-use std::time::Duration;
-
 use jumpstarter_router::router::{Auth, Router, ServeConfig, TlsMode};
 use jumpstarter_router::ClientBuilder;
 use support::*;
 
-async fn tls_router(tls: TlsMode) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = ServeConfig::new(addr, tls);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+/// A router serving the TLS of `tls` (what `ServeConfig` makes of it).
+async fn tls_router(tls: TlsMode) -> TestRouter {
+    let config = ServeConfig::new(([127, 0, 0, 1], 0).into(), tls);
     let router = Router::builder(Auth::new(KEY)).build();
-    tokio::spawn(
-        router.serve_listener(listener, config.tls_config().unwrap(), async {
-            let _ = rx.await;
-        }),
-    );
-    (addr, tx)
+    TestRouter::with_tls(router, config.tls_config().unwrap()).await
 }
 
 /// A pair of streams through the router exchanges bytes both ways and finishes cleanly.
 async fn exchange(a: ClientBuilder, b: ClientBuilder) {
-    let tok = Auth::new(KEY).mint("tls", Duration::from_secs(60)).unwrap();
+    let tok = token("tls");
     let mut x = a.connect(&tok).await.unwrap();
     let mut y = b.connect(&tok).await.unwrap();
     send_and_finish(&mut x, &mut y, b"over tls").await;
@@ -35,34 +26,30 @@ async fn exchange(a: ClientBuilder, b: ClientBuilder) {
 
 #[tokio::test]
 async fn certificate_files_and_a_custom_ca() {
-    let dir = std::env::temp_dir().join(format!("jr-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tls");
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
 
-    let (addr, _stop) = tls_router(TlsMode::Files { cert, key }).await;
-    let ep = format!("https://localhost:{}", addr.port());
+    let r = tls_router(TlsMode::Files { cert, key }).await;
+    let ep = r.tls_endpoint();
     let with_ca = || ClientBuilder::new(&ep).ca_certificate_pem(ck.cert.pem());
     exchange(with_ca(), with_ca()).await;
 
     // The system roots do not know this certificate: a clear error, at connect time.
-    let tok = Auth::new(KEY)
-        .mint("tls-untrusted", Duration::from_secs(60))
-        .unwrap();
+    let tok = token("tls-untrusted");
     let err = within(10, "untrusted", ClientBuilder::new(&ep).connect(&tok))
         .await
         .unwrap_err();
     let io: std::io::Error = err.into();
     assert!(io.to_string().contains("cannot connect to router"), "{io}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn self_signed_router_with_insecure_clients() {
-    let (addr, _stop) = tls_router(TlsMode::SelfSigned("localhost".into())).await;
-    let ep = format!("localhost:{}", addr.port()); // no scheme: TLS
+    let r = tls_router(TlsMode::SelfSigned("localhost".into())).await;
+    let ep = format!("localhost:{}", r.addr.port()); // no scheme: TLS
     let insecure = || ClientBuilder::new(&ep).insecure_skip_verify(true);
     exchange(insecure(), insecure()).await;
 }

@@ -1,11 +1,12 @@
 //! A first end-to-end check: a client stream against an echoing servicer over loopback.
 #![cfg(feature = "client")]
 
-use jumpstarter_router::proto::router_service_server::{RouterService, RouterServiceServer};
+mod support;
+
+use jumpstarter_router::proto::router_service_server::RouterService;
 use jumpstarter_router::proto::StreamRequest;
 use jumpstarter_router::{ResponseStream, RouterStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 struct Echo;
@@ -31,12 +32,7 @@ impl RouterService for Echo {
 
 #[tokio::test]
 async fn echo_after_half_close() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .serve_with_incoming(RouterServiceServer::new(Echo), TcpIncoming::from(listener)),
-    );
+    let (addr, _stop) = support::raw::serve(Echo).await;
     let mut s = jumpstarter_router::connect(&format!("http://{addr}"), "t")
         .await
         .unwrap();

@@ -19,12 +19,11 @@ use futures_util::{SinkExt, StreamExt};
 use jumpstarter_router::proto::router_service_server::RouterService;
 use jumpstarter_router::proto::{StreamRequest, StreamResponse};
 use jumpstarter_router::{connect, ClientBuilder, Error, Frame, RouterStream, StreamOptions};
-use raw::{
-    data_of, describe, serve, within, AcceptingServer, BoxResponses, PeerServer, RawCall, RxStream,
-};
-use support::{pattern_sha, recv_all, send_pattern, test_bytes, TestRouter};
+use raw::{data_of, describe, serve, within, AcceptingServer, BoxResponses, PeerServer, RawCall};
+use support::{pattern_sha, recv_all, send_pattern, test_bytes, token, TestRouter};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -803,7 +802,7 @@ async fn stalled_reader_stops_the_writer_within_a_few_mib() {
 async fn copy_bidirectional_tcp_to_router_stream_64_mib_each_way() {
     const LEN: u64 = 64 * 1024 * 1024;
     let r = TestRouter::start().await;
-    let tok = r.token("copy-bidirectional");
+    let tok = token("copy-bidirectional");
     let mut direct = connect(&r.endpoint(), &tok).await.unwrap();
     let mut bridged = connect(&r.endpoint(), &tok).await.unwrap();
 
@@ -859,7 +858,7 @@ where
     T: Send + 'static,
 {
     let r = TestRouter::start().await;
-    let tok = r.token(name);
+    let tok = token(name);
     let a = connect(&r.endpoint(), &tok).await.unwrap();
     let b = connect(&r.endpoint(), &tok).await.unwrap();
 
@@ -1052,7 +1051,9 @@ impl RouterService for HoldingRouter {
         released
             .await
             .map_err(|_| Status::aborted("peer left before speaking"))?;
-        Ok(Response::new(Box::pin(RxStream(rx)) as BoxResponses))
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as BoxResponses
+        ))
     }
 }
 

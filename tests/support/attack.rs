@@ -7,21 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use jumpstarter_router::router::Auth;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::codegen::http::{HeaderMap, Request};
 use tonic::Code;
 
-use super::KEY;
-
-/// A token for stream `name`, valid for an hour, signed with [`KEY`].
-pub fn mint(name: &str) -> String {
-    Auth::new(KEY)
-        .mint(name, Duration::from_secs(3600))
-        .unwrap()
-}
+use super::token;
 
 /// The headers of a `RouterService/Stream` call to `addr` with `authorization`.
 pub fn stream_request(
@@ -70,7 +62,7 @@ impl std::ops::AddAssign for Tally {
 /// and resets each at once, a valid token and a bad one in turn, as fast as it can until
 /// `stop` reads true. When the router closes a connection (h2's reset budget), opens another.
 pub async fn rapid_reset(addr: SocketAddr, stop: watch::Receiver<bool>) -> Tally {
-    let good = format!("Bearer {}", mint("reset"));
+    let good = format!("Bearer {}", token("reset"));
     let mut t = Tally::default();
     while !*stop.borrow() {
         let Ok(mut client) = h2_connect(addr).await else {
@@ -177,7 +169,7 @@ pub async fn unpaired_callers(
         }
         let c = client.take().expect("a connection");
         let mut c = c.ready().await.map_err(std::io::Error::other)?;
-        let req = stream_request(addr, &format!("Bearer {}", mint(&format!("{prefix}-{i}"))))
+        let req = stream_request(addr, &format!("Bearer {}", token(&format!("{prefix}-{i}"))))
             .body(())
             .unwrap();
         let (response, body) = c.send_request(req, false).map_err(std::io::Error::other)?;
@@ -299,7 +291,7 @@ pub async fn malformed_pair(
     name: &str,
     kind: Malformed,
 ) -> Result<Outcome, h2::Error> {
-    let bearer = format!("Bearer {}", mint(name));
+    let bearer = format!("Bearer {}", token(name));
     let within = |f| async move {
         tokio::time::timeout(Duration::from_secs(10), f)
             .await

@@ -20,7 +20,6 @@ pub mod process;
 pub mod proxy;
 pub mod python;
 pub mod raw;
-mod rx_stream;
 #[cfg(feature = "router")]
 pub mod wire;
 
@@ -29,14 +28,25 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[cfg(feature = "router")]
-use jumpstarter_router::router::{Auth, Router};
-pub use rx_stream::RxStream;
+use jumpstarter_router::router::{Auth, Router, ServerTls};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub const KEY: &[u8] = b"test-router-key";
+/// The router key of every test: the in-process routers' and `serve`'s (`ROUTER_KEY`, set by
+/// `process::cmd`).
+pub const KEY: &str = "test-router-key";
 
-/// A router on 127.0.0.1 with [`KEY`], plaintext; stops when the returned guard drops.
+/// A token for stream `stream` signed with [`KEY`], valid for an hour (longer than any run of
+/// these tests and benches, the soak's included).
+#[cfg(feature = "router")]
+pub fn token(stream: &str) -> String {
+    Auth::new(KEY)
+        .mint(stream, Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// A router on 127.0.0.1 with [`KEY`], plaintext (or TLS: [`TestRouter::with_tls`]); stops when
+/// the returned guard drops.
 #[cfg(feature = "router")]
 pub struct TestRouter {
     pub addr: SocketAddr,
@@ -51,10 +61,15 @@ impl TestRouter {
     }
 
     pub async fn with(router: Router) -> Self {
+        Self::with_tls(router, None).await
+    }
+
+    /// `router` over TLS when `tls` is given ([`TestRouter::tls_endpoint`]), else plaintext.
+    pub async fn with_tls(router: Router, tls: Option<ServerTls>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(router.clone().serve_plaintext(listener, async {
+        tokio::spawn(router.clone().serve_listener(listener, tls, async {
             let _ = rx.await;
         }));
         TestRouter {
@@ -68,9 +83,17 @@ impl TestRouter {
         format!("http://{}", self.addr)
     }
 
-    pub fn token(&self, stream: &str) -> String {
-        Auth::new(KEY)
-            .mint(stream, Duration::from_secs(600))
+    /// The endpoint of a TLS router: `https://localhost:PORT` (the name in the certificates).
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// A tonic channel to the (plaintext) router.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
             .unwrap()
     }
 
@@ -180,6 +203,16 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// A line of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Fails the test instead of hanging.
 pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(secs), f).await {
@@ -219,13 +252,7 @@ pub async fn pair_up_with(
 ) {
     let mut a = client.connect(token).await.unwrap();
     let mut b = client.connect(token).await.unwrap();
-    a.write_all(hello).await.unwrap();
-    a.flush().await.unwrap();
-    let mut buf = vec![0u8; hello.len()];
-    within(10, "the first bytes", b.read_exact(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(buf, hello);
+    send_and_read(&mut a, &mut b, hello).await;
     (a, b)
 }
 
@@ -266,6 +293,21 @@ pub async fn read_to_error<R: AsyncRead + Unpin>(
     })
     .await
     .expect_err(&format!("{what}: an abort looked like a clean EOF"))
+}
+
+/// `from` writes `msg` and flushes, without closing; `to` must read exactly `msg` within 10 s.
+pub async fn send_and_read<A, B>(from: &mut A, to: &mut B, msg: &[u8])
+where
+    A: AsyncWrite + Unpin,
+    B: AsyncRead + Unpin,
+{
+    from.write_all(msg).await.unwrap();
+    from.flush().await.unwrap();
+    let mut got = vec![0; msg.len()];
+    within(10, "the other side reads", to.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, msg);
 }
 
 /// Half-close hand-over: `from` writes `msg` and shuts down; `to` reads to EOF and must have
@@ -313,6 +355,32 @@ pub async fn load_pair_side(
     assert_eq!(sha, want, "pair {pair} side {side}");
     s.close().await.unwrap();
     sent
+}
+
+/// `pairs` load pairs at once ([`load_pair_side`] on each side), side `s` of pair `i` on
+/// `channels[(2i + s) % channels.len()]` with the stream token `token_of(i)`; every pair must
+/// be done within `secs`.
+#[cfg(feature = "client")]
+pub async fn load_pairs(
+    channels: &[tonic::transport::Channel],
+    pairs: usize,
+    secs: u64,
+    token_of: impl Fn(usize) -> String,
+) {
+    let mut tasks = Vec::new();
+    for i in 0..pairs {
+        let tok = token_of(i);
+        for side in 0..2u64 {
+            let ch = channels[(i * 2 + side as usize) % channels.len()].clone();
+            tasks.push(tokio::spawn(load_pair_side(ch, tok.clone(), i, side)));
+        }
+    }
+    within(secs, "the pairs", async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
 }
 
 // ===== a temporary folder =====

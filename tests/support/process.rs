@@ -13,9 +13,6 @@ use tokio::sync::mpsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jumpstarter-router");
 
-/// The router key of these tests (as the in-process routers' `KEY`).
-pub const ROUTER_KEY: &str = "test-router-key";
-
 /// Kills the child when dropped.
 pub struct Proc(pub Child);
 
@@ -26,10 +23,10 @@ impl Drop for Proc {
     }
 }
 
-/// The binary with `args`, `ROUTER_KEY` set, and none of the variables it reads otherwise.
+/// The binary with `args`, `ROUTER_KEY` set to [`KEY`](super::KEY), and none of the variables it reads otherwise.
 pub fn cmd(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args).env("ROUTER_KEY", ROUTER_KEY);
+    c.args(args).env("ROUTER_KEY", super::KEY);
     // Nothing from the environment of the test run.
     for var in [
         "RUST_LOG",
@@ -171,21 +168,24 @@ impl Serve {
     }
 }
 
-/// `GET /metrics` over a plain TCP connection; returns the samples as `name{labels}` -> value.
-pub async fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+/// `GET path` over a plain TCP connection (HTTP/1.1, `Connection: close`): the whole response,
+/// within 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n")
+    let request = format!("GET {path} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let what = format!("the {path} response");
+    super::within(10, &what, tcp.read_to_string(&mut response))
         .await
         .unwrap();
-    let mut response = String::new();
-    super::within(
-        10,
-        "the /metrics response",
-        tcp.read_to_string(&mut response),
-    )
-    .await
-    .unwrap();
+    response
+}
+
+/// `GET /metrics` ([`http_get`]); returns the samples as `name{labels}` -> value.
+pub async fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let response = http_get(addr, "/metrics").await;
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
@@ -201,16 +201,6 @@ pub async fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> 
             (name.to_string(), value.parse().unwrap())
         })
         .collect()
-}
-
-/// A line of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The number of open file descriptors of a process.

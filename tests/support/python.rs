@@ -1,6 +1,6 @@
 //! The real Jumpstarter Python peers' side of the interop tests: the venv (made once per test
-//! binary by `tests/interop/setup_venv.sh`, or skipped visibly), and the JSON lines the
-//! scripts in `tests/interop/` print. Standalone (the relay bench includes it by `#[path]`).
+//! binary by `tests/interop/setup_venv.sh`), and the JSON lines the scripts in
+//! `tests/interop/` print. Standalone (the relay bench includes it by `#[path]`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,18 +30,13 @@ pub fn script_path(name: &str) -> PathBuf {
     repo().join("tests/interop").join(name)
 }
 
-/// The venv's python, set up once per test binary; `None` when skipped explicitly with
-/// `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` (said on stderr). Without Python, venv or PyPI the
-/// test fails and says what to install.
-pub fn python() -> Option<&'static PathBuf> {
-    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// The venv's python, set up once per test binary. Without Python, venv or PyPI the test
+/// fails and says what to install. The tests that call it carry
+/// `#[cfg_attr(skip_interop, ignore = ...)]`: with `JUMPSTARTER_ROUTER_SKIP_INTEROP=1` they are
+/// `ignored` (build.rs sets the cfg).
+pub fn python() -> &'static PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        if std::env::var_os("JUMPSTARTER_ROUTER_SKIP_INTEROP")
-            .is_some_and(|v| v != "0" && !v.is_empty())
-        {
-            eprintln!("SKIPPED: interop tests (JUMPSTARTER_ROUTER_SKIP_INTEROP is set)");
-            return None;
-        }
         let venv = repo().join("target").join("interop-venv");
         let out = Command::new("bash")
             .arg(repo().join("tests/interop/setup_venv.sh"))
@@ -56,9 +51,8 @@ pub fn python() -> Option<&'static PathBuf> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Some(venv.join("bin").join("python"))
+        venv.join("bin").join("python")
     })
-    .as_ref()
 }
 
 /// Reads a script's stdout to its end, handing each JSON event to `each` (which returns
@@ -141,6 +135,15 @@ impl Py {
 
     pub fn session(py: &Path, args: &[&str]) -> Py {
         Self::spawn(py, "session.py", args, false)
+    }
+
+    /// `harness.py certs`: a test CA (`ca.pem`) and a certificate for localhost signed by it
+    /// (`cert.pem`, `key.pem`; `key_type` `rsa` or `ecdsa`) made in `dir`.
+    pub async fn make_certs(py: &Path, dir: &str, key_type: &str) {
+        let args = ["certs", "--dir", dir, "--key-type", key_type];
+        Self::spawn(py, "harness.py", &args, false)
+            .next("certs", 60)
+            .await;
     }
 
     pub fn pid(&self) -> u32 {

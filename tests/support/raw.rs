@@ -13,11 +13,12 @@ use jumpstarter_router::proto::router_service_server::{RouterService, RouterServ
 use jumpstarter_router::proto::{StreamRequest, StreamResponse};
 use jumpstarter_router::{Frame, ResponseStream, RouterStream, StreamOptions};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use super::{within, RxStream};
+pub use super::within;
 
 pub type BoxResponses = Pin<Box<dyn Stream<Item = Result<StreamResponse, Status>> + Send>>;
 
@@ -119,7 +120,9 @@ impl RouterService for ScriptedPeer {
         if hold {
             let _ = released.await;
         }
-        Ok(Response::new(Box::pin(RxStream(rx)) as BoxResponses))
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as BoxResponses
+        ))
     }
 }
 
@@ -199,7 +202,7 @@ impl RawCall {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut client = RouterServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
-        let mut request = Request::new(RxStream(rx));
+        let mut request = Request::new(ReceiverStream::new(rx));
         if let Some(token) = token {
             let value = format!("Bearer {token}")
                 .parse()
@@ -237,6 +240,19 @@ impl RawCall {
             .await
             .map(|m| m.map(Frame::from))
     }
+}
+
+/// A request stream that sends one DATA frame of `payload`, then stays open (as a grpc-core
+/// client does until it has more to say).
+pub fn data_then_open(
+    payload: &'static [u8],
+) -> impl Stream<Item = StreamRequest> + Send + 'static {
+    use futures_util::StreamExt;
+    let first = StreamRequest {
+        payload: Bytes::from_static(payload),
+        frame_type: 0,
+    };
+    futures_util::stream::iter([first]).chain(futures_util::stream::pending())
 }
 
 /// Concatenates the payloads of DATA frames; panics on any other frame.
