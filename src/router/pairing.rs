@@ -3,9 +3,8 @@
 //! The first caller of a stream id goes into the table with its request body and gets a
 //! [`Ticket`]; the second takes it out, and each gets a [`Link`] to the other's body (the
 //! waiting one through its ticket). Each turns into a `Forward` (`forward.rs`, above this).
-//! A caller that leaves,
-//! times out or whose token expires before its peer comes is removed (Jumpstarter's Go router
-//! once leaked these). Entries carry a caller number, so a caller only ever removes itself: a
+//! A caller that leaves, times out or whose token expires before its peer comes is removed
+//! (Jumpstarter's Go router once leaked these). Entries carry a caller number, so a caller only ever removes itself: a
 //! third caller of a stream id waits in the table on its own, it never joins a pair.
 
 use std::collections::HashMap;
