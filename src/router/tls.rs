@@ -15,7 +15,7 @@ use super::error::ConfigError;
 
 /// The router's TLS settings: a certificate chain and key, with ALPN `h2`.
 ///
-/// Made from certificate files ([`TlsMode::Files`] through [`ServeConfig::tls_config`]), it
+/// Made from certificate files ([`TlsMode::Files`](super::TlsMode::Files) through [`ServeConfig::tls_config`](super::ServeConfig::tls_config)), it
 /// can also follow those files as they are renewed: see [`ServerTls::watch_files`].
 #[derive(Clone)]
 pub struct ServerTls {
@@ -102,8 +102,8 @@ impl ServerTls {
         )
     }
 
-    /// For settings made from certificate files ([`TlsMode::Files`] through
-    /// [`ServeConfig::tls_config`]): a task that reads the two files every `every` and, when
+    /// For settings made from certificate files ([`TlsMode::Files`](super::TlsMode::Files) through
+    /// [`ServeConfig::tls_config`](super::ServeConfig::tls_config)): a task that reads the two files every `every` and, when
     /// their contents changed, puts the new certificate in use for new connections (open
     /// connections keep theirs). `None` for other settings, or when `every` is zero.
     ///
@@ -113,8 +113,8 @@ impl ServerTls {
     /// tick, so a pair that becomes whole is picked up. A new certificate in use is logged at
     /// info level with its `notAfter` and SHA-256 fingerprint.
     ///
-    /// [`Router::run`] spawns this task when [`ServeConfig::tls_reload`] is set; with
-    /// [`Router::serve_listener`], spawn it yourself. It runs until dropped.
+    /// [`Router::run`](super::Router::run) spawns this task when [`ServeConfig::tls_reload`](super::ServeConfig::tls_reload) is set; with
+    /// [`Router::serve_listener`](super::Router::serve_listener), spawn it yourself. It runs until dropped.
     pub fn watch_files(
         &self,
         every: Duration,
