@@ -54,8 +54,10 @@
 //!
 //! The first error of the call (an error status, RST_STREAM, an end without GOAWAY) fails both
 //! halves, and every later call on either half returns it. It is stored once, in
-//! `RouterStream::failure`, by [`RouterStream::fail`]: the `Failed` states carry no copy. A read
-//! half that reached EOF first stays at EOF.
+//! `RouterStream::failure`, by [`RouterStream::fail`]: the `Failed` states carry no copy. The
+//! one other error kept is the read half's own cause when the writer failed first only
+//! because the call had ended ([`Error::CallEnded`]): reads report why it ended. A read half
+//! that reached EOF first stays at EOF.
 
 use std::fmt;
 use std::future::Future;
@@ -159,8 +161,11 @@ pub struct RouterStream<S = CallFrames> {
     /// to the transport. `None` once it has.
     outbound_done: Option<oneshot::Receiver<()>>,
     /// The error that ended the call, for both halves (their `Failed` states): set by
-    /// [`fail`](RouterStream::fail) only.
+    /// [`fail`](RouterStream::fail) only, once.
     failure: Option<Error>,
+    /// The read half's cause when it differs from `failure` (the writer found the call ended
+    /// first): set by [`end_read`](RouterStream::end_read) only.
+    read_cause: Option<Error>,
 }
 
 /// The read half. See the module docs for the diagram.
@@ -177,7 +182,8 @@ enum ReadState<S> {
     /// while the write half is in use, and so a writer can find the call's final status;
     /// `None` once [`RouterStream::close`] drained it.
     Eof(Option<S>),
-    /// The call failed: [`RouterStream::failure`] says why.
+    /// The call failed: [`RouterStream::read_cause`], else [`RouterStream::failure`], says
+    /// why.
     Failed,
 }
 
@@ -248,29 +254,33 @@ impl<S> RouterStream<S> {
             abort: handle.abort,
             outbound_done: Some(handle.done),
             failure: None,
+            read_cause: None,
         }
     }
 
-    /// Records why the call failed and fails the write half (the read half fails in
-    /// [`end_read`](RouterStream::end_read), as it reads what came before); returns the error
-    /// every call on a failed half reports from now on.
-    ///
-    /// The first error stays, with one exception: [`Error::CallEnded`] is a writer's
-    /// placeholder (the outbound stream is gone, why is not known yet), and the cause the
-    /// read half finds later (a status, a reset, an end without GOAWAY) takes its place.
+    /// Records why the call failed, unless it failed before (the first error stays), and
+    /// fails the write half (the read half fails in [`end_read`](RouterStream::end_read), as
+    /// it reads what came before); returns the error the write half reports from now on.
     fn fail(&mut self, error: Error) -> io::Error {
-        match &self.failure {
-            Some(first) if !matches!(first, Error::CallEnded) => {}
-            _ => self.failure = Some(error),
+        if self.failure.is_none() {
+            self.failure = Some(error);
         }
         self.write = WriteState::Failed;
         self.failed()
     }
 
-    /// The stored error, as the `io::Error` a failed half returns.
+    /// The stored error, as the `io::Error` the failed write half returns.
     fn failed(&self) -> io::Error {
         // `failure` is set whenever a half is `Failed`; `CallEnded` is the honest fallback.
         self.failure.clone().unwrap_or(Error::CallEnded).into()
+    }
+
+    /// The error the failed read half returns: its own cause.
+    fn read_failed(&self) -> io::Error {
+        match &self.read_cause {
+            Some(cause) => cause.clone().into(),
+            None => self.failed(),
+        }
     }
 
     /// Payload bytes in the frame being built (after its header's room).
@@ -319,9 +329,7 @@ impl<S> RouterStream<S> {
         matches!(self.read, ReadState::Eof(_))
     }
 
-    /// The error that ended the call, if one did: the first cause found, which never changes
-    /// (except that [`Error::CallEnded`], a writer's "the call is gone, why is not known yet",
-    /// gives way to the cause the read half finds).
+    /// The error that ended the call, if one did: the first one, which never changes.
     pub fn error(&self) -> Option<&Error> {
         self.failure.as_ref()
     }
@@ -453,7 +461,7 @@ where
                     continue;
                 }
                 ReadState::Eof(_) => return Poll::Ready(Ok(())),
-                ReadState::Failed => return Poll::Ready(Err(self.failed())),
+                ReadState::Failed => return Poll::Ready(Err(self.read_failed())),
             };
             match ready!(Pin::new(inbound).poll_next(cx)) {
                 Some(Ok(Frame::Data(payload))) if !payload.is_empty() => {
@@ -498,9 +506,15 @@ where
                     }
                     other => tracing::debug!(error = %other, "router stream failed"),
                 }
-                // Sticky for both halves.
+                // Sticky for both halves. A writer that failed first (the call had ended)
+                // keeps its error; the reader reports why the call ended.
                 self.read = ReadState::Failed;
-                return Err(self.fail(error));
+                if self.failure.is_some() {
+                    self.read_cause = Some(error);
+                } else {
+                    self.fail(error);
+                }
+                return Err(self.read_failed());
             }
         };
         self.read = read;
