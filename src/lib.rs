@@ -29,6 +29,8 @@
 //!   rustls TLS (system roots, a custom CA, or Jumpstarter's insecure mode).
 //! - `router`: the router service (`router` module), a drop-in for Jumpstarter's Go router.
 //! - `cli`: the `jumpstarter-router` binary.
+//! - `kube`: the binary reads the `jumpstarter-controller` ConfigMap through the Kubernetes
+//!   API, as Jumpstarter's Go router does (Rust 1.89).
 //!
 //! gRPC inside a stream (what Jumpstarter's session is): [`grpc::channel`] (client) and a
 //! [`RouterStream`] as a tonic server's connection (router): see the `grpc` module.
