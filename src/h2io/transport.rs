@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::batched_io::BatchedIo;
 
@@ -20,21 +21,15 @@ use super::batched_io::BatchedIo;
 /// places that put h2 on it: the client's connector (`src/client.rs`) and the router's
 /// acceptor (`src/router/serve.rs`). `tests/batched_io.rs` runs both under TLS and h2.
 #[derive(Debug)]
-pub(crate) struct Transport(Io);
-
-#[derive(Debug)]
-enum Io {
-    Batched(BatchedIo<TcpStream>),
-    Plain(TcpStream),
-}
+pub(crate) struct Transport(Either<BatchedIo<TcpStream>, TcpStream>);
 
 impl Transport {
     /// `tcp` for HTTP/2, batched unless `batched` is false.
     pub(crate) fn new(tcp: TcpStream, batched: bool) -> Self {
         Transport(if batched {
-            Io::Batched(BatchedIo::new(tcp))
+            Either::Left(BatchedIo::new(tcp))
         } else {
-            Io::Plain(tcp)
+            Either::Right(tcp)
         })
     }
 
@@ -42,11 +37,13 @@ impl Transport {
     #[cfg(feature = "router")]
     pub(crate) fn tcp(&self) -> &TcpStream {
         match &self.0 {
-            Io::Batched(b) => b.get_ref(),
-            Io::Plain(tcp) => tcp,
+            Either::Left(b) => b.get_ref(),
+            Either::Right(tcp) => tcp,
         }
     }
 }
+
+// tokio-util's `Either` dispatches every call to the side in use.
 
 impl AsyncRead for Transport {
     fn poll_read(
@@ -54,10 +51,7 @@ impl AsyncRead for Transport {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Io::Batched(b) => Pin::new(b).poll_read(cx, buf),
-            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
@@ -67,10 +61,7 @@ impl AsyncWrite for Transport {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().0 {
-            Io::Batched(b) => Pin::new(b).poll_write(cx, buf),
-            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -78,30 +69,18 @@ impl AsyncWrite for Transport {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().0 {
-            Io::Batched(b) => Pin::new(b).poll_write_vectored(cx, bufs),
-            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.0 {
-            Io::Batched(b) => b.is_write_vectored(),
-            Io::Plain(tcp) => tcp.is_write_vectored(),
-        }
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Io::Batched(b) => Pin::new(b).poll_flush(cx),
-            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Io::Batched(b) => Pin::new(b).poll_shutdown(cx),
-            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
