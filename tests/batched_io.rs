@@ -11,29 +11,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use jumpstarter_router::router::{Auth, Router, ServerTls};
 use jumpstarter_router::ClientBuilder;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use support::*;
-
-/// A TLS router (self-signed) with batching `batched`; stops when the sender is dropped.
-async fn tls_router(batched: bool) -> (SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = Router::builder(Auth::new(KEY)).batched_io(batched).build();
-    let tls = ServerTls::self_signed("localhost").unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(router.serve_listener(listener, Some(tls), async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
-}
 
 /// Write sizes that cross `BatchedIo`'s thresholds: under its eager-flush size (4 KiB),
 /// between it and a direct write (32 KiB), past a direct write, and past a 64 KiB DATA frame.
@@ -71,15 +53,17 @@ async fn send_varied<W: AsyncWrite + Unpin>(w: &mut W, len: u64, seed: u64) {
 /// One session through the router: a ping-pong of small flushed messages, then bulk both ways
 /// at once, then a clean close on both sides.
 async fn session(router_batched: bool, clients_batched: bool) {
-    let (addr, _stop) = tls_router(router_batched).await;
+    let router = Router::builder(Auth::new(KEY))
+        .batched_io(router_batched)
+        .build();
+    let tls = ServerTls::self_signed("localhost").unwrap();
+    let r = TestRouter::with_tls(router, Some(tls)).await;
     let client = || {
-        ClientBuilder::new(format!("localhost:{}", addr.port()))
+        ClientBuilder::new(r.tls_endpoint())
             .insecure_skip_verify(true)
             .batched_io(clients_batched)
     };
-    let tok = Auth::new(KEY)
-        .mint("batched-io", Duration::from_secs(600))
-        .unwrap();
+    let tok = token("batched-io");
     let mut a = client().connect(&tok).await.unwrap();
     let mut b = client().connect(&tok).await.unwrap();
 
