@@ -190,6 +190,29 @@ async fn serve_tunnels_with_its_batched_io_turned_off() {
     assert!(err.contains("--batched-io"), "{err}");
 }
 
+/// A setup error is one line: what failed, then why, each said once.
+#[test]
+fn serve_says_why_it_cannot_listen_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = cmd(&["serve", "--plaintext", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!("cannot listen on {addr}: ")),
+        "{err}"
+    );
+    assert!(line.contains("in use"), "{err}");
+    assert_eq!(
+        line.matches("(os error").count(),
+        1,
+        "the cause twice: {line}"
+    );
+}
+
 /// `bytes` of pattern through `connect` on stdio, `router`, `expose` and an echo server, and
 /// back, compared.
 async fn stdio_echo_through(router: &Serve, subject: &str, bytes: u64) {

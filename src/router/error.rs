@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 /// Why the router (or a token for it) could not be set up. Calls on a running router fail
 /// with a gRPC [`Status`](tonic::Status) instead.
+///
+/// Each variant's message says what failed; what caused it is its
+/// [`source`](std::error::Error::source), not repeated in the message (print the chain, as the
+/// `jumpstarter-router` command does).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -19,7 +23,7 @@ pub enum ConfigError {
     #[error("cannot make a token id: the system's random source failed")]
     Random,
     /// A certificate or key file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -37,7 +41,7 @@ pub enum ConfigError {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// An address could not be listened on.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
