@@ -77,6 +77,7 @@ pub(super) struct Pairing {
     table: Mutex<Table>,
     /// Every pair made, for [`end_all`](Pairing::end_all) (pruned of ended ones as it grows).
     pairs: Mutex<Vec<Weak<Pair>>>,
+    /// The router's counters (the only copy: the router reads them here).
     pub(super) metrics: Metrics,
     next_caller: AtomicU64,
     pairing_timeout: Option<Duration>,

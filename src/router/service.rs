@@ -54,8 +54,9 @@ pub struct RouterBuilder {
 /// What the clones of a [`Router`] share.
 pub(super) struct Inner {
     auth: Auth,
+    /// The callers waiting and the pairs made, and the router's counters
+    /// ([`Pairing::metrics`]).
     pairing: Arc<Pairing>,
-    metrics: Metrics,
     health: tonic_health::server::HealthReporter,
     max_message_size: usize,
     pub(super) handshake_timeout: Duration,
@@ -125,16 +126,14 @@ impl RouterBuilder {
 
     /// The router.
     pub fn build(self) -> Router {
-        let metrics = Metrics::new();
         Router {
             inner: Arc::new(Inner {
                 auth: self.auth,
                 pairing: Arc::new(Pairing::new(
-                    metrics.clone(),
+                    Metrics::new(),
                     self.pairing_timeout,
                     self.caps,
                 )),
-                metrics,
                 health: tonic_health::server::HealthReporter::new(),
                 max_message_size: self.max_message_size,
                 handshake_timeout: self.handshake_timeout,
@@ -163,7 +162,7 @@ impl Router {
 
     /// The counters now.
     pub fn stats(&self) -> RouterStats {
-        self.inner.metrics.stats()
+        self.inner.pairing.metrics.stats()
     }
 
     /// Waits until the counters of [`stats`](Router::stats) satisfy `done`, and returns them.
@@ -182,7 +181,7 @@ impl Router {
     /// ```
     pub async fn wait_for_stats(&self, mut done: impl FnMut(&RouterStats) -> bool) -> RouterStats {
         loop {
-            let changed = self.inner.metrics.changed();
+            let changed = self.inner.pairing.metrics.changed();
             let mut changed = std::pin::pin!(changed);
             // Registered before the counters are read: no change is missed in between.
             changed.as_mut().enable();
@@ -208,7 +207,7 @@ impl Router {
     /// The router's metrics: register them in your own `prometheus-client` registry with
     /// [`Metrics::register`], or read them. `serve --metrics-listen` serves them.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.inner.pairing.metrics
     }
 
     /// The `grpc.health.v1.Health` service of this router, for `""` and
@@ -261,7 +260,7 @@ impl Router {
                     "Content is compressed with `{}` which isn't supported",
                     String::from_utf8_lossy(enc.as_bytes())
                 ));
-                self.inner.metrics.call(CallResult::Refused);
+                self.inner.pairing.metrics.call(CallResult::Refused);
                 let mut response = refuse(req.into_body(), status).await.into_http();
                 response.headers_mut().insert(
                     "grpc-accept-encoding",
@@ -291,7 +290,7 @@ impl Router {
                     Ok(forward) => forward,
                     Err(refused) => {
                         let (status, body) = *refused;
-                        inner.metrics.call(CallResult::Refused);
+                        inner.pairing.metrics.call(CallResult::Refused);
                         // Dropped: drained, so the caller reads the status.
                         drop(body);
                         return status.into_http();
@@ -305,7 +304,7 @@ impl Router {
                 response
             }
             Err(status) => {
-                inner.metrics.call(CallResult::Refused);
+                inner.pairing.metrics.call(CallResult::Refused);
                 refuse(body, status).await.into_http()
             }
         }
