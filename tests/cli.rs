@@ -27,6 +27,13 @@ async fn serve_with_grace(grace: &str) -> Serve {
     Serve::start(&["--plaintext", "--grace", grace]).await
 }
 
+/// The stderr of the command `args`, which must fail.
+fn refused(args: &[&str]) -> String {
+    let out = cmd(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn token(subject: &str) -> String {
     let out = cmd(&["token", "--subject", subject, "--ttl", "600"])
         .output()
@@ -169,11 +176,7 @@ async fn serve_runs_on_the_threads_it_is_given() {
     stdio_echo_through(&three, "three-threads", MIB).await;
     assert_eq!(workers(three.proc.0.id()), 3);
 
-    let out = cmd(&["serve", "--plaintext", "--worker-threads", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["serve", "--plaintext", "--worker-threads", "0"]);
     assert!(err.contains("--worker-threads"), "{err}");
 }
 
@@ -182,11 +185,7 @@ async fn serve_tunnels_with_its_batched_io_turned_off() {
     let plain = Serve::start(&["--plaintext", "--grace", "1", "--batched-io", "false"]).await;
     stdio_echo_through(&plain, "unbatched", MIB).await;
 
-    let out = cmd(&["serve", "--plaintext", "--batched-io", "maybe"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["serve", "--plaintext", "--batched-io", "maybe"]);
     assert!(err.contains("--batched-io"), "{err}");
 }
 
@@ -195,11 +194,7 @@ async fn serve_tunnels_with_its_batched_io_turned_off() {
 fn serve_says_why_it_cannot_listen_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = cmd(&["serve", "--plaintext", "--listen", &addr])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["serve", "--plaintext", "--listen", &addr]);
     let line = err.lines().last().unwrap_or_default();
     assert!(
         line.contains(&format!("cannot listen on {addr}: ")),
