@@ -316,11 +316,13 @@ impl<S> RouterStream<S> {
     /// the rest of the stream: a DATA payload not yet read is lost, and a write half not shut
     /// down aborts, as on drop.
     pub fn into_inner(mut self) -> Option<S> {
-        // A client call still connecting stays, for `Drop` to settle.
-        self.get_ref()?;
         match std::mem::replace(&mut self.read, ReadState::Eof(None)) {
             ReadState::Open(inbound) | ReadState::Eof(Some(inbound)) => Some(inbound),
-            _ => None,
+            other => {
+                // A client call still connecting stays, for `Drop` to settle.
+                self.read = other;
+                None
+            }
         }
     }
 
