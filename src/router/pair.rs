@@ -31,7 +31,7 @@ impl Leg {
     }
 
     /// The direction of the frames this leg's response carries (its peer's).
-    pub(super) fn carries(self) -> Direction {
+    fn carries(self) -> Direction {
         match self {
             Leg::First => Direction::SecondToFirst,
             Leg::Second => Direction::FirstToSecond,
