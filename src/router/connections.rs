@@ -110,9 +110,10 @@ fn spawn(
 ) {
     let info = io.connect_info();
     let state = info.state.clone();
-    let conn = builder.serve_connection(TokioIo::new(io), ConnService { svc, info });
+    // Boxed, so the task holds it once: pinned inside the task it would take its room twice,
+    // as the captured value and as the pinned local (3 KiB each).
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), ConnService { svc, info }));
     tokio::spawn(async move {
-        let mut conn = pin!(conn);
         let start = Instant::now();
         // The next idle check, the age, and when a draining connection is closed.
         let mut idle_check = limits.idle.map(|idle| start + idle);
@@ -120,6 +121,8 @@ fn spawn(
         let mut close_at = None;
         let mut draining = false;
         loop {
+            // One timer, for the soonest of the three deadlines: each would hold its own.
+            let next = [age, close_at, idle_check].into_iter().flatten().min();
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -131,33 +134,39 @@ fn spawn(
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
-                () = until(age) => {
-                    age = None;
-                    tracing::debug!("router: connection reached its max age: GOAWAY");
-                    if !draining {
-                        conn.as_mut().graceful_shutdown();
-                        draining = true;
+                () = until(next) => {
+                    let now = Instant::now();
+                    let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+                    if due(close_at) {
+                        tracing::debug!("router: closing a connection past its max age and grace");
+                        return;
                     }
-                    close_at = limits.grace.map(|grace| Instant::now() + grace);
-                }
-                () = until(close_at) => {
-                    tracing::debug!("router: closing a connection past its max age and grace");
-                    return;
-                }
-                () = until(idle_check) => {
-                    let idle = limits.idle.unwrap_or_default();
-                    idle_check = match state.idle_since() {
-                        Some(since) if since + idle <= Instant::now() => {
-                            tracing::debug!("router: connection idle for its max idle time: GOAWAY");
-                            if !draining {
-                                conn.as_mut().graceful_shutdown();
-                                draining = true;
-                            }
-                            None
+                    if due(age) {
+                        age = None;
+                        tracing::debug!("router: connection reached its max age: GOAWAY");
+                        if !draining {
+                            conn.as_mut().graceful_shutdown();
+                            draining = true;
                         }
-                        Some(since) => Some(since + idle),
-                        None => Some(Instant::now() + idle),
-                    };
+                        close_at = limits.grace.map(|grace| now + grace);
+                    }
+                    if due(idle_check) {
+                        let idle = limits.idle.unwrap_or_default();
+                        idle_check = match state.idle_since() {
+                            Some(since) if since + idle <= now => {
+                                tracing::debug!(
+                                    "router: connection idle for its max idle time: GOAWAY"
+                                );
+                                if !draining {
+                                    conn.as_mut().graceful_shutdown();
+                                    draining = true;
+                                }
+                                None
+                            }
+                            Some(since) => Some(since + idle),
+                            None => Some(now + idle),
+                        };
+                    }
                 }
             }
         }
