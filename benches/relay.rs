@@ -41,7 +41,7 @@
 //! `syscalls:sys_enter_*` tracepoints, each syscall's count; not in the timed runs, since the
 //! tracepoints cost each syscall some CPU), at 1, 16 and 64 KiB writes (`RELAY_SIZES`); ping-pong of 64 B
 //! (`RELAY_PINGS`); `RELAY_OURS_THREADS` / `RELAY_RELAY_THREADS` set each router's threads,
-//! `RELAY_PERF=0` skips perf.
+//! `RELAY_PERF=0` skips perf, `RELAY_ROUTER_LOG=FILE` appends our router's log to FILE.
 //!
 //! Idle cost (`RELAY_ONLY=idle`, not in the default run: minutes): what the router's keepalive
 //! traffic costs with idle pairs, the router in a child process: its CPU and the bytes it
@@ -1753,8 +1753,19 @@ impl TlsRouter {
         let mut child = cmd.spawn().unwrap();
         let err = child.stderr.take().unwrap();
         let (tx, rx) = smpsc::channel();
+        // RELAY_ROUTER_LOG=FILE: the router's log lines, appended to FILE.
+        let mut log = std::env::var_os("RELAY_ROUTER_LOG").map(|f| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .expect("RELAY_ROUTER_LOG")
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["message"] == "router listening" {
                         let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());

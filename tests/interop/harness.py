@@ -838,7 +838,9 @@ def main():
     except KeyboardInterrupt:
         pass
     except Exception as e:  # reported to the Rust test, which fails with it
-        emit("error", message=f"{type(e).__name__}: {e}")
+        # RouterStream raises anyio's errors with the gRPC error as their cause.
+        cause = e.__cause__ or e.__context__
+        emit("error", message=f"{type(e).__name__}: {e}", cause=repr(cause) if cause else None)
         sys.exit(1)
 
 
