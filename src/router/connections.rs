@@ -130,10 +130,7 @@ fn spawn(
                     }
                     return;
                 }
-                _ = stop.changed(), if !draining => {
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
-                }
+                _ = stop.changed(), if !draining => drain(conn.as_mut(), &mut draining),
                 () = until(next) => {
                     let now = Instant::now();
                     let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
@@ -144,10 +141,7 @@ fn spawn(
                     if due(age) {
                         age = None;
                         tracing::debug!("router: connection reached its max age: GOAWAY");
-                        if !draining {
-                            conn.as_mut().graceful_shutdown();
-                            draining = true;
-                        }
+                        drain(conn.as_mut(), &mut draining);
                         close_at = limits.grace.map(|grace| now + grace);
                     }
                     if due(idle_check) {
@@ -157,10 +151,7 @@ fn spawn(
                                 tracing::debug!(
                                     "router: connection idle for its max idle time: GOAWAY"
                                 );
-                                if !draining {
-                                    conn.as_mut().graceful_shutdown();
-                                    draining = true;
-                                }
+                                drain(conn.as_mut(), &mut draining);
                                 None
                             }
                             Some(since) => Some(since + idle),
@@ -172,6 +163,17 @@ fn spawn(
         }
     });
 }
+
+/// Starts the connection's graceful close, once.
+fn drain(conn: Pin<&mut ServedConn>, draining: &mut bool) {
+    if !*draining {
+        conn.graceful_shutdown();
+        *draining = true;
+    }
+}
+
+/// A connection as hyper serves it.
+type ServedConn = http2::Connection<TokioIo<Conn>, ConnService, TokioExecutor>;
 
 /// `age` give or take 10 %, as grpc-go spreads its connections' ages: connections made
 /// together (a lab's exporters after a restart) do not all reconnect at once.
