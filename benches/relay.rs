@@ -1819,8 +1819,8 @@ async fn session_transfer(
     );
     let perf = counted.then(|| PerfStat::start(pid, variant)).flatten();
     let cpu0 = cpu_secs(pid);
-    rx.next("paired", 120).await;
-    tx.next("paired", 120).await;
+    // Both at once: a peer that fails says why at once, rather than its peer's timeout.
+    tokio::join!(rx.next("paired", 120), tx.next("paired", 120));
     let done = rx.next("done", 600).await;
     let mut cost = RouterCost {
         cpu_s: cpu_secs(pid) - cpu0,
@@ -1852,8 +1852,7 @@ async fn session_pings(
         "pings",
         &["--role", "ping", "--chunk", &size, "--count", &count],
     );
-    ping.next("paired", 120).await;
-    echo.next("paired", 120).await;
+    tokio::join!(ping.next("paired", 120), echo.next("paired", 120));
     let done = ping.next("done", 600).await;
     echo.next("done", 120).await;
     (
