@@ -436,18 +436,21 @@ async fn a_b_c_d_calls_transfer_reconnects_and_a_clean_end() {
             println!("     {} {}: {}", v["level"], v["logger"], v["message"]);
         }
     }
+    // How the router ended each session, for the failures below too.
+    let outcomes = lab.router_outcomes();
+    println!("   router outcomes of the normal sessions: {outcomes:?}");
     let never_ended: Vec<_> = lingering.iter().filter(|(_, e, _)| e.is_none()).collect();
     assert!(
         never_ended.is_empty(),
-        "the exporter kept its side of finished sessions open (connect, -, connections left): {never_ended:?}"
+        "the exporter kept its side of finished sessions open (connect, -, connections left): {never_ended:?}\n{}",
+        lab.router_log()
     );
     assert!(
         worst <= 1.0,
-        "more than 1 exporter WARNING line per normal session: {worst:.1}"
+        "more than 1 exporter WARNING line per normal session: {worst:.1}\n{}",
+        lab.router_log()
     );
     // The router counts normal sessions as normal: a real client ends by cancelling its call.
-    let outcomes = lab.router_outcomes();
-    println!("   router outcomes of the normal sessions: {outcomes:?}");
     assert!(
         outcomes
             .iter()
